@@ -1,4 +1,5 @@
 //! The stanza engine: PLACEHOLDER essay.
+mod chars;
 mod element;
 mod error;
 mod escape;
@@ -15,3 +16,6 @@ pub use stanza::{
     CONTENT_NAMESPACES, NS_STREAMS, NS_XML, Stanza, StanzaKind, StreamHeader, StreamScope,
     TargetStream, XmlDecl,
 };
+
+#[cfg(test)]
+mod tests;

@@ -77,6 +77,12 @@ impl StreamScope {
     }
 }
 
+impl ValueSpan {
+    fn rebase(&mut self, base: u32) {
+        self.span.start -= base;
+    }
+}
+
 /// Offsets found in a top-level element's start tag while it was checked.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct StanzaHead {
@@ -92,6 +98,28 @@ pub(crate) struct StanzaHead {
     pub lang: Option<ValueSpan>,
     /// Bit i set: the stanza uses binding i of the stream scope.
     pub inherited: u64,
+}
+
+impl StanzaHead {
+    /// Makes offsets relative to the element's first byte instead of the parser's buffer.
+    pub(crate) fn rebase(&mut self, base: u32) {
+        self.name.start -= base;
+        if let NsRef::Own(v) = &mut self.ns {
+            v.rebase(base);
+        }
+        for v in [
+            &mut self.to,
+            &mut self.from,
+            &mut self.kind,
+            &mut self.id,
+            &mut self.lang,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            v.rebase(base);
+        }
+    }
 }
 
 /// A complete top-level element of a stream (a stanza or a nonza such as `<starttls/>`), checked, as a
