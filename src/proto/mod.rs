@@ -1,1 +1,6 @@
+//! Sans-IO protocol code. Nothing under `proto` opens a socket, spawns a task or reads the clock (the
+//! `tests/layering.rs` test enforces it): every parser and state machine takes bytes (and, where time
+//! matters, a `now` passed in) and returns what should happen, so it can be tested against an in-memory
+//! peer, fuzzed, and moved to another runtime unchanged.
+
 pub mod xml;
