@@ -3,4 +3,5 @@
 //! matters, a `now` passed in) and returns what should happen, so it can be tested against an in-memory
 //! peer, fuzzed, and moved to another runtime unchanged.
 
+pub mod errors;
 pub mod xml;
