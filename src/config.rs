@@ -1,0 +1,371 @@
+//! The server configuration: one typed `Config` loaded from a TOML file, or embedded defaults when no file
+//! is given. Every value has its type, default and meaning in one place (the field docs below, mirrored in
+//! `rjabberd.example.toml`), and a bad file stops the start with the file, line, column and a message: an
+//! unknown key, a value of the wrong type, an address that does not parse, a duplicate host.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Virtual hosts served, each with its own users and certificate.
+    #[serde(rename = "host")]
+    pub hosts: Vec<HostConfig>,
+    /// Sockets to accept connections on.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Shards (executor threads, one per core); 0 means one per available core.
+    pub shards: usize,
+    /// Where the embedded store and generated certificates live.
+    pub data_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: LogLevel,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+}
+
+/// One virtual host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The domain, e.g. `example.org`.
+    pub name: Spanned<String>,
+    /// PEM certificate chain; when absent a self-signed one is generated under `data_dir` at first start.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// PEM private key for `certificate`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind on every shard (SO_REUSEPORT).
+    pub address: Spanned<String>,
+    /// What the listener speaks.
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// How TLS is negotiated.
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// Client-to-server streams (RFC 6120, `jabber:client`).
+    #[default]
+    C2s,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP with STARTTLS offered (and required before SASL unless `auth.allow_plaintext`).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (XEP-0368), ALPN `xmpp-client`.
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Bounds on what one peer can make the server hold or do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza in bytes (ejabberd's c2s `max_stanza_size`).
+    pub max_stanza_bytes: usize,
+    /// Seconds a connection may take to authenticate before it is closed.
+    pub auth_timeout_secs: u64,
+    /// Connections one shard accepts at most; further ones are refused at accept.
+    pub max_connections_per_shard: usize,
+    /// Bytes queued for one connection before it is disconnected as too slow a reader.
+    pub max_output_queue_bytes: usize,
+    /// Sessions (resources) one account may hold at once.
+    pub max_sessions_per_user: usize,
+    /// Failed SASL attempts allowed on one stream before it is closed.
+    pub max_sasl_failures: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes: 262_144,
+            auth_timeout_secs: 30,
+            max_connections_per_shard: 100_000,
+            max_output_queue_bytes: 1 << 20,
+            max_sessions_per_user: 10,
+            max_sasl_failures: 3,
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for newly stored SCRAM credentials.
+    pub scram_iterations: u32,
+    /// Offer SASL on streams without TLS (for loopback benchmarks only).
+    pub allow_plaintext: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scram_iterations: 4096,
+            allow_plaintext: false,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The embedded defaults: `localhost`, STARTTLS on 127.0.0.1:5222, direct TLS on 127.0.0.1:5223,
+    /// `./data`, one shard per core.
+    fn default() -> Self {
+        let listener = |address: &str, tls| ListenerConfig {
+            address: Spanned::new(0..0, address.to_string()),
+            kind: ListenerKind::C2s,
+            tls,
+        };
+        Config {
+            hosts: vec![HostConfig {
+                name: Spanned::new(0..0, "localhost".to_string()),
+                certificate: None,
+                key: None,
+            }],
+            listeners: vec![
+                listener("127.0.0.1:5222", TlsMode::Starttls),
+                listener("127.0.0.1:5223", TlsMode::Direct),
+            ],
+            shards: 0,
+            data_dir: PathBuf::from("./data"),
+            log_level: LogLevel::Info,
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where it went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem has no single place (e.g. the file cannot be read).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks configuration text; `file` is only used to name the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        config
+            .check()
+            .map_err(|(span, message)| at(span, message))?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: addresses parse, names are unique, values are in range.
+    fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        if self.hosts.is_empty() {
+            return Err((None, "at least one [[host]] is required".into()));
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            let name = host.name.get_ref();
+            if !is_plausible_domain(name) {
+                return Err((
+                    Some(host.name.span()),
+                    format!("`{name}` is not a domain name"),
+                ));
+            }
+            if self.hosts[..i]
+                .iter()
+                .any(|h| h.name.get_ref().eq_ignore_ascii_case(name))
+            {
+                return Err((
+                    Some(host.name.span()),
+                    format!("host `{name}` is configured twice"),
+                ));
+            }
+            if host.certificate.is_some() != host.key.is_some() {
+                return Err((
+                    Some(host.name.span()),
+                    format!("host `{name}`: `certificate` and `key` go together"),
+                ));
+            }
+        }
+        if self.listeners.is_empty() {
+            return Err((None, "at least one [[listener]] is required".into()));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let addr: SocketAddr = l.address.get_ref().parse().map_err(|_| {
+                (
+                    Some(l.address.span()),
+                    format!("`{}` is not an ip:port address", l.address.get_ref()),
+                )
+            })?;
+            if self.listeners[..i]
+                .iter()
+                .any(|o| o.address.get_ref().parse::<SocketAddr>().ok() == Some(addr))
+            {
+                return Err((
+                    Some(l.address.span()),
+                    format!("address {addr} is used twice"),
+                ));
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_stanza_bytes < 1024 {
+            return Err((None, "limits.max_stanza_bytes must be at least 1024".into()));
+        }
+        if limits.max_sessions_per_user == 0 || limits.max_connections_per_shard == 0 {
+            return Err((
+                None,
+                "limits: session and connection caps must be at least 1".into(),
+            ));
+        }
+        if self.auth.scram_iterations < 4096 {
+            return Err((
+                None,
+                "auth.scram_iterations must be at least 4096 (RFC 7677 §4)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard count to start: the configured one, or one per available core.
+    pub fn shard_count(&self, available_cores: usize) -> usize {
+        if self.shards == 0 {
+            available_cores.max(1)
+        } else {
+            self.shards
+        }
+    }
+}
+
+/// A cheap shape check; full RFC 7622 preparation of domains is the JID module's job.
+fn is_plausible_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 1023
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '@' | '/' | '\'' | '"' | '<' | '>' | '&'))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../rjabberd.example.toml");
+        let config = parse(text).unwrap();
+        assert!(!config.hosts.is_empty());
+    }
+
+    #[test]
+    fn defaults_check() {
+        assert_eq!(Config::default().check(), Ok(()));
+        assert_eq!(parse("").unwrap().shards, 0);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let err = parse("shards = 2\n\n[limits]\nmax_stanza_byte = 10\n").unwrap_err();
+        assert_eq!((err.line, err.file.to_str()), (4, Some("test.toml")));
+        assert!(err.message.contains("max_stanza_byte"), "{err}");
+        assert!(err.to_string().starts_with("test.toml:4:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_line() {
+        let err =
+            parse("[[host]]\nname = \"a.example\"\n[[listener]]\naddress = \"localhost:5222\"\n")
+                .unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(err.message.contains("ip:port"));
+        let err =
+            parse("[[host]]\nname = \"a.example\"\n[[host]]\nname = \"A.example\"\n").unwrap_err();
+        assert_eq!(err.line, 4);
+        let err = parse("shards = \"two\"\n").unwrap_err();
+        assert_eq!(err.line, 1);
+        let err =
+            parse("[[listener]]\naddress = \"127.0.0.1:1\"\ntls = \"sometimes\"\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        let err = parse("[auth]\nscram_iterations = 10\n").unwrap_err();
+        assert!(err.message.contains("4096"));
+    }
+}
