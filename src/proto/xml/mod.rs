@@ -32,7 +32,7 @@ mod escape;
 mod parser;
 mod stanza;
 
-pub use element::{Element, Node};
+pub use element::{Element, Node, PathItem, PathValue, attr_of, attr_of_s, remove_text, text_of};
 pub use error::{
     BadFormat, LimitKind, Malformed, Restricted, StreamCondition, XmlError, XmlErrorKind,
 };

@@ -613,9 +613,15 @@ fn writer_declares_stream_level_prefixes_the_target_lacks() {
         "<message xmlns:ext='urn:example:ext' from='a@x' to='b@x'><ext:data ext:v='1'>x</ext:data></message>"
     );
     // The rewrite stands alone: it parses as a document with the same meaning.
-    let alone = parse_element(out.as_bytes(), &Limits::default()).unwrap();
-    assert_eq!(alone.inherited_bindings().count(), 0);
-    assert_eq!(alone.from().as_deref(), Some("a@x"));
+    let alone = Element::parse(&out).unwrap();
+    assert_eq!(alone.attr("xmlns:ext"), Some("urn:example:ext"));
+    assert_eq!(alone.attr("from"), Some("a@x"));
+    assert_eq!(
+        alone
+            .path(&[PathItem::Elem("ext:data"), PathItem::Attr("ext:v")])
+            .as_str(),
+        "1"
+    );
     // A stream prefix the target binds the same way needs nothing.
     let Ok(Some(Event::Stanza(f))) = p.next_event() else {
         panic!()
@@ -635,4 +641,64 @@ fn writer_declares_stream_level_prefixes_the_target_lacks() {
             .unwrap()
             .starts_with("<message xmlns='jabber:client' xmlns:ext='urn:example:ext'")
     );
+}
+
+// ---- the owned tree ----
+
+#[test]
+fn owned_trees_decode_text_attributes_and_cdata() {
+    let s = first_stanza(
+        "<message to='a&amp;b' x='l1\r\nl2\tz'><body>x &lt; y\r\nz<![CDATA[<raw> & \r\n]]>!</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'><p>a<br/>b</p></body></html></message>",
+    );
+    let el = s.to_element();
+    assert_eq!(el.name, "message");
+    assert_eq!(el.attr("to"), Some("a&b"));
+    assert_eq!(el.attr("x"), Some("l1 l2 z"));
+    // The inherited default namespace is written on the root, so the tree stands alone.
+    assert_eq!(el.attr("xmlns"), Some("jabber:client"));
+    assert_eq!(el.child("body").unwrap().text(), "x < y\nz<raw> & \n!");
+    let p = el.path(&[
+        PathItem::Elem("html"),
+        PathItem::Elem("body"),
+        PathItem::Elem("p"),
+    ]);
+    let PathValue::Element(p) = p else {
+        panic!("{p:?}")
+    };
+    assert_eq!(p.children.len(), 3);
+    assert_eq!(p.text(), "ab");
+    // Serialising and parsing again gives the same tree.
+    assert_eq!(Element::parse(&el.to_xml_string()).unwrap(), el);
+}
+
+#[test]
+fn owned_trees_keep_a_root_declaration_over_the_inherited_one() {
+    let s = first_stanza("<stream:features xmlns='urn:x'><a/></stream:features>");
+    let el = s.to_element();
+    assert_eq!(el.attr("xmlns"), Some("urn:x"));
+    assert_eq!(el.attr("xmlns:stream"), Some(NS_STREAMS));
+    assert_eq!(el.attrs.len(), 2);
+    assert_eq!(el.child_elements().count(), 1);
+}
+
+#[test]
+fn the_guide_example_round_trips() {
+    let text =
+        "<message to='test@conference.example.org' type='groupchat'><body>test</body></message>";
+    let el = Element::parse(text).unwrap();
+    let built = Element::new("message")
+        .with_attr("to", "test@conference.example.org")
+        .with_attr("type", "groupchat")
+        .with_child(Element::new("body").with_text("test"));
+    assert_eq!(el, built);
+    assert_eq!(el.to_xml_string(), text);
+    assert_eq!(
+        el.path(&[PathItem::Elem("body"), PathItem::Cdata]).as_str(),
+        "test"
+    );
+    assert_eq!(el.path(&[PathItem::Attr("type")]).as_str(), "groupchat");
+    assert_eq!(el.path(&[PathItem::Attr("id")]).as_str(), "");
+    assert_eq!(remove_text(&el.children).len(), 1);
+    assert_eq!(attr_of_s(&el.attrs, "to"), "test@conference.example.org");
+    assert_eq!(escape("<'&'>"), "&lt;&apos;&amp;&apos;&gt;");
 }
