@@ -18,9 +18,11 @@
 //! | [`proto`] | sans-IO protocol code: bytes and `now` in, events and actions out; no sockets, no clock |
 //! | [`proto::errors`] | stream and stanza error conditions; error replies from a stanza's header |
 //! | [`proto::xml`] | the stanza engine: resumable checking parser, zero-copy views, forwarding writer, owned tree |
+//! | [`sm`] | the session manager: RFC 6121 §8.5 delivery rules (the table comes with the shard) |
 //!
 //! The shard, router, session manager, network shell and module framework arrive with the issues that build
 //! them; the map of what they will own is `../shared/DESIGN.md`.
 
 pub mod config;
 pub mod proto;
+pub mod sm;
