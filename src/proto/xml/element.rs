@@ -28,7 +28,7 @@ use std::fmt;
 use bytes::BufMut;
 
 use super::error::XmlError;
-use super::escape::{put_escaped, unescape_attr, unescape_text};
+use super::escape::{put_escaped_attr, put_escaped_text, unescape_attr, unescape_text};
 use super::parser::{Limits, parse_element};
 
 /// An XML element: `{xmlelement, Name, Attrs, Children}`.
@@ -240,7 +240,7 @@ impl Element {
         let mut todo = vec![Todo::Open(self)];
         while let Some(item) = todo.pop() {
             match item {
-                Todo::Text(t) => put_escaped(out, t),
+                Todo::Text(t) => put_escaped_text(out, t),
                 Todo::Close(name) => {
                     out.put_slice(b"</");
                     out.put_slice(name.as_bytes());
@@ -253,7 +253,7 @@ impl Element {
                         out.put_u8(b' ');
                         out.put_slice(name.as_bytes());
                         out.put_slice(b"='");
-                        put_escaped(out, value);
+                        put_escaped_attr(out, value);
                         out.put_u8(b'\'');
                     }
                     if el.children.is_empty() {

@@ -35,8 +35,20 @@ fn needs_escape(b: u8) -> bool {
     matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'')
 }
 
-/// Appends `s` escaped for a single-quoted attribute value or for text, without an intermediate string.
-pub(crate) fn put_escaped(out: &mut impl bytes::BufMut, s: &str) {
+/// Appends `s` escaped for an attribute value or for text, without an intermediate string. Tab, line feed
+/// and carriage return go out as character references: a parser normalises them when written literally
+/// (to a space in attribute values, `\r` to `\n` in text, XML 1.0 §2.11 and §3.3.3), so only a reference
+/// carries the value through a round trip.
+pub(crate) fn put_escaped_attr(out: &mut impl bytes::BufMut, s: &str) {
+    put_escaped(out, s, true)
+}
+
+/// Appends `s` escaped for character data; only `\r` of the white space needs a reference there.
+pub(crate) fn put_escaped_text(out: &mut impl bytes::BufMut, s: &str) {
+    put_escaped(out, s, false)
+}
+
+fn put_escaped(out: &mut impl bytes::BufMut, s: &str, attr: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, b) in bytes.iter().enumerate() {
@@ -46,6 +58,9 @@ pub(crate) fn put_escaped(out: &mut impl bytes::BufMut, s: &str) {
             b'>' => b"&gt;",
             b'"' => b"&quot;",
             b'\'' => b"&apos;",
+            b'\t' if attr => b"&#9;",
+            b'\n' if attr => b"&#10;",
+            b'\r' => b"&#13;",
             _ => continue,
         };
         out.put_slice(&bytes[start..i]);
@@ -147,7 +162,15 @@ mod tests {
         let s = "<'\"&>é";
         assert_eq!(unescape_text(&escape(s)), s);
         let mut out = Vec::new();
-        put_escaped(&mut out, s);
+        put_escaped_text(&mut out, s);
         assert_eq!(out, escape(s).as_bytes());
+        let ws = "a\tb\nc\rd";
+        let mut text = Vec::new();
+        put_escaped_text(&mut text, ws);
+        assert_eq!(text, b"a\tb\nc&#13;d");
+        let mut attr = Vec::new();
+        put_escaped_attr(&mut attr, ws);
+        assert_eq!(attr, b"a&#9;b&#10;c&#13;d");
+        assert_eq!(unescape_attr(std::str::from_utf8(&attr).unwrap()), ws);
     }
 }

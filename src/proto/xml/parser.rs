@@ -407,13 +407,20 @@ impl Machine {
                     }
                 }
                 Lex::PiOpen => {
-                    // Only `<?xml` followed by white space, first thing in the document, is allowed.
+                    // Only `<?xml` followed by white space, first thing in the document, is a
+                    // declaration. The target `xml` anywhere else is not well-formed (XML 1.0 §2.6
+                    // reserves it); any other target is a processing instruction, which RFC 6120
+                    // forbids.
                     let need = self.tag_start + 6;
                     let target = &buf[self.tag_start + 2..end.min(need)];
+                    let is_xml_target = |t: &[u8]| {
+                        t.len() == 4
+                            && t[..3].eq_ignore_ascii_case(b"xml")
+                            && (is_space(t[3]) || t[3] == b'?')
+                    };
                     if end < need {
-                        if self.level == Level::Start
-                            && b"xml".starts_with(&target[..target.len().min(3)])
-                        {
+                        let seen = target.len().min(3);
+                        if target[..seen].eq_ignore_ascii_case(&b"xml"[..seen]) {
                             break Ok(Step::NeedMore);
                         }
                         break Err(XmlErrorKind::RestrictedXml(
@@ -423,6 +430,8 @@ impl Machine {
                     if self.level == Level::Start && &target[..3] == b"xml" && is_space(target[3]) {
                         self.lex = Lex::Decl;
                         pos = need;
+                    } else if is_xml_target(target) {
+                        break Err(malformed(Malformed::BadDeclaration));
                     } else {
                         break Err(XmlErrorKind::RestrictedXml(
                             Restricted::ProcessingInstruction,
@@ -437,7 +446,11 @@ impl Machine {
                         self.level = Level::Prolog;
                         break decl.map(Step::Decl);
                     }
-                    Some(_) => break Err(malformed(Malformed::BadDeclaration)),
+                    Some(i) => {
+                        // Report at the `>`, wherever the feeds were cut.
+                        pos += i;
+                        break Err(malformed(Malformed::BadDeclaration));
+                    }
                     None => {
                         pos = end;
                         if end - self.tag_start > MAX_DECL_BYTES {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes};
 
-use super::escape::{put_escaped, unescape_attr};
+use super::escape::{put_escaped_attr, unescape_attr};
 
 /// The namespace of an XMPP stream header (RFC 6120 §4.8.1).
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
@@ -333,7 +333,7 @@ impl Stanza {
                     out.put_slice(prefix.as_bytes());
                     out.put_slice(b"='");
                 }
-                put_escaped(out, uri);
+                put_escaped_attr(out, uri);
                 out.put_u8(b'\'');
             }
         }
@@ -360,7 +360,7 @@ impl Stanza {
         let mut at = name_end;
         for (span, value) in edits.iter() {
             out.put_slice(&bytes[at..span.start as usize]);
-            put_escaped(out, value);
+            put_escaped_attr(out, value);
             at = span.range().end;
         }
         out.put_slice(&bytes[at..]);
@@ -371,7 +371,7 @@ fn put_attr(out: &mut impl BufMut, name: &str, value: &str) {
     out.put_u8(b' ');
     out.put_slice(name.as_bytes());
     out.put_slice(b"='");
-    put_escaped(out, value);
+    put_escaped_attr(out, value);
     out.put_u8(b'\'');
 }
 

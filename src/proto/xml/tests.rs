@@ -280,7 +280,14 @@ fn restricted_xml_is_refused() {
     let (_, err) = stream(&format!("<!DOCTYPE stream>{HEADER}"));
     assert_eq!(err.unwrap().kind, XmlErrorKind::RestrictedXml(Doctype));
     assert_eq!(err.unwrap().condition(), StreamCondition::RestrictedXml);
+    // A declaration anywhere but at the very start is not well-formed rather than a forbidden PI
+    // (XML 1.0 §2.6 reserves the target `xml`).
     let (_, err) = stream(&format!("\n<?xml version='1.0'?>{HEADER}"));
+    assert_eq!(
+        err.unwrap().kind,
+        XmlErrorKind::NotWellFormed(Malformed::BadDeclaration)
+    );
+    let (_, err) = stream(&format!("<?xml-stylesheet href='a'?>{HEADER}"));
     assert_eq!(
         err.unwrap().kind,
         XmlErrorKind::RestrictedXml(ProcessingInstruction)
