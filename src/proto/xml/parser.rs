@@ -438,26 +438,31 @@ impl Machine {
                         ));
                     }
                 }
-                Lex::Decl => match memchr::memchr(b'>', &buf[pos..]) {
-                    Some(i) if buf[pos + i - 1] == b'?' => {
-                        let decl = parse_decl(&buf[self.tag_start + 6..pos + i - 1]);
-                        pos += i + 1;
-                        self.lex = Lex::Content;
-                        self.level = Level::Prolog;
-                        break decl.map(Step::Decl);
-                    }
-                    Some(i) => {
-                        // Report at the `>`, wherever the feeds were cut.
-                        pos += i;
-                        break Err(malformed(Malformed::BadDeclaration));
-                    }
-                    None => {
-                        pos = end;
-                        if end - self.tag_start > MAX_DECL_BYTES {
+                Lex::Decl => {
+                    // The declaration is searched only within its size cap, so a long one fails at the
+                    // same offset however the input was cut.
+                    let cap = self.tag_start + MAX_DECL_BYTES;
+                    let window_end = end.min(cap);
+                    match memchr::memchr(b'>', &buf[pos..window_end]) {
+                        Some(i) if buf[pos + i - 1] == b'?' => {
+                            let decl = parse_decl(&buf[self.tag_start + 6..pos + i - 1]);
+                            pos += i + 1;
+                            self.lex = Lex::Content;
+                            self.level = Level::Prolog;
+                            break decl.map(Step::Decl);
+                        }
+                        Some(i) => {
+                            // Report at the `>`, wherever the feeds were cut.
+                            pos += i;
                             break Err(malformed(Malformed::BadDeclaration));
                         }
+                        None if window_end == cap => {
+                            pos = cap;
+                            break Err(malformed(Malformed::BadDeclaration));
+                        }
+                        None => pos = end,
                     }
-                },
+                }
                 Lex::Bang => {
                     match buf[pos] {
                         b'[' if !self.stack.is_empty() => {
@@ -860,7 +865,7 @@ impl Machine {
     /// then the stream header's.
     fn resolve(&self, buf: &[u8], prefix: &[u8]) -> Option<Resolved> {
         for (i, b) in self.ns.iter().enumerate().rev() {
-            if &buf[b.prefix.range()] == prefix {
+            if same(&buf[b.prefix.range()], prefix) {
                 return Some(if b.uri.span.len == 0 {
                     Resolved::NoNamespace
                 } else {
@@ -875,7 +880,7 @@ impl Machine {
             && let Some(i) = scope
                 .bindings
                 .iter()
-                .rposition(|(p, _)| p.as_bytes() == prefix)
+                .rposition(|(p, _)| same(p.as_bytes(), prefix))
         {
             return Some(if scope.bindings[i].1.is_empty() {
                 Resolved::NoNamespace
@@ -982,14 +987,16 @@ impl Machine {
             };
             for b in &attrs[..i] {
                 let b_name = &buf[b.name.range()];
-                if a_name == b_name {
+                if same(a_name, b_name) {
                     return Err(malformed(Malformed::DuplicateAttribute));
                 }
                 if let Some(a_ns) = a_ns
                     && b.colon != 0
                     && !b_name.starts_with(b"xmlns:")
-                    && buf[a.colon as usize + 1..a.name.range().end]
-                        == buf[b.colon as usize + 1..b.name.range().end]
+                    && same(
+                        &buf[a.colon as usize + 1..a.name.range().end],
+                        &buf[b.colon as usize + 1..b.name.range().end],
+                    )
                 {
                     let b_ns = self
                         .resolve(buf, &buf[b.name.start as usize..b.colon as usize])
@@ -1191,6 +1198,14 @@ fn text_char(s: &[u8]) -> Res<Option<usize>> {
 }
 
 /// Parses the inside of `<?xml … ?>` after `<?xml` and one space.
+/// Equality for the short names and prefixes the tag checks compare many times per element: an inline
+/// byte loop, because the library `memcmp` call costs more than the comparison for a handful of bytes
+/// (it was a quarter of the parse time on the mixed corpus).
+#[inline(always)]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 fn parse_decl(s: &[u8]) -> Res<XmlDecl> {
     let bad = || malformed(Malformed::BadDeclaration);
     let text = std::str::from_utf8(s).map_err(|_| bad())?;
