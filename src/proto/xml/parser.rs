@@ -171,8 +171,10 @@ enum Resolved {
 /// A completed step of the lexer.
 enum Step {
     NeedMore,
-    Decl(XmlDecl),
-    Root(StreamHeader),
+    // Boxed: they come once per stream, and a small `Step` keeps the per-feed path (mostly `NeedMore`
+    // when reads are small) free of large copies.
+    Decl(Box<XmlDecl>),
+    Root(Box<StreamHeader>),
     Stanza,
     Close,
 }
@@ -449,7 +451,7 @@ impl Machine {
                             pos += i + 1;
                             self.lex = Lex::Content;
                             self.level = Level::Prolog;
-                            break decl.map(Step::Decl);
+                            break decl.map(|d| Step::Decl(Box::new(d)));
                         }
                         Some(i) => {
                             // Report at the `>`, wherever the feeds were cut.
@@ -1026,7 +1028,7 @@ impl Machine {
             self.ns.clear();
             self.in_top = false;
             self.lex = Lex::Content;
-            return Ok(Step::Root(header));
+            return Ok(Step::Root(Box::new(header)));
         }
 
         if is_top {
@@ -1445,12 +1447,12 @@ impl StreamParser {
             }
             Step::Decl(decl) => {
                 self.trim(self.m.pos);
-                Ok(Some(Event::Declaration(decl)))
+                Ok(Some(Event::Declaration(*decl)))
             }
             Step::Root(header) => {
                 self.trim(self.m.pos);
                 self.close_pending = self.m.level == Level::Epilog;
-                Ok(Some(Event::StreamOpen(header)))
+                Ok(Some(Event::StreamOpen(*header)))
             }
             Step::Close => {
                 self.trim(self.m.pos);
