@@ -4,4 +4,6 @@
 //! peer, fuzzed, and moved to another runtime unchanged.
 
 pub mod errors;
+pub mod jid;
+pub mod sasl;
 pub mod xml;
