@@ -1,0 +1,615 @@
+//! The client-to-server stream state machine (RFC 6120 §4 to §7): stream headers, features, STARTTLS,
+//! SASL, resource binding and the legacy session IQ, up to an established session whose stanzas it hands
+//! to the router. It owns the negotiation state of one connection and nothing else: it reads parsed
+//! events and driver inputs (TLS is up, credentials found, bind decided, the clock) and queues
+//! [`Action`]s (bytes to send, TLS to start, a lookup to make, a stanza to route, the stream to close).
+//! No sockets, no storage, no clock of its own, so every path is tested against an in-memory peer.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::errors::{StanzaErrorCondition, StreamErrorCondition, write_error_reply, write_stream_error};
+use super::jid::Jid;
+use super::sasl::{ChannelBindings, Credentials, Mechanism, SaslError, SaslServer, Step};
+use super::xml::{Element, Event, Stanza, StanzaKind, StreamHeader, XmlError, escape};
+
+pub const NS_CLIENT: &str = "jabber:client";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+
+/// What the state machine needs to know of the server's configuration, shared by all connections.
+#[derive(Debug, Clone)]
+pub struct C2sSettings {
+    /// The virtual hosts served; the first is used when a client omits `to`.
+    pub hosts: Vec<String>,
+    /// Whether STARTTLS can be offered (a certificate exists and the listener is not already TLS).
+    pub starttls: bool,
+    /// Whether SASL is refused until TLS is up (RFC 6120 §5.3.1 lets a server require it; default true).
+    pub tls_required: bool,
+    /// Failed SASL attempts allowed on one stream before it is closed with `policy-violation`.
+    pub max_sasl_failures: u32,
+    /// How long a connection may take to authenticate.
+    pub auth_timeout: Duration,
+}
+
+/// What the connection driver must do next.
+#[derive(Debug)]
+pub enum Action {
+    /// Write these bytes (in order with every other `Send`).
+    Send(Vec<u8>),
+    /// After the bytes before it are written, start TLS as server on this connection, and reset the
+    /// parser: everything after `<starttls/>` is TLS and then a new stream (RFC 6120 §5.4.3.3).
+    StartTls,
+    /// Reset the parser now: the client restarts the stream after SASL success (RFC 6120 §6.4.6); bytes
+    /// already read belong to the new stream.
+    ResetParser,
+    /// Look up the credentials of `username` on `host` and answer with [`C2s::credentials`].
+    LookupCredentials { host: String, username: String },
+    /// SASL succeeded for this bare JID: the driver may move the connection to the JID's home shard.
+    Authenticated(Jid),
+    /// Bind a resource (`None`: the server chooses) and answer with [`C2s::bound`]. `iq` is the request.
+    Bind { resource: Option<String>, iq: Stanza },
+    /// An established session sent a stanza for the router; `from` has been checked and must be stamped.
+    Route(Stanza),
+    /// Close the connection after writing what is queued (the closing tag or the stream error included).
+    Close,
+}
+
+/// Why a bind request was refused, decided by the session manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindError {
+    /// The resource is not a valid resourcepart.
+    BadResource,
+    /// The account has as many sessions as it may.
+    TooManySessions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the client's stream header.
+    Header,
+    /// Before authentication, after features.
+    PreAuth,
+    /// `<proceed/>` sent; waiting for the driver to start TLS and the client to restart.
+    TlsStarting,
+    /// A SASL exchange in progress.
+    Sasl,
+    /// Waiting for a credentials lookup during SASL.
+    SaslLookup,
+    /// Authenticated, before bind.
+    Bound0,
+    /// Waiting for the session manager's bind answer.
+    Binding,
+    /// A bound session.
+    Established,
+    Closed,
+}
+
+/// One client stream's negotiation and session state.
+pub struct C2s {
+    settings: std::sync::Arc<C2sSettings>,
+    phase: Phase,
+    /// The host the client addressed.
+    host: String,
+    stream_id: String,
+    header_sent: bool,
+    secure: bool,
+    bindings: ChannelBindings,
+    sasl: Option<SaslServer>,
+    sasl_failures: u32,
+    user: Option<Jid>,
+    full: Option<Jid>,
+    started: Instant,
+    actions: VecDeque<Action>,
+    random: Box<dyn FnMut(&mut [u8]) + Send>,
+}
+
+impl C2s {
+    /// A new stream. `secure` is true on a direct-TLS listener (XEP-0368), where TLS is already up and
+    /// `bindings` are known. `random` fills buffers with fresh randomness (stream ids, SASL nonces).
+    pub fn new(
+        settings: std::sync::Arc<C2sSettings>,
+        secure: bool,
+        bindings: ChannelBindings,
+        now: Instant,
+        mut random: Box<dyn FnMut(&mut [u8]) + Send>,
+    ) -> C2s {
+        let mut id = [0u8; 12];
+        random(&mut id);
+        C2s {
+            host: settings.hosts.first().cloned().unwrap_or_default(),
+            settings,
+            phase: Phase::Header,
+            stream_id: hex(&id),
+            header_sent: false,
+            secure,
+            bindings,
+            sasl: None,
+            sasl_failures: 0,
+            user: None,
+            full: None,
+            started: now,
+            actions: VecDeque::new(),
+            random,
+        }
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The authenticated bare JID, once SASL has succeeded.
+    pub fn user(&self) -> Option<&Jid> {
+        self.user.as_ref()
+    }
+
+    /// The bound full JID of an established session.
+    pub fn full_jid(&self) -> Option<&Jid> {
+        self.full.as_ref()
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.phase == Phase::Established
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A parsed event from the client.
+    pub fn handle_event(&mut self, event: Event) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        match event {
+            Event::Declaration(_) => {}
+            Event::StreamOpen(header) => self.stream_open(&header),
+            Event::StreamClose => {
+                self.send(b"</stream:stream>".to_vec());
+                self.close();
+            }
+            Event::Stanza(stanza) => self.element(stanza),
+        }
+    }
+
+    /// The parser refused the input: the matching stream error, and close.
+    pub fn handle_parse_error(&mut self, error: XmlError) {
+        use super::xml::StreamCondition as C;
+        let condition = match error.condition() {
+            C::NotWellFormed => StreamErrorCondition::NotWellFormed,
+            C::RestrictedXml => StreamErrorCondition::RestrictedXml,
+            C::InvalidNamespace => StreamErrorCondition::InvalidNamespace,
+            C::BadFormat => StreamErrorCondition::BadFormat,
+            C::PolicyViolation => StreamErrorCondition::PolicyViolation,
+            C::UnsupportedEncoding => StreamErrorCondition::UnsupportedEncoding,
+        };
+        self.stream_error(condition, None);
+    }
+
+    /// TLS is up after STARTTLS; `bindings` are its channel-binding data.
+    pub fn tls_established(&mut self, bindings: ChannelBindings) {
+        self.secure = true;
+        self.bindings = bindings;
+        self.phase = Phase::Header;
+        self.header_sent = false;
+    }
+
+    /// The answer to [`Action::LookupCredentials`]; `None` when the user does not exist.
+    pub fn credentials(&mut self, credentials: Option<&Credentials>) {
+        if self.phase != Phase::SaslLookup {
+            return;
+        }
+        self.phase = Phase::Sasl;
+        let result = self.sasl.as_mut().expect("in SASL").credentials(credentials);
+        self.sasl_step(result);
+    }
+
+    /// The session manager's answer to [`Action::Bind`].
+    pub fn bound(&mut self, iq: &Stanza, result: Result<Jid, BindError>) {
+        if self.phase != Phase::Binding {
+            return;
+        }
+        match result {
+            Ok(full) => {
+                let mut out = Vec::new();
+                out.extend_from_slice(b"<iq type='result'");
+                put_id(&mut out, iq);
+                out.extend_from_slice(b"><bind xmlns='");
+                out.extend_from_slice(NS_BIND.as_bytes());
+                out.extend_from_slice(b"'><jid>");
+                out.extend_from_slice(escape(full.as_str()).as_bytes());
+                out.extend_from_slice(b"</jid></bind></iq>");
+                self.send(out);
+                self.full = Some(full);
+                self.phase = Phase::Established;
+            }
+            Err(e) => {
+                self.phase = Phase::Bound0;
+                let condition = match e {
+                    BindError::BadResource => StanzaErrorCondition::BadRequest,
+                    BindError::TooManySessions => StanzaErrorCondition::ResourceConstraint,
+                };
+                self.reply_error(iq, condition);
+            }
+        }
+    }
+
+    /// The clock: closes a connection that has not authenticated in time.
+    pub fn tick(&mut self, now: Instant) {
+        if self.user.is_none()
+            && self.phase != Phase::Closed
+            && now.duration_since(self.started) >= self.settings.auth_timeout
+        {
+            self.stream_error(StreamErrorCondition::ConnectionTimeout, None);
+        }
+    }
+
+    /// Ends the stream with `condition` (e.g. `conflict` when replaced, `system-shutdown`).
+    pub fn stream_error(&mut self, condition: StreamErrorCondition, text: Option<&str>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if !self.header_sent {
+            self.send_header(None);
+        }
+        let mut out = Vec::new();
+        write_stream_error(&mut out, condition, text);
+        self.send(out);
+        self.close();
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.actions.push_back(Action::Close);
+    }
+
+    fn send(&mut self, bytes: Vec<u8>) {
+        self.actions.push_back(Action::Send(bytes));
+    }
+
+    fn send_header(&mut self, features: Option<Vec<u8>>) {
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' ");
+        out.extend_from_slice(b"xmlns:stream='http://etherx.jabber.org/streams' id='");
+        out.extend_from_slice(self.stream_id.as_bytes());
+        out.extend_from_slice(b"' from='");
+        out.extend_from_slice(escape(&self.host).as_bytes());
+        out.extend_from_slice(b"' version='1.0' xml:lang='en'>");
+        if let Some(f) = features {
+            out.extend_from_slice(&f);
+        }
+        self.header_sent = true;
+        self.send(out);
+    }
+
+    fn stream_open(&mut self, header: &StreamHeader) {
+        if self.phase != Phase::Header {
+            // A second header inside a stream is not well-formed for us: the parser reports it as a
+            // stanza named stream, so this is unreachable; be strict anyway.
+            self.stream_error(StreamErrorCondition::BadFormat, None);
+            return;
+        }
+        let mut id = [0u8; 12];
+        (self.random)(&mut id);
+        self.stream_id = hex(&id);
+        if let Some(to) = header.to() {
+            match super::jid::prep_domain(to) {
+                Ok(d) if self.settings.hosts.iter().any(|h| *h == d) => self.host = d,
+                _ => {
+                    self.stream_error(StreamErrorCondition::HostUnknown, None);
+                    return;
+                }
+            }
+        }
+        if !header.is_xmpp_stream() {
+            self.stream_error(StreamErrorCondition::InvalidNamespace, None);
+            return;
+        }
+        if header.default_ns() != Some(NS_CLIENT) {
+            self.stream_error(StreamErrorCondition::InvalidNamespace, None);
+            return;
+        }
+        // RFC 6120 §4.7.5: a missing version means 0.9, which has no features; only major version 1.
+        match header.version() {
+            Some(v) if v.split('.').next() == Some("1") => {}
+            _ => {
+                self.stream_error(StreamErrorCondition::UnsupportedVersion, None);
+                return;
+            }
+        }
+        let features = self.features();
+        self.send_header(Some(features));
+        self.phase = if self.user.is_some() {
+            Phase::Bound0
+        } else {
+            Phase::PreAuth
+        };
+    }
+
+    fn offers_sasl(&self) -> bool {
+        self.secure || !self.settings.tls_required
+    }
+
+    fn mechanisms(&self) -> impl Iterator<Item = Mechanism> + '_ {
+        let plus = self.secure && self.bindings.any();
+        Mechanism::ALL
+            .into_iter()
+            .filter(move |m| plus || !m.is_plus())
+    }
+
+    fn features(&self) -> Vec<u8> {
+        let mut f = String::from("<stream:features>");
+        if self.user.is_some() {
+            f.push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
+            f.push_str("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
+        } else {
+            if !self.secure && self.settings.starttls {
+                f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+                if self.settings.tls_required {
+                    f.push_str("<required/>");
+                }
+                f.push_str("</starttls>");
+            }
+            if self.offers_sasl() {
+                f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
+                for m in self.mechanisms() {
+                    f.push_str("<mechanism>");
+                    f.push_str(m.name());
+                    f.push_str("</mechanism>");
+                }
+                f.push_str("</mechanisms>");
+                if self.secure && self.bindings.any() {
+                    f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
+                    for t in self.bindings.types() {
+                        f.push_str("<channel-binding type='");
+                        f.push_str(t);
+                        f.push_str("'/>");
+                    }
+                    f.push_str("</sasl-channel-binding>");
+                }
+            }
+        }
+        f.push_str("</stream:features>");
+        f.into_bytes()
+    }
+
+    fn element(&mut self, stanza: Stanza) {
+        let ns = stanza.namespace().map(|n| n.into_owned());
+        let local = stanza.local_name().to_string();
+        match (&self.phase, ns.as_deref(), local.as_str()) {
+            (Phase::PreAuth, Some(NS_TLS), "starttls") => self.starttls(),
+            (Phase::PreAuth, Some(NS_SASL), "auth") => self.auth(&stanza),
+            (Phase::Sasl, Some(NS_SASL), "response") => {
+                let Some(data) = self.sasl_payload(&stanza) else {
+                    return;
+                };
+                let result = self.sasl.as_mut().expect("in SASL").step(&data);
+                self.sasl_step(result);
+            }
+            (Phase::Sasl | Phase::SaslLookup, Some(NS_SASL), "abort") => {
+                self.sasl = None;
+                self.sasl_failure("aborted");
+            }
+            (Phase::Bound0 | Phase::Established, Some(NS_CLIENT), _)
+                if stanza.kind() == StanzaKind::Iq && self.is_session_iq(&stanza) =>
+            {
+                // RFC 3921 §3, kept by RFC 6121 as optional: answered, nothing to do.
+                let mut out = Vec::new();
+                out.extend_from_slice(b"<iq type='result'");
+                put_id(&mut out, &stanza);
+                out.extend_from_slice(b"/>");
+                self.send(out);
+            }
+            (Phase::Bound0, Some(NS_CLIENT), "iq") => self.bind_request(stanza),
+            (Phase::Established, Some(NS_CLIENT), _) if stanza.kind() != StanzaKind::Other => {
+                self.route(stanza)
+            }
+            (Phase::PreAuth | Phase::Sasl | Phase::SaslLookup, Some(NS_CLIENT), _)
+                if stanza.kind() != StanzaKind::Other =>
+            {
+                // RFC 6120 §6.4.1: no stanzas before authentication.
+                self.stream_error(StreamErrorCondition::NotAuthorized, None)
+            }
+            (Phase::Bound0 | Phase::Binding, Some(NS_CLIENT), _) if stanza.kind() != StanzaKind::Other => {
+                // RFC 6120 §7.1: no stanzas before the resource is bound.
+                self.stream_error(StreamErrorCondition::NotAuthorized, None)
+            }
+            (Phase::SaslLookup | Phase::Binding | Phase::TlsStarting, _, _) => {
+                // Pipelining past a step that waits for the server is a protocol violation.
+                self.stream_error(StreamErrorCondition::PolicyViolation, None)
+            }
+            _ => self.stream_error(StreamErrorCondition::UnsupportedStanzaType, None),
+        }
+    }
+
+    fn starttls(&mut self) {
+        if self.secure || !self.settings.starttls {
+            // RFC 6120 §5.4.2.2: a failure, then close.
+            self.send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>".to_vec());
+            self.close();
+            return;
+        }
+        self.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".to_vec());
+        self.actions.push_back(Action::StartTls);
+        self.phase = Phase::TlsStarting;
+    }
+
+    fn auth(&mut self, stanza: &Stanza) {
+        let el = stanza.to_element();
+        let name = el.attr("mechanism").unwrap_or_default();
+        if !self.offers_sasl() {
+            self.sasl_failure("encryption-required");
+            return;
+        }
+        let Some(mech) = Mechanism::from_name(name).filter(|m| self.mechanisms().any(|o| o == *m)) else {
+            self.sasl_failure("invalid-mechanism");
+            return;
+        };
+        let Some(data) = decode_payload(&el) else {
+            self.sasl_failure("incorrect-encoding");
+            return;
+        };
+        let mut nonce = [0u8; 18];
+        (self.random)(&mut nonce);
+        let plus_offered = self.secure && self.bindings.any();
+        self.sasl = Some(SaslServer::new(mech, self.bindings.clone(), plus_offered, &nonce));
+        self.phase = Phase::Sasl;
+        if data.is_empty() && mech != Mechanism::Plain {
+            // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
+            self.send(b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_vec());
+            return;
+        }
+        let result = self.sasl.as_mut().expect("just set").step(&data);
+        self.sasl_step(result);
+    }
+
+    fn sasl_payload(&mut self, stanza: &Stanza) -> Option<Vec<u8>> {
+        let el = stanza.to_element();
+        let data = decode_payload(&el);
+        if data.is_none() {
+            self.sasl = None;
+            self.sasl_failure("incorrect-encoding");
+        }
+        data
+    }
+
+    fn sasl_step(&mut self, result: Result<Step, SaslError>) {
+        match result {
+            Ok(Step::NeedCredentials { username }) => {
+                self.phase = Phase::SaslLookup;
+                let host = self.host.clone();
+                self.actions.push_back(Action::LookupCredentials { host, username });
+            }
+            Ok(Step::Challenge(c)) => {
+                let mut out = b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>".to_vec();
+                out.extend_from_slice(B64.encode(c).as_bytes());
+                out.extend_from_slice(b"</challenge>");
+                self.send(out);
+            }
+            Ok(Step::Success { username, additional }) => {
+                self.sasl = None;
+                let Ok(jid) = Jid::from_parts(Some(&username), &self.host, None) else {
+                    self.sasl_failure("not-authorized");
+                    return;
+                };
+                let mut out = b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'".to_vec();
+                if additional.is_empty() {
+                    out.extend_from_slice(b"/>");
+                } else {
+                    out.push(b'>');
+                    out.extend_from_slice(B64.encode(additional).as_bytes());
+                    out.extend_from_slice(b"</success>");
+                }
+                self.send(out);
+                self.actions.push_back(Action::ResetParser);
+                self.user = Some(jid.clone());
+                self.phase = Phase::Header;
+                self.header_sent = false;
+                self.actions.push_back(Action::Authenticated(jid));
+            }
+            Err(e) => {
+                self.sasl = None;
+                self.sasl_failure(e.condition());
+            }
+        }
+    }
+
+    fn sasl_failure(&mut self, condition: &str) {
+        let mut out = b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><".to_vec();
+        out.extend_from_slice(condition.as_bytes());
+        out.extend_from_slice(b"/></failure>");
+        self.send(out);
+        self.phase = Phase::PreAuth;
+        if condition != "aborted" {
+            self.sasl_failures += 1;
+        }
+        if self.sasl_failures >= self.settings.max_sasl_failures {
+            self.stream_error(StreamErrorCondition::PolicyViolation, Some("too many failed authentication attempts"));
+        }
+    }
+
+    fn is_session_iq(&self, stanza: &Stanza) -> bool {
+        if stanza.type_().as_deref() != Some("set") {
+            return false;
+        }
+        if let Some(to) = stanza.to()
+            && *to != *self.host
+        {
+            return false;
+        }
+        let el = stanza.to_element();
+        let children: Vec<&Element> = el.child_elements().collect();
+        children.len() == 1 && children[0].name == "session" && children[0].namespace() == Some(NS_SESSION)
+    }
+
+    fn bind_request(&mut self, stanza: Stanza) {
+        let el = stanza.to_element();
+        let bind = el
+            .child_elements()
+            .find(|c| c.name == "bind" && c.namespace() == Some(NS_BIND));
+        match (stanza.type_().as_deref(), bind) {
+            (Some("set"), Some(bind)) => {
+                let resource = bind.child("resource").map(|r| r.text()).filter(|r| !r.is_empty());
+                self.phase = Phase::Binding;
+                self.actions.push_back(Action::Bind { resource, iq: stanza });
+            }
+            _ => {
+                // RFC 6120 §7.1: no other stanza before the resource is bound.
+                self.stream_error(StreamErrorCondition::NotAuthorized, None)
+            }
+        }
+    }
+
+    fn route(&mut self, stanza: Stanza) {
+        let full = self.full.as_ref().expect("established");
+        if let Some(from) = stanza.from() {
+            // RFC 6120 §8.1.2.1: a client may only claim its own full or bare JID.
+            let ok = Jid::parse(&from).is_ok_and(|f| f == *full || (f.is_bare() && f.bare_str() == full.bare_str()));
+            if !ok {
+                self.stream_error(StreamErrorCondition::InvalidFrom, None);
+                return;
+            }
+        }
+        self.actions.push_back(Action::Route(stanza));
+    }
+
+    /// Answers `stanza` from the server with a stanza error (never an error to an error).
+    pub fn reply_error(&mut self, stanza: &Stanza, condition: StanzaErrorCondition) {
+        let mut out = Vec::new();
+        if write_error_reply(&mut out, stanza, &self.host, condition, None) {
+            self.send(out);
+        }
+    }
+}
+
+fn decode_payload(el: &Element) -> Option<Vec<u8>> {
+    let text = el.text();
+    let text = text.trim();
+    if text.is_empty() || text == "=" {
+        return Some(Vec::new());
+    }
+    B64.decode(text).ok()
+}
+
+fn put_id(out: &mut Vec<u8>, iq: &Stanza) {
+    if let Some(id) = iq.id() {
+        out.extend_from_slice(b" id='");
+        out.extend_from_slice(escape(&id).as_bytes());
+        out.push(b'\'');
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
