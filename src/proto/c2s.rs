@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::errors::{StanzaErrorCondition, StreamErrorCondition, write_error_reply, write_stream_error};
+use super::errors::{
+    StanzaErrorCondition, StreamErrorCondition, write_error_reply, write_stream_error,
+};
 use super::jid::Jid;
 use super::sasl::{ChannelBindings, Credentials, Mechanism, SaslError, SaslServer, Step};
 use super::xml::{Element, Event, Stanza, StanzaKind, StreamHeader, XmlError, escape};
@@ -22,6 +24,9 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+
+/// Fills a buffer with fresh randomness (stream ids, SASL nonces); passed in so tests are repeatable.
+pub type RandomSource = Box<dyn FnMut(&mut [u8]) + Send>;
 
 /// What the state machine needs to know of the server's configuration, shared by all connections.
 #[derive(Debug, Clone)]
@@ -54,7 +59,10 @@ pub enum Action {
     /// SASL succeeded for this bare JID: the driver may move the connection to the JID's home shard.
     Authenticated(Jid),
     /// Bind a resource (`None`: the server chooses) and answer with [`C2s::bound`]. `iq` is the request.
-    Bind { resource: Option<String>, iq: Stanza },
+    Bind {
+        resource: Option<String>,
+        iq: Stanza,
+    },
     /// An established session sent a stanza for the router; `from` has been checked and must be stamped.
     Route(Stanza),
     /// Close the connection after writing what is queued (the closing tag or the stream error included).
@@ -107,7 +115,7 @@ pub struct C2s {
     full: Option<Jid>,
     started: Instant,
     actions: VecDeque<Action>,
-    random: Box<dyn FnMut(&mut [u8]) + Send>,
+    random: RandomSource,
 }
 
 impl C2s {
@@ -118,7 +126,7 @@ impl C2s {
         secure: bool,
         bindings: ChannelBindings,
         now: Instant,
-        mut random: Box<dyn FnMut(&mut [u8]) + Send>,
+        mut random: RandomSource,
     ) -> C2s {
         let mut id = [0u8; 12];
         random(&mut id);
@@ -211,7 +219,11 @@ impl C2s {
             return;
         }
         self.phase = Phase::Sasl;
-        let result = self.sasl.as_mut().expect("in SASL").credentials(credentials);
+        let result = self
+            .sasl
+            .as_mut()
+            .expect("in SASL")
+            .credentials(credentials);
         self.sasl_step(result);
     }
 
@@ -305,7 +317,7 @@ impl C2s {
         self.stream_id = hex(&id);
         if let Some(to) = header.to() {
             match super::jid::prep_domain(to) {
-                Ok(d) if self.settings.hosts.iter().any(|h| *h == d) => self.host = d,
+                Ok(d) if self.settings.hosts.contains(&d) => self.host = d,
                 _ => {
                     self.stream_error(StreamErrorCondition::HostUnknown, None);
                     return;
@@ -352,7 +364,9 @@ impl C2s {
         let mut f = String::from("<stream:features>");
         if self.user.is_some() {
             f.push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
-            f.push_str("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>");
+            f.push_str(
+                "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
+            );
         } else {
             if !self.secure && self.settings.starttls {
                 f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
@@ -421,7 +435,9 @@ impl C2s {
                 // RFC 6120 §6.4.1: no stanzas before authentication.
                 self.stream_error(StreamErrorCondition::NotAuthorized, None)
             }
-            (Phase::Bound0 | Phase::Binding, Some(NS_CLIENT), _) if stanza.kind() != StanzaKind::Other => {
+            (Phase::Bound0 | Phase::Binding, Some(NS_CLIENT), _)
+                if stanza.kind() != StanzaKind::Other =>
+            {
                 // RFC 6120 §7.1: no stanzas before the resource is bound.
                 self.stream_error(StreamErrorCondition::NotAuthorized, None)
             }
@@ -436,7 +452,9 @@ impl C2s {
     fn starttls(&mut self) {
         if self.secure || !self.settings.starttls {
             // RFC 6120 §5.4.2.2: a failure, then close.
-            self.send(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>".to_vec());
+            self.send(
+                b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>".to_vec(),
+            );
             self.close();
             return;
         }
@@ -452,7 +470,8 @@ impl C2s {
             self.sasl_failure("encryption-required");
             return;
         }
-        let Some(mech) = Mechanism::from_name(name).filter(|m| self.mechanisms().any(|o| o == *m)) else {
+        let Some(mech) = Mechanism::from_name(name).filter(|m| self.mechanisms().any(|o| o == *m))
+        else {
             self.sasl_failure("invalid-mechanism");
             return;
         };
@@ -463,7 +482,12 @@ impl C2s {
         let mut nonce = [0u8; 18];
         (self.random)(&mut nonce);
         let plus_offered = self.secure && self.bindings.any();
-        self.sasl = Some(SaslServer::new(mech, self.bindings.clone(), plus_offered, &nonce));
+        self.sasl = Some(SaslServer::new(
+            mech,
+            self.bindings.clone(),
+            plus_offered,
+            &nonce,
+        ));
         self.phase = Phase::Sasl;
         if data.is_empty() && mech != Mechanism::Plain {
             // No initial response: an empty challenge asks for it (RFC 6120 §6.4.2).
@@ -489,7 +513,8 @@ impl C2s {
             Ok(Step::NeedCredentials { username }) => {
                 self.phase = Phase::SaslLookup;
                 let host = self.host.clone();
-                self.actions.push_back(Action::LookupCredentials { host, username });
+                self.actions
+                    .push_back(Action::LookupCredentials { host, username });
             }
             Ok(Step::Challenge(c)) => {
                 let mut out = b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>".to_vec();
@@ -497,7 +522,10 @@ impl C2s {
                 out.extend_from_slice(b"</challenge>");
                 self.send(out);
             }
-            Ok(Step::Success { username, additional }) => {
+            Ok(Step::Success {
+                username,
+                additional,
+            }) => {
                 self.sasl = None;
                 let Ok(jid) = Jid::from_parts(Some(&username), &self.host, None) else {
                     self.sasl_failure("not-authorized");
@@ -535,7 +563,10 @@ impl C2s {
             self.sasl_failures += 1;
         }
         if self.sasl_failures >= self.settings.max_sasl_failures {
-            self.stream_error(StreamErrorCondition::PolicyViolation, Some("too many failed authentication attempts"));
+            self.stream_error(
+                StreamErrorCondition::PolicyViolation,
+                Some("too many failed authentication attempts"),
+            );
         }
     }
 
@@ -550,7 +581,9 @@ impl C2s {
         }
         let el = stanza.to_element();
         let children: Vec<&Element> = el.child_elements().collect();
-        children.len() == 1 && children[0].name == "session" && children[0].namespace() == Some(NS_SESSION)
+        children.len() == 1
+            && children[0].name == "session"
+            && children[0].namespace() == Some(NS_SESSION)
     }
 
     fn bind_request(&mut self, stanza: Stanza) {
@@ -560,9 +593,15 @@ impl C2s {
             .find(|c| c.name == "bind" && c.namespace() == Some(NS_BIND));
         match (stanza.type_().as_deref(), bind) {
             (Some("set"), Some(bind)) => {
-                let resource = bind.child("resource").map(|r| r.text()).filter(|r| !r.is_empty());
+                let resource = bind
+                    .child("resource")
+                    .map(|r| r.text())
+                    .filter(|r| !r.is_empty());
                 self.phase = Phase::Binding;
-                self.actions.push_back(Action::Bind { resource, iq: stanza });
+                self.actions.push_back(Action::Bind {
+                    resource,
+                    iq: stanza,
+                });
             }
             _ => {
                 // RFC 6120 §7.1: no other stanza before the resource is bound.
@@ -575,7 +614,8 @@ impl C2s {
         let full = self.full.as_ref().expect("established");
         if let Some(from) = stanza.from() {
             // RFC 6120 §8.1.2.1: a client may only claim its own full or bare JID.
-            let ok = Jid::parse(&from).is_ok_and(|f| f == *full || (f.is_bare() && f.bare_str() == full.bare_str()));
+            let ok = Jid::parse(&from)
+                .is_ok_and(|f| f == *full || (f.is_bare() && f.bare_str() == full.bare_str()));
             if !ok {
                 self.stream_error(StreamErrorCondition::InvalidFrom, None);
                 return;
@@ -612,4 +652,356 @@ fn put_id(out: &mut Vec<u8>, iq: &Stanza) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::sasl::Hash;
+    use crate::proto::sasl::client::ScramClient;
+    use crate::proto::xml::{Limits, StreamParser};
+    use std::sync::Arc;
+
+    const HDR: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+                       to='example.org' version='1.0'>";
+
+    fn settings(tls_required: bool) -> Arc<C2sSettings> {
+        Arc::new(C2sSettings {
+            hosts: vec!["example.org".into(), "other.example".into()],
+            starttls: true,
+            tls_required,
+            max_sasl_failures: 2,
+            auth_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// The in-memory peer: a parser for the client's bytes, the state machine, a one-user store and
+    /// everything the server sent, as text.
+    struct Peer {
+        parser: StreamParser,
+        c2s: C2s,
+        sent: String,
+        routed: Vec<Stanza>,
+        authenticated: Option<Jid>,
+        closed: bool,
+        tls_started: bool,
+        creds: Credentials,
+        piece: usize,
+    }
+
+    impl Peer {
+        fn new(tls_required: bool, secure: bool, piece: usize) -> Peer {
+            let mut counter = 0u8;
+            Peer {
+                parser: StreamParser::new(Limits::default()),
+                c2s: C2s::new(
+                    settings(tls_required),
+                    secure,
+                    ChannelBindings::default(),
+                    Instant::now(),
+                    Box::new(move |b: &mut [u8]| {
+                        for x in b {
+                            counter = counter.wrapping_add(1);
+                            *x = counter;
+                        }
+                    }),
+                ),
+                sent: String::new(),
+                routed: Vec::new(),
+                authenticated: None,
+                closed: false,
+                tls_started: false,
+                creds: Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap(),
+                piece,
+            }
+        }
+
+        /// Feeds `input` in pieces and carries out every action; returns what the server sent meanwhile.
+        fn client(&mut self, input: &str) -> String {
+            let before = self.sent.len();
+            for chunk in input.as_bytes().chunks(self.piece) {
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let n = self.parser.feed(rest);
+                    rest = &rest[n..];
+                    loop {
+                        match self.parser.next_event() {
+                            Ok(Some(e)) => self.c2s.handle_event(e),
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.c2s.handle_parse_error(e);
+                                self.drain();
+                                return self.sent[before..].to_string();
+                            }
+                        }
+                        self.drain();
+                    }
+                }
+            }
+            self.sent[before..].to_string()
+        }
+
+        fn drain(&mut self) {
+            while let Some(a) = self.c2s.poll_action() {
+                match a {
+                    Action::Send(b) => self.sent.push_str(std::str::from_utf8(&b).unwrap()),
+                    Action::StartTls => {
+                        self.tls_started = true;
+                        self.parser.reset();
+                    }
+                    Action::ResetParser => self.parser.reset(),
+                    Action::LookupCredentials { host, username } => {
+                        assert_eq!(host, "example.org");
+                        let creds = self.creds.clone();
+                        self.c2s
+                            .credentials((username == "juliet").then_some(&creds));
+                    }
+                    Action::Authenticated(j) => self.authenticated = Some(j),
+                    Action::Bind { resource, iq } => {
+                        let user = self.c2s.user().unwrap().clone();
+                        let r = match resource.as_deref() {
+                            Some("bad\u{7}") => Err(BindError::BadResource),
+                            Some(r) => Ok(user.with_resource(r).unwrap()),
+                            None => Ok(user.with_resource("generated").unwrap()),
+                        };
+                        self.c2s.bound(&iq, r);
+                    }
+                    Action::Route(s) => self.routed.push(s),
+                    Action::Close => self.closed = true,
+                }
+            }
+        }
+
+        fn login(&mut self, resource: &str) {
+            self.client(HDR);
+            let mut scram = ScramClient::new(Hash::Sha256, "juliet", "pencil", "cnonce", None);
+            let out = self.client(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+                B64.encode(scram.client_first())
+            ));
+            let challenge = between(
+                &out,
+                "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+                "</challenge>",
+            );
+            let last = scram.client_final(&B64.decode(challenge).unwrap()).unwrap();
+            let out = self.client(&format!(
+                "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                B64.encode(last)
+            ));
+            let v = between(
+                &out,
+                "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+                "</success>",
+            );
+            assert!(scram.verify_server(&B64.decode(v).unwrap()));
+            let out = self.client(HDR);
+            assert!(
+                out.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"),
+                "{out}"
+            );
+            let out = self.client(&format!(
+                "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
+            ));
+            assert!(
+                out.contains(&format!("<jid>juliet@example.org/{resource}</jid>")),
+                "{out}"
+            );
+            assert!(self.c2s.is_established());
+        }
+    }
+
+    fn between<'a>(s: &'a str, a: &str, b: &str) -> &'a str {
+        let i = s.find(a).unwrap_or_else(|| panic!("{a} not in {s}")) + a.len();
+        &s[i..i + s[i..].find(b).unwrap()]
+    }
+
+    const PIECES: [usize; 5] = [usize::MAX, 1, 2, 5, 10];
+
+    #[test]
+    fn plaintext_negotiation_to_an_established_session() {
+        for piece in PIECES {
+            let mut p = Peer::new(false, false, piece);
+            p.login("balcony");
+            assert_eq!(
+                p.authenticated.as_ref().unwrap().as_str(),
+                "juliet@example.org"
+            );
+            let out = p.client(
+                "<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+            );
+            assert_eq!(out, "<iq type='result' id='s'/>");
+            p.client("<message to='romeo@example.org' from='juliet@example.org/balcony'><body>hi</body></message>");
+            assert_eq!(p.routed.len(), 1);
+            let out = p.client("</stream:stream>");
+            assert_eq!(out, "</stream:stream>");
+            assert!(p.closed);
+        }
+    }
+
+    #[test]
+    fn features_follow_the_tls_state() {
+        let mut p = Peer::new(true, false, usize::MAX);
+        let out = p.client(HDR);
+        assert!(
+            out.contains(
+                "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
+            )
+        );
+        assert!(
+            !out.contains("<mechanisms"),
+            "no SASL before TLS when TLS is required: {out}"
+        );
+        let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABwZW5jaWw=</auth>");
+        assert!(out.contains("<encryption-required/>"), "{out}");
+        let out = p.client("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert_eq!(out, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert!(p.tls_started);
+        p.c2s.tls_established(ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: None,
+        });
+        let out = p.client(HDR);
+        assert!(!out.contains("starttls"));
+        assert!(
+            out.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<channel-binding type='tls-exporter'/>"),
+            "{out}"
+        );
+        let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABwZW5jaWw=</auth>");
+        assert!(out.starts_with("<success"), "{out}");
+    }
+
+    #[test]
+    fn sasl_failures_and_their_cap() {
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.client(HDR);
+        let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'/>");
+        assert!(out.contains("<invalid-mechanism/>"), "{out}");
+        let out =
+            p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!</auth>");
+        assert!(out.contains("<incorrect-encoding/>"), "{out}");
+        assert!(
+            out.contains("<policy-violation"),
+            "the second failure reaches the cap of 2: {out}"
+        );
+        assert!(p.closed);
+
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.client(HDR);
+        // `\0juliet\0wrong`
+        let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldAB3cm9uZw==</auth>");
+        assert!(out.contains("<not-authorized/>"), "{out}");
+        let out =
+            p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'/>");
+        assert!(out.contains("<challenge"), "{out}");
+        let out = p.client("<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+        assert!(out.contains("<aborted/>"), "{out}");
+        let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>bixtPWp1bGlldA==</auth>");
+        assert!(out.contains("<malformed-request/>"), "{out}");
+        assert!(p.closed);
+    }
+
+    #[test]
+    fn header_checks() {
+        let cases = [
+            (
+                "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='nowhere.example' version='1.0'>",
+                "host-unknown",
+            ),
+            (
+                "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>",
+                "invalid-namespace",
+            ),
+            (
+                "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.org'>",
+                "unsupported-version",
+            ),
+            (
+                "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='example.org' version='1.0'>",
+                "invalid-namespace",
+            ),
+            (
+                "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'><a",
+                "",
+            ),
+            (
+                "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'><!-- c -->",
+                "restricted-xml",
+            ),
+            (
+                "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'><a></b>",
+                "not-well-formed",
+            ),
+        ];
+        for (input, condition) in cases {
+            for piece in PIECES {
+                let mut p = Peer::new(false, false, piece);
+                let out = p.client(input);
+                if condition.is_empty() {
+                    assert!(!p.closed, "incomplete input waits: {out}");
+                    continue;
+                }
+                assert!(
+                    out.starts_with("<?xml version='1.0'?><stream:stream "),
+                    "a header precedes the error: {out}"
+                );
+                assert!(
+                    out.contains(&format!(
+                        "<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                    )),
+                    "{input}: {out}"
+                );
+                assert!(out.ends_with("</stream:error></stream:stream>"));
+                assert!(p.closed);
+            }
+        }
+        let mut p = Peer::new(false, false, usize::MAX);
+        let out = p.client(&HDR.replace("example.org", "Other.Example"));
+        assert!(out.contains("from='other.example'"), "{out}");
+    }
+
+    #[test]
+    fn stanzas_before_auth_or_bind_and_forged_from() {
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.client(HDR);
+        let out = p.client("<message to='a@example.org'><body>x</body></message>");
+        assert!(
+            out.contains("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+            "{out}"
+        );
+
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.login("r");
+        let out = p.client("<message from='romeo@example.org/x' to='a@example.org'/>");
+        assert!(out.contains("<invalid-from"), "{out}");
+        assert!(p.routed.is_empty());
+
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.login("r");
+        p.client("<message from='juliet@example.org' to='a@example.org'/>");
+        assert_eq!(p.routed.len(), 1, "the bare JID is the sender's own");
+        let out = p.client("<enable xmlns='urn:xmpp:sm:3'/>");
+        assert!(out.contains("<unsupported-stanza-type"), "{out}");
+    }
+
+    #[test]
+    fn bind_errors_and_timeout() {
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.client(HDR);
+        p.c2s.tick(Instant::now() + Duration::from_secs(31));
+        p.drain();
+        assert!(p.sent.contains("<connection-timeout"), "{}", p.sent);
+        assert!(p.closed);
+
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.login("first");
+        // Authenticated sessions do not time out.
+        p.c2s.tick(Instant::now() + Duration::from_secs(3600));
+        p.drain();
+        assert!(!p.closed);
+    }
 }
