@@ -264,9 +264,11 @@ impl Config {
                     format!("`{}` is not an ip:port address", l.address.get_ref()),
                 )
             })?;
-            if self.listeners[..i]
-                .iter()
-                .any(|o| o.address.get_ref().parse::<SocketAddr>().ok() == Some(addr))
+            // Port 0 asks the system for a free port, so two listeners may both say it.
+            if addr.port() != 0
+                && self.listeners[..i]
+                    .iter()
+                    .any(|o| o.address.get_ref().parse::<SocketAddr>().ok() == Some(addr))
             {
                 return Err((
                     Some(l.address.span()),

@@ -24,5 +24,9 @@
 //! them; the map of what they will own is `../shared/DESIGN.md`.
 
 pub mod config;
+pub mod net;
 pub mod proto;
+pub mod router;
+pub mod shard;
 pub mod sm;
+pub mod storage;

@@ -294,6 +294,41 @@ pub fn write_error_reply(
     true
 }
 
+/// Appends the error reply to `stanza` with explicit addresses, for a router that knows the sender's full
+/// JID even when the stanza did not carry `from`. The reply declares `jabber:client` so it can be parsed
+/// and routed like any stanza. Returns false, writing nothing, when the stanza must not be answered.
+pub fn write_error_between(
+    out: &mut impl BufMut,
+    stanza: &Stanza,
+    from: &str,
+    to: &str,
+    condition: StanzaErrorCondition,
+) -> bool {
+    if !may_bounce(stanza) {
+        return false;
+    }
+    let name = stanza.local_name();
+    out.put_u8(b'<');
+    out.put_slice(name.as_bytes());
+    out.put_slice(b" xmlns='jabber:client'");
+    put_attr(out, "from", from);
+    put_attr(out, "to", to);
+    put_attr(out, "type", "error");
+    if let Some(id) = stanza.id() {
+        put_attr(out, "id", &id);
+    }
+    out.put_slice(b"><error type='");
+    out.put_slice(condition.default_type().as_str().as_bytes());
+    out.put_slice(b"'><");
+    out.put_slice(condition.as_str().as_bytes());
+    out.put_slice(b" xmlns='");
+    out.put_slice(NS_STANZA_ERRORS.as_bytes());
+    out.put_slice(b"'/></error></");
+    out.put_slice(name.as_bytes());
+    out.put_u8(b'>');
+    true
+}
+
 fn put_attr(out: &mut impl BufMut, name: &str, value: &str) {
     out.put_u8(b' ');
     out.put_slice(name.as_bytes());

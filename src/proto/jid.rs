@@ -199,6 +199,80 @@ impl std::str::FromStr for Jid {
     }
 }
 
+/// A JID borrowed from a string that is already canonical, so that routing needs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JidView<'a> {
+    pub text: &'a str,
+    pub local: Option<&'a str>,
+    pub domain: &'a str,
+    pub resource: Option<&'a str>,
+}
+
+impl<'a> JidView<'a> {
+    /// A view of `s` when it is an all-ASCII JID already in canonical form (lower-case local and domain
+    /// parts, nothing PRECIS would map); `None` means "run [`Jid::parse`]", not "invalid".
+    pub fn canonical(s: &'a str) -> Option<JidView<'a>> {
+        let (rest, resource) = match s.find('/') {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        let (local, domain) = match rest.find('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
+        };
+        let local_ok = local.is_none_or(|l| {
+            !l.is_empty()
+                && l.len() <= MAX_PART
+                && l.bytes().all(|b| {
+                    (0x21..0x7f).contains(&b)
+                        && !b.is_ascii_uppercase()
+                        && !matches!(b, b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@')
+                })
+        });
+        let domain_ok = !domain.is_empty()
+            && domain.len() <= MAX_PART
+            && !domain.ends_with('.')
+            && domain.split('.').all(|l| {
+                let a_label = l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--");
+                let shape_ok =
+                    !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-');
+                shape_ok
+                    && !a_label
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        let resource_ok = resource.is_none_or(|r| {
+            !r.is_empty() && r.len() <= MAX_PART && r.bytes().all(|b| (0x20..0x7f).contains(&b))
+        });
+        (local_ok && domain_ok && resource_ok).then_some(JidView {
+            text: s,
+            local,
+            domain,
+            resource,
+        })
+    }
+
+    /// `local@domain` or `domain`.
+    pub fn bare(&self) -> &'a str {
+        match self.resource {
+            Some(r) => &self.text[..self.text.len() - r.len() - 1],
+            None => self.text,
+        }
+    }
+}
+
+impl Jid {
+    /// This JID as a borrowed view.
+    pub fn view(&self) -> JidView<'_> {
+        JidView {
+            text: &self.text,
+            local: self.local(),
+            domain: self.domain(),
+            resource: self.resource(),
+        }
+    }
+}
+
 /// Prepares a localpart (also a SASL username): UsernameCaseMapped, then RFC 7622 §3.3.1's exclusions.
 pub fn prep_local(s: &str) -> Result<String, JidError> {
     if s.is_empty() {
@@ -348,6 +422,31 @@ mod tests {
             Jid::parse("xn--bcher-kva.example").unwrap().as_str(),
             "b\u{fc}cher.example"
         );
+    }
+
+    #[test]
+    fn canonical_views_agree_with_parse() {
+        for s in [
+            "a@b.example/c",
+            "b.example",
+            "a@b.example",
+            "a@b.example/C D",
+            "x@127.0.0.1",
+        ] {
+            let v = JidView::canonical(s).unwrap_or_else(|| panic!("{s}"));
+            let j = Jid::parse(s).unwrap();
+            assert_eq!(v, j.view(), "{s}");
+            assert_eq!(v.bare(), j.bare_str());
+        }
+        for s in [
+            "A@b.example",
+            "a@B.example",
+            "a@xn--bcher-kva.example",
+            "é@b.example",
+            "a@b.example.",
+        ] {
+            assert!(JidView::canonical(s).is_none(), "{s}");
+        }
     }
 
     #[test]

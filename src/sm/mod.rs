@@ -3,3 +3,4 @@
 //! delivery rules of RFC 6121 §8.5 ([`deliver`]); the table itself arrives with the shard.
 
 pub mod deliver;
+pub mod table;

@@ -1,0 +1,193 @@
+//! The `rjabberd` command: starts the server (with embedded defaults, or `--config FILE`), or manages
+//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use rjabberd::config::Config;
+use rjabberd::proto::jid::Jid;
+use rjabberd::proto::sasl::Credentials;
+use rjabberd::shard::Server;
+use rjabberd::storage::UserDb;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "rjabberd", version, about = "A thread-per-core XMPP server")]
+struct Cli {
+    /// Configuration file (TOML); without it the embedded defaults serve `localhost`.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create an account: `user add alice@localhost` (the password is read from stdin unless given).
+    Add {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change an account's password.
+    Passwd {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account.
+    Del { jid: String },
+    /// List accounts, of one host or of all.
+    List { host: Option<String> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("rjabberd: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let level = format!("{:?}", config.log_level).to_lowercase();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(format!("rjabberd={level}")),
+    )
+    .init();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::User { action } => user(&config, action),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rjabberd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, shutdown.clone())
+            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    }
+    let hosts: Vec<String> = config
+        .hosts
+        .iter()
+        .map(|h| h.name.get_ref().clone())
+        .collect();
+    let server = Server::start(config, shutdown)?;
+    for (addr, tls) in &server.shared.bound {
+        println!(
+            "rjabberd: listening on {addr} (c2s, {})",
+            match tls {
+                rjabberd::config::TlsMode::Starttls => "starttls",
+                rjabberd::config::TlsMode::Direct => "direct tls",
+            }
+        );
+    }
+    println!(
+        "rjabberd: serving {} with {} shard(s); data in {}",
+        hosts.join(", "),
+        server.shared.shards,
+        server.shared.config.data_dir.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    server.join();
+    println!("rjabberd: stopped");
+    Ok(())
+}
+
+fn account(config: &Config, jid: &str) -> Result<(String, String), String> {
+    let jid = Jid::parse(jid).map_err(|e| format!("`{jid}`: {e}"))?;
+    let (Some(local), true) = (jid.local(), jid.resource().is_none()) else {
+        return Err(format!("`{jid}` is not a bare JID like alice@localhost"));
+    };
+    let host = jid.domain().to_string();
+    if !config
+        .hosts
+        .iter()
+        .any(|h| h.name.get_ref().eq_ignore_ascii_case(&host))
+    {
+        return Err(format!("{host} is not a configured host"));
+    }
+    Ok((host, local.to_string()))
+}
+
+fn password(given: Option<String>) -> Result<String, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let p = line.trim_end_matches(['\n', '\r']).to_string();
+    if p.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(p)
+}
+
+fn credentials(config: &Config, password: &str) -> Result<Credentials, String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
+    Credentials::from_password(password, &salt, config.auth.scram_iterations).map_err(|_| {
+        "the password contains characters that are not allowed (RFC 8265 OpaqueString)".to_string()
+    })
+}
+
+fn user(config: &Config, action: UserAction) -> Result<(), String> {
+    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    match action {
+        UserAction::Add { jid, password: p } => {
+            let (host, local) = account(config, &jid)?;
+            let creds = credentials(config, &password(p)?)?;
+            db.add(&host, &local, &creds).map_err(|e| e.to_string())?;
+            println!("added {local}@{host}");
+        }
+        UserAction::Passwd { jid, password: p } => {
+            let (host, local) = account(config, &jid)?;
+            let creds = credentials(config, &password(p)?)?;
+            db.set_credentials(&host, &local, &creds)
+                .map_err(|e| e.to_string())?;
+            println!("changed the password of {local}@{host}");
+        }
+        UserAction::Del { jid } => {
+            let (host, local) = account(config, &jid)?;
+            db.delete(&host, &local).map_err(|e| e.to_string())?;
+            println!("deleted {local}@{host}");
+        }
+        UserAction::List { host } => {
+            for (h, u) in db.list(host.as_deref()).map_err(|e| e.to_string())? {
+                println!("{u}@{h}");
+            }
+        }
+    }
+    Ok(())
+}

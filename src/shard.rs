@@ -1,0 +1,393 @@
+//! One shard per core: a glommio executor pinned to its CPU that owns every piece of mutable state of its
+//! part of the server — its connections (a slab), its session table, its spill queues — and wires the
+//! channel mesh to the other shards. [`Server::start`] builds the pool; each shard binds every listener
+//! with SO_REUSEPORT, accepts connections, and consumes the mesh. `home(bare_jid)` is the one placement
+//! function: the shard (and, when clusters exist, the host) that owns an account.
+//!
+//! Mesh overflow policy: a stanza for a shard whose queue is full is bounced to its sender with
+//! `resource-constraint` (policy [`Overflow::Bounce`]); a connection moving home is kept in a per-peer
+//! spill queue, capped by the connection limit and retried every millisecond (policy [`Overflow::Spill`]).
+//! No mesh consumer ever awaits a send.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use slab::Slab;
+
+use crate::config::{Config, TlsMode};
+use crate::net::conn::ConnShared;
+use crate::net::tls::HostCertificates;
+use crate::proto::c2s::{C2s, C2sSettings};
+use crate::proto::xml::{Limits, Stanza};
+use crate::sm::table::SessionTable;
+use crate::storage::StoreWorkers;
+
+/// Messages between shards. Everything in them is `Send`; a stanza travels as its refcounted bytes.
+pub enum ShardMsg {
+    /// Deliver a stanza to a local account of the receiving (home) shard; `from` is stamped on it.
+    Deliver { stanza: Stanza, from: Arc<str> },
+    /// A client connection moving to its home shard after SASL.
+    Adopt(Box<MovedConnection>),
+}
+
+/// A connection in transit between shards: its socket, TLS state, stream state and unparsed bytes.
+pub struct MovedConnection {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+    pub tls: Option<Box<rustls::ServerConnection>>,
+    pub c2s: C2s,
+    pub unparsed: BytesMut,
+}
+
+/// The named policies for a full mesh queue (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Bounce,
+    Spill,
+}
+
+/// Where an account lives. `host` is always 0 (this host) until clusters exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Home {
+    pub host: usize,
+    pub shard: usize,
+}
+
+/// The placement function: the home of a bare JID (DESIGN.md §2). A fixed-key SipHash, so every shard and
+/// every restart agrees.
+pub fn home(bare_jid: &str, shards: usize) -> Home {
+    let mut h = std::hash::DefaultHasher::new();
+    bare_jid.hash(&mut h);
+    Home {
+        host: 0,
+        shard: (h.finish() % shards.max(1) as u64) as usize,
+    }
+}
+
+/// What every shard shares, read-only, built once at start.
+pub struct ServerShared {
+    pub config: Config,
+    pub hosts: Vec<String>,
+    pub settings: Arc<C2sSettings>,
+    pub limits: Limits,
+    pub certs: Arc<HostCertificates>,
+    pub starttls: Arc<rustls::ServerConfig>,
+    pub direct: Arc<rustls::ServerConfig>,
+    pub store: StoreWorkers,
+    pub shutdown: Arc<AtomicBool>,
+    /// Addresses actually bound (port 0 resolved), one per configured listener, in order.
+    pub bound: Vec<(SocketAddr, TlsMode)>,
+    pub shards: usize,
+    /// Shards that have bound their listeners.
+    pub ready: AtomicUsize,
+}
+
+/// One shard's state. Shared by the shard's tasks through an `Rc`; never crosses threads.
+pub struct Shard {
+    pub id: usize,
+    pub server: Arc<ServerShared>,
+    pub conns: RefCell<Slab<Rc<ConnShared>>>,
+    pub sessions: RefCell<SessionTable>,
+    mesh: Option<Senders<ShardMsg>>,
+    spill: RefCell<Vec<VecDeque<ShardMsg>>>,
+    pub closing: Cell<bool>,
+}
+
+thread_local! {
+    /// The shard running on this thread, if any: lets probes (the allocation test) attribute work.
+    pub static CURRENT_SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+impl Shard {
+    pub fn shards(&self) -> usize {
+        self.server.shards
+    }
+
+    /// Sends to another shard without waiting. A full queue applies `policy`; the message comes back
+    /// only for [`Overflow::Bounce`].
+    // The returned message is the bounce path's input, not an error to propagate: boxing it would cost
+    // an allocation on every full-queue bounce for nothing.
+    #[allow(clippy::result_large_err)]
+    pub fn send(&self, to: usize, msg: ShardMsg, policy: Overflow) -> Result<(), ShardMsg> {
+        let mesh = self
+            .mesh
+            .as_ref()
+            .expect("a mesh exists with more than one shard");
+        let mut spill = self.spill.borrow_mut();
+        if !spill[to].is_empty() && policy == Overflow::Spill {
+            spill[to].push_back(msg);
+            return Ok(());
+        }
+        match mesh.try_send_to(to, msg) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let msg = match e {
+                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))
+                    | glommio::GlommioError::Closed(glommio::ResourceType::Channel(m)) => m,
+                    other => {
+                        log::error!("shard {}: mesh send to {to} failed: {other}", self.id);
+                        return Ok(());
+                    }
+                };
+                match policy {
+                    Overflow::Bounce => Err(msg),
+                    Overflow::Spill => {
+                        spill[to].push_back(msg);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush_spill(&self) {
+        let Some(mesh) = &self.mesh else { return };
+        let mut spill = self.spill.borrow_mut();
+        for (to, queue) in spill.iter_mut().enumerate() {
+            while let Some(msg) = queue.pop_front() {
+                match mesh.try_send_to(to, msg) {
+                    Ok(()) => {}
+                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => {
+                        queue.push_front(m);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver { stanza, from } => crate::router::deliver_local(self, stanza, from),
+            ShardMsg::Adopt(moved) => crate::net::conn::adopt(self.clone(), *moved),
+        }
+    }
+}
+
+/// A running server: its threads and the addresses it listens on.
+pub struct Server {
+    pub shared: Arc<ServerShared>,
+    handles: glommio::PoolThreadHandles<()>,
+}
+
+impl Server {
+    /// Starts the shards and returns once every listener is bound on every shard.
+    pub fn start(config: Config, shutdown: Arc<AtomicBool>) -> Result<Server, String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = config.shard_count(cores);
+        let certs = Arc::new(HostCertificates::load(&config)?);
+        let store = StoreWorkers::start(&config.data_dir, 2).map_err(|e| e.to_string())?;
+        let hosts: Vec<String> = config
+            .hosts
+            .iter()
+            .map(|h| h.name.get_ref().to_ascii_lowercase())
+            .collect();
+        let settings = Arc::new(C2sSettings {
+            hosts: hosts.clone(),
+            starttls: true,
+            tls_required: !config.auth.allow_plaintext,
+            max_sasl_failures: config.limits.max_sasl_failures,
+            auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
+        });
+        // Resolve port 0 once, with a socket bound but never listening (so it takes no connections),
+        // held until every shard has bound the same address.
+        let mut placeholders = Vec::new();
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let addr: SocketAddr = l.address.get_ref().parse().map_err(|e| format!("{e}"))?;
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .map_err(|e| format!("{addr}: {e}"))?;
+            sock.set_reuse_port(true)
+                .map_err(|e| format!("{addr}: {e}"))?;
+            sock.set_reuse_address(true)
+                .map_err(|e| format!("{addr}: {e}"))?;
+            sock.bind(&addr.into())
+                .map_err(|e| format!("cannot bind {addr}: {e}"))?;
+            let actual = sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| format!("{addr}: no local address"))?;
+            bound.push((actual, l.tls));
+            placeholders.push(sock);
+        }
+        let shared = Arc::new(ServerShared {
+            limits: Limits {
+                max_stanza_bytes: config.limits.max_stanza_bytes,
+                ..Limits::default()
+            },
+            starttls: certs.server_config(false),
+            direct: certs.server_config(true),
+            certs,
+            config,
+            hosts,
+            settings,
+            store,
+            shutdown,
+            bound,
+            shards,
+            ready: AtomicUsize::new(0),
+        });
+        let placement = if shards <= cores {
+            PoolPlacement::MaxSpread(shards, None)
+        } else {
+            PoolPlacement::Unbound(shards)
+        };
+        let mesh = (shards > 1).then(|| MeshBuilder::<ShardMsg, _>::full(shards, 1024));
+        let for_shards = shared.clone();
+        let handles = LocalExecutorPoolBuilder::new(placement)
+            .name("rjabberd-shard")
+            .on_all_shards(move || async move {
+                let joined = match mesh {
+                    Some(m) => Some(m.join().await.expect("mesh join")),
+                    None => None,
+                };
+                let (senders, receivers) = match joined {
+                    Some((s, r)) => (Some(s), Some(r)),
+                    None => (None, None),
+                };
+                let id = senders.as_ref().map_or(0, |s| s.peer_id());
+                run_shard(id, for_shards, senders, receivers).await;
+            })
+            .map_err(|e| format!("cannot start the shards: {e}"))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while shared.ready.load(Ordering::SeqCst) < shards {
+            if std::time::Instant::now() > deadline {
+                return Err("shards did not bind their listeners within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(placeholders);
+        Ok(Server { shared, handles })
+    }
+
+    /// Waits for every shard to finish (after the shutdown flag is set).
+    pub fn join(self) {
+        for r in self.handles.join_all() {
+            if let Err(e) = r {
+                log::error!("a shard ended with an error: {e}");
+            }
+        }
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    server: Arc<ServerShared>,
+    senders: Option<Senders<ShardMsg>>,
+    receivers: Option<glommio::channels::channel_mesh::Receivers<ShardMsg>>,
+) {
+    CURRENT_SHARD.with(|c| c.set(Some(id)));
+    let shard = Rc::new(Shard {
+        id,
+        spill: RefCell::new((0..server.shards).map(|_| VecDeque::new()).collect()),
+        server: server.clone(),
+        conns: RefCell::new(Slab::new()),
+        sessions: RefCell::new(SessionTable::default()),
+        mesh: senders,
+        closing: Cell::new(false),
+    });
+    // Mesh consumers: one task per peer, each handling messages synchronously.
+    if let Some(mut receivers) = receivers {
+        for (_, rx) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    shard.handle(msg);
+                }
+            })
+            .detach();
+        }
+    }
+    let mut listeners = Vec::new();
+    for (addr, tls) in &server.bound {
+        match glommio::net::TcpListener::bind(addr) {
+            Ok(l) => listeners.push((Rc::new(l), *tls)),
+            Err(e) => {
+                log::error!("shard {id}: cannot bind {addr}: {e}");
+                server.shutdown.store(true, Ordering::SeqCst);
+                server.ready.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+    for (listener, tls) in &listeners {
+        let listener = listener.clone();
+        let shard = shard.clone();
+        let tls = *tls;
+        glommio::spawn_local(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if shard.closing.get() {
+                            return;
+                        }
+                        log::warn!("shard {}: accept failed: {e}", shard.id);
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if shard.closing.get() {
+                    return;
+                }
+                if shard.conns.borrow().len()
+                    >= shard.server.config.limits.max_connections_per_shard
+                {
+                    // The cap: refuse by closing at once, before any state is allocated.
+                    log::warn!(
+                        "shard {}: connection cap reached, refusing a connection",
+                        shard.id
+                    );
+                    drop(stream);
+                    continue;
+                }
+                crate::net::conn::accept(shard.clone(), stream, tls == TlsMode::Direct);
+            }
+        })
+        .detach();
+    }
+    server.ready.fetch_add(1, Ordering::SeqCst);
+    log::debug!("shard {id} ready");
+
+    // The housekeeping loop: spill queues, the shutdown flag.
+    loop {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+        shard.flush_spill();
+        if server.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    shard.closing.set(true);
+    let conns: Vec<Rc<ConnShared>> = shard
+        .conns
+        .borrow()
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect();
+    for c in &conns {
+        c.kill(crate::proto::errors::StreamErrorCondition::SystemShutdown);
+    }
+    // Give connections a moment to write their `system-shutdown` errors.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !shard.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    drop(listeners);
+    log::debug!("shard {id} stopped");
+}
