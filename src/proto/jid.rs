@@ -332,7 +332,7 @@ pub fn prep_domain(s: &str) -> Result<String, JidError> {
     }
     if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         return inner
-            .parse::<std::net::Ipv6Addr>()
+            .parse::<core::net::Ipv6Addr>()
             .map(|_| s.to_string())
             .map_err(|_| JidError::BadDomain);
     }

@@ -1,0 +1,547 @@
+//! The black-box test kit: starts the real `rjabberd` binary on loopback with a fresh data directory and
+//! ports chosen by the system, and a small blocking XMPP client (TCP, STARTTLS or direct TLS with rustls,
+//! SASL PLAIN and SCRAM with channel binding, bind) that reads the server's stream with rjabberd's own
+//! parser. Every test file runs its cases with 1 and with 2 shards.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rjabberd::proto::sasl::Hash;
+use rjabberd::proto::sasl::client::ScramClient;
+use rjabberd::proto::xml::{Element, Event, Limits, StreamParser};
+
+pub const SHARDS: [usize; 2] = [1, 2];
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub struct TestServer {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub starttls: SocketAddr,
+    pub direct: SocketAddr,
+    pub shards: usize,
+    pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    extra: String,
+}
+
+impl TestServer {
+    /// Starts a server with `shards` shards for `localhost` and `example.net`; `extra` is appended to
+    /// the configuration (e.g. `[limits]` overrides).
+    pub fn start(shards: usize, extra: &str) -> TestServer {
+        let dir = std::env::temp_dir().join(format!(
+            "rjabberd-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = TestServer {
+            child: None,
+            dir,
+            starttls: "127.0.0.1:0".parse().unwrap(),
+            direct: "127.0.0.1:0".parse().unwrap(),
+            shards,
+            stdout: Arc::default(),
+            extra: extra.to_string(),
+        };
+        s.launch();
+        s
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("rjabberd.toml")
+    }
+
+    fn launch(&mut self) {
+        let config = format!(
+            "shards = {}\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\
+             [[host]]\nname = \"localhost\"\n[[host]]\nname = \"example.net\"\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"direct\"\n{}",
+            self.shards,
+            self.dir.join("data").display(),
+            self.extra
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rjabberd"))
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rjabberd starts");
+        let stdout = child.stdout.take().unwrap();
+        let lines = self.stdout.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut addrs = Vec::new();
+        while addrs.len() < 2 {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the server reports its listeners");
+            if let Some(rest) = line.strip_prefix("rjabberd: listening on ") {
+                addrs.push(
+                    rest.split(' ')
+                        .next()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap(),
+                );
+            }
+        }
+        self.starttls = addrs[0];
+        self.direct = addrs[1];
+        self.child = Some(child);
+    }
+
+    /// Runs `rjabberd user …` against this server's store.
+    pub fn user(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_rjabberd"))
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("user")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn add_user(&self, jid: &str, password: &str) {
+        let out = self.user(&["add", jid, "--password", password]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe_kill(child.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and starts again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        self.terminate();
+        self.launch();
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("data/certs/localhost.crt")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// What the client read: a stanza or nonza as an owned element, or the stream's end.
+#[derive(Debug, Clone)]
+pub enum Got {
+    Header(Vec<(String, String)>),
+    El(Element),
+    Close,
+    /// The connection ended (EOF or error) without a stream close.
+    Eof,
+}
+
+pub struct Client {
+    io: Transport,
+    parser: StreamParser,
+    pending: std::collections::VecDeque<Got>,
+    pub jid: String,
+    cert: PathBuf,
+    pub features: Option<Element>,
+}
+
+pub fn header(to: &str) -> String {
+    format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>"
+    )
+}
+
+fn tls_config(cert: &PathBuf, alpn: bool) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    if alpn {
+        cfg.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    }
+    Arc::new(cfg)
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, cert: PathBuf) -> Client {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tcp.set_nodelay(true).unwrap();
+        Client {
+            io: Transport::Plain(tcp),
+            parser: StreamParser::new(Limits::default()),
+            pending: Default::default(),
+            jid: String::new(),
+            cert,
+            features: None,
+        }
+    }
+
+    /// Direct TLS (XEP-0368) with ALPN `xmpp-client`.
+    pub fn connect_direct(addr: SocketAddr, cert: PathBuf) -> Client {
+        let mut c = Client::connect(addr, cert);
+        c.start_tls(true);
+        c
+    }
+
+    fn start_tls(&mut self, alpn: bool) {
+        let placeholder = Transport::Plain(self.io.tcp().try_clone().unwrap());
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.io, placeholder) else {
+            panic!("TLS twice")
+        };
+        let conn = rustls::ClientConnection::new(
+            tls_config(&self.cert, alpn),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap();
+        self.io = Transport::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
+        self.parser = StreamParser::new(Limits::default());
+    }
+
+    pub fn send(&mut self, s: &str) {
+        self.io.write_all(s.as_bytes()).expect("write");
+        self.io.flush().unwrap();
+    }
+
+    pub fn send_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(b)?;
+        self.io.flush()
+    }
+
+    /// The next thing the server sent, waiting up to `timeout`; `None` on timeout.
+    pub fn next_within(&mut self, timeout: Duration) -> Option<Got> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(g) = self.pending.pop_front() {
+                return Some(g);
+            }
+            loop {
+                match self.parser.next_event() {
+                    Ok(Some(Event::StreamOpen(h))) => self.pending.push_back(Got::Header(h.attrs)),
+                    Ok(Some(Event::Stanza(s))) => self.pending.push_back(Got::El(s.to_element())),
+                    Ok(Some(Event::StreamClose)) => self.pending.push_back(Got::Close),
+                    Ok(Some(Event::Declaration(_))) => {}
+                    Ok(None) => break,
+                    Err(e) => panic!("the server sent bad XML: {e:?}"),
+                }
+            }
+            if !self.pending.is_empty() {
+                continue;
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let mut buf = [0u8; 16384];
+            match self.io.read(&mut buf) {
+                Ok(0) => return Some(Got::Eof),
+                Ok(n) => {
+                    let mut rest = &buf[..n];
+                    while !rest.is_empty() {
+                        let k = self.parser.feed(rest);
+                        rest = &rest[k..];
+                        if k == 0 {
+                            break;
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Some(Got::Eof),
+            }
+        }
+    }
+
+    pub fn next(&mut self) -> Got {
+        self.next_within(Duration::from_secs(10))
+            .expect("the server answers within 10 s")
+    }
+
+    /// The next element, skipping nothing.
+    pub fn el(&mut self) -> Element {
+        match self.next() {
+            Got::El(e) => e,
+            other => panic!("expected an element, got {other:?}"),
+        }
+    }
+
+    /// Sends a header and reads the server's header and features.
+    pub fn open(&mut self, to: &str) -> Element {
+        self.send(&header(to));
+        match self.next() {
+            Got::Header(_) => {}
+            other => panic!("expected a header, got {other:?}"),
+        }
+        let f = self.el();
+        assert_eq!(f.name, "stream:features", "{f}");
+        self.features = Some(f.clone());
+        f
+    }
+
+    pub fn starttls(&mut self) {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let p = self.el();
+        assert_eq!(p.name, "proceed", "{p}");
+        self.start_tls(false);
+    }
+
+    pub fn mechanisms(&self) -> Vec<String> {
+        self.features
+            .as_ref()
+            .and_then(|f| f.child("mechanisms"))
+            .map(|m| m.child_elements().map(|c| c.text()).collect())
+            .unwrap_or_default()
+    }
+
+    fn binding(&self, name: &str) -> Vec<u8> {
+        let Transport::Tls(t) = &self.io else {
+            panic!("binding without TLS")
+        };
+        match name {
+            "tls-exporter" => t
+                .conn
+                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .unwrap(),
+            "tls-server-end-point" => {
+                use sha2::Digest;
+                sha2::Sha256::digest(t.conn.peer_certificates().unwrap()[0].as_ref()).to_vec()
+            }
+            _ => panic!("{name}"),
+        }
+    }
+
+    /// Runs one SASL exchange; returns the server's final element (`success` or `failure`).
+    pub fn sasl(
+        &mut self,
+        mechanism: &str,
+        user: &str,
+        password: &str,
+        cb: Option<&str>,
+    ) -> Element {
+        if mechanism == "PLAIN" {
+            let msg = B64.encode(format!("\0{user}\0{password}"));
+            self.send(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{msg}</auth>"
+            ));
+            return self.el();
+        }
+        let hash = if mechanism.starts_with("SCRAM-SHA-256") {
+            Hash::Sha256
+        } else {
+            Hash::Sha1
+        };
+        let data = cb.map(|name| (name, self.binding(name)));
+        let mut scram = ScramClient::new(
+            hash,
+            user,
+            password,
+            "clientnonce123",
+            data.as_ref().map(|(n, d)| (*n, d.as_slice())),
+        );
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
+            B64.encode(scram.client_first())
+        ));
+        let challenge = self.el();
+        if challenge.name != "challenge" {
+            return challenge;
+        }
+        let last = scram
+            .client_final(&B64.decode(challenge.text()).unwrap())
+            .unwrap();
+        self.send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(last)
+        ));
+        let result = self.el();
+        if result.name == "success" {
+            assert!(
+                scram.verify_server(&B64.decode(result.text()).unwrap()),
+                "server signature"
+            );
+        }
+        result
+    }
+
+    /// Restarts the stream after SASL success.
+    pub fn restart(&mut self, to: &str) -> Element {
+        self.parser.reset();
+        self.open(to)
+    }
+
+    pub fn bind(&mut self, resource: Option<&str>) -> Element {
+        let r = resource.map_or(String::new(), |r| format!("<resource>{r}</resource>"));
+        self.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{r}</bind></iq>"));
+        let reply = self.el();
+        if reply.attr("type") == Some("result") {
+            self.jid = reply
+                .path(&[
+                    rjabberd::proto::xml::PathItem::Elem("bind"),
+                    rjabberd::proto::xml::PathItem::Elem("jid"),
+                    rjabberd::proto::xml::PathItem::Cdata,
+                ])
+                .as_str()
+                .to_string();
+        }
+        reply
+    }
+
+    /// STARTTLS, SCRAM-SHA-256, bind: a logged-in client on `host`.
+    pub fn login(server: &TestServer, user: &str, password: &str, resource: &str) -> Client {
+        let (local, host) = user.split_once('@').unwrap();
+        let mut c = Client::connect(server.starttls, server.cert_path());
+        c.open(host);
+        c.starttls();
+        c.open(host);
+        let r = c.sasl("SCRAM-SHA-256", local, password, None);
+        assert_eq!(r.name, "success", "{r}");
+        c.restart(host);
+        let b = c.bind(Some(resource));
+        assert_eq!(b.attr("type"), Some("result"), "{b}");
+        c
+    }
+
+    /// Sends initial presence and reads its echo.
+    pub fn available(&mut self, priority: i8) {
+        self.send(&format!(
+            "<presence><priority>{priority}</priority></presence>"
+        ));
+        let echo = self.el();
+        assert_eq!(echo.name, "presence", "{echo}");
+    }
+
+    /// Waits until nothing arrives for `quiet`; returns what did.
+    pub fn drain(&mut self, quiet: Duration) -> Vec<Got> {
+        let mut out = Vec::new();
+        while let Some(g) = self.next_within(quiet) {
+            let end = matches!(g, Got::Eof);
+            out.push(g);
+            if end {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Reads until the connection ends; returns the stream error condition, if one came.
+    pub fn stream_error(&mut self) -> Option<String> {
+        loop {
+            match self.next() {
+                Got::El(e) if e.name == "stream:error" => {
+                    return e
+                        .child_elements()
+                        .find(|c| c.name != "text")
+                        .map(|c| c.name.clone());
+                }
+                Got::Close | Got::Eof => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn element_string(e: &Element) -> String {
+    e.to_xml_string()
+}
