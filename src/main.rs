@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use rjabberd::config::Config;
@@ -94,6 +94,9 @@ fn serve(config: Config) -> Result<(), String> {
         signal_hook::flag::register(signal, shutdown.clone())
             .map_err(|e| format!("cannot install a signal handler: {e}"))?;
     }
+    let dump = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())
+        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
     let hosts: Vec<String> = config
         .hosts
         .iter()
@@ -117,6 +120,13 @@ fn serve(config: Config) -> Result<(), String> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // SIGUSR1 asks every shard to print its session table.
+    while !server.shared.shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if dump.swap(false, Ordering::SeqCst) {
+            server.shared.dump_generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     server.join();
     println!("rjabberd: stopped");
     Ok(())

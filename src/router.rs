@@ -64,8 +64,9 @@ fn route_to(shard: &Rc<Shard>, from: &SessionRef, stanza: &Stanza, to: JidView<'
         return;
     }
     if to.local.is_none() {
-        // The server itself or a resource of it: no handler modules exist yet.
-        if stanza.kind() != StanzaKind::Presence {
+        // The server itself or a resource of it: no handler modules exist yet. Results and presence
+        // need no answer.
+        if is_request(stanza) || stanza.kind() == StanzaKind::Message {
             reply_to_session(
                 shard,
                 from,
@@ -94,6 +95,10 @@ fn route_to(shard: &Rc<Shard>, from: &SessionRef, stanza: &Stanza, to: JidView<'
             StanzaErrorCondition::ResourceConstraint,
         );
     }
+}
+
+fn is_request(stanza: &Stanza) -> bool {
+    stanza.kind() == StanzaKind::Iq && matches!(stanza.type_().as_deref(), Some("get" | "set"))
 }
 
 /// On the home shard of the stanza's `to` account: decide delivery and carry it out.

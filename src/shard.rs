@@ -90,6 +90,8 @@ pub struct ServerShared {
     pub shards: usize,
     /// Shards that have bound their listeners.
     pub ready: AtomicUsize,
+    /// Bumped to ask every shard to print its session table (SIGUSR1).
+    pub dump_generation: AtomicUsize,
 }
 
 /// One shard's state. Shared by the shard's tasks through an `Rc`; never crosses threads.
@@ -167,6 +169,21 @@ impl Shard {
         }
     }
 
+    /// Prints this shard's connections and the accounts in its session table (for operators and for the
+    /// placement test): one line, `rjabberd: shard N: C connections, S sessions: a@x b@y …`.
+    fn dump(&self) {
+        let table = self.sessions.borrow();
+        let mut accounts: Vec<&str> = table.accounts().collect();
+        accounts.sort_unstable();
+        println!(
+            "rjabberd: shard {}: {} connections, {} sessions: {}",
+            self.id,
+            self.conns.borrow().len(),
+            table.len(),
+            accounts.join(" ")
+        );
+    }
+
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver { stanza, from } => crate::router::deliver_local(self, stanza, from),
@@ -242,6 +259,7 @@ impl Server {
             bound,
             shards,
             ready: AtomicUsize::new(0),
+            dump_generation: AtomicUsize::new(0),
         });
         let placement = if shards <= cores {
             PoolPlacement::MaxSpread(shards, None)
@@ -365,10 +383,16 @@ async fn run_shard(
     server.ready.fetch_add(1, Ordering::SeqCst);
     log::debug!("shard {id} ready");
 
-    // The housekeeping loop: spill queues, the shutdown flag.
+    // The housekeeping loop: spill queues, state dumps, the shutdown flag.
+    let mut dumped = 0;
     loop {
         glommio::timer::sleep(Duration::from_millis(1)).await;
         shard.flush_spill();
+        let generation = server.dump_generation.load(Ordering::SeqCst);
+        if generation != dumped {
+            dumped = generation;
+            shard.dump();
+        }
         if server.shutdown.load(Ordering::SeqCst) {
             break;
         }
