@@ -20,15 +20,27 @@ fn users_survive_a_restart_and_the_cli_works_while_running() {
         let bad = server.user(&["add", "juliet@nowhere.example", "--password", "x"]);
         assert!(String::from_utf8_lossy(&bad.stderr).contains("not a configured host"));
         let list = server.user(&["list"]);
-        assert_eq!(String::from_utf8_lossy(&list.stdout), "romeo@example.net\njuliet@localhost\n", "sorted by host, then name");
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout),
+            "romeo@example.net\njuliet@localhost\n",
+            "sorted by host, then name"
+        );
 
         server.restart();
         let _ = Client::login(&server, "juliet@localhost", "pencil", "r");
         // Password change and deletion take effect for the next login.
-        assert!(server.user(&["passwd", "juliet@localhost", "--password", "new"]).status.success());
+        assert!(
+            server
+                .user(&["passwd", "juliet@localhost", "--password", "new"])
+                .status
+                .success()
+        );
         let mut c = Client::connect_direct(server.direct, server.cert_path());
         c.open("localhost");
-        assert_eq!(c.sasl("SCRAM-SHA-256", "juliet", "pencil", None).name, "failure");
+        assert_eq!(
+            c.sasl("SCRAM-SHA-256", "juliet", "pencil", None).name,
+            "failure"
+        );
         let _ = Client::login(&server, "juliet@localhost", "new", "r");
         assert!(server.user(&["del", "romeo@example.net"]).status.success());
         let mut c = Client::connect_direct(server.direct, server.cert_path());
@@ -36,7 +48,10 @@ fn users_survive_a_restart_and_the_cli_works_while_running() {
         assert_eq!(c.sasl("PLAIN", "romeo", "montague", None).name, "failure");
         // Only SCRAM keys are stored: the password is nowhere in the database.
         let db = std::fs::read(server.dir.join("data/rjabberd.sqlite3")).unwrap();
-        assert!(!db.windows(3).any(|w| w == b"new"), "a plaintext password in the store");
+        assert!(
+            !db.windows(3).any(|w| w == b"new"),
+            "a plaintext password in the store"
+        );
     }
 }
 

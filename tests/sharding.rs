@@ -12,7 +12,10 @@ use rjabberd::shard::home;
 
 fn dump(server: &TestServer) -> HashMap<usize, (usize, Vec<String>)> {
     let before = server.stdout.lock().unwrap().len();
-    let _ = std::process::Command::new("kill").arg("-USR1").arg(server.pid().to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg("-USR1")
+        .arg(server.pid().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let lines = server.stdout.lock().unwrap()[before..].to_vec();
@@ -25,14 +28,20 @@ fn dump(server: &TestServer) -> HashMap<usize, (usize, Vec<String>)> {
                 let (_, accounts) = rest.split_once(" sessions: ")?;
                 Some((
                     id.parse().ok()?,
-                    (conns.parse().ok()?, accounts.split_whitespace().map(str::to_string).collect()),
+                    (
+                        conns.parse().ok()?,
+                        accounts.split_whitespace().map(str::to_string).collect(),
+                    ),
                 ))
             })
             .collect();
         if shards.len() == server.shards {
             return shards;
         }
-        assert!(Instant::now() < deadline, "no dump from every shard: {lines:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no dump from every shard: {lines:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -59,9 +68,17 @@ fn every_connection_and_session_is_on_the_home_shard() {
         }
         let table = dump(&server);
         let total_conns: usize = table.values().map(|(c, _)| c).sum();
-        assert_eq!(total_conns, clients.len(), "every connection is counted once: {table:?}");
+        assert_eq!(
+            total_conns,
+            clients.len(),
+            "every connection is counted once: {table:?}"
+        );
         for u in &users {
-            let holders: Vec<usize> = table.iter().filter(|(_, (_, a))| a.contains(u)).map(|(id, _)| *id).collect();
+            let holders: Vec<usize> = table
+                .iter()
+                .filter(|(_, (_, a))| a.contains(u))
+                .map(|(id, _)| *id)
+                .collect();
             assert_eq!(holders, vec![home(u, shards).shard], "{u}: {table:?}");
         }
         // Connections per shard equal twice the accounts homed there: connections moved home.
@@ -69,13 +86,18 @@ fn every_connection_and_session_is_on_the_home_shard() {
             assert_eq!(*conns, 2 * accounts.len(), "shard {id}: {table:?}");
         }
         if shards == 2 {
-            assert!(table.values().all(|(_, a)| !a.is_empty()), "16 users spread over both shards: {table:?}");
+            assert!(
+                table.values().all(|(_, a)| !a.is_empty()),
+                "16 users spread over both shards: {table:?}"
+            );
         }
         // Every pair can chat, whichever shards they live on.
         for i in 0..users.len() {
             let j = (i + 5) % users.len();
             let to = format!("{}/a", users[j]);
-            clients[2 * i].send(&format!("<message to='{to}' id='x{i}'><body>hi {i}</body></message>"));
+            clients[2 * i].send(&format!(
+                "<message to='{to}' id='x{i}'><body>hi {i}</body></message>"
+            ));
             let m = clients[2 * j].el();
             assert_eq!(m.attr("id"), Some(format!("x{i}").as_str()), "{m}");
             assert_eq!(m.attr("from"), Some(format!("{}/a", users[i]).as_str()));
