@@ -1,0 +1,108 @@
+//! End to end with clients nobody here wrote: go-sendxmpp (Debian) delivers a message over STARTTLS to a
+//! user logged in with the test client, and slixmpp (PyPI) does the same over STARTTLS with SCRAM. Both
+//! verify the server's certificate against the one rjabberd generated. `.ci/run` installs both; set
+//! `RJABBERD_SKIP_E2E=1` to skip them on a machine without. With 1 and 2 shards.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Client, SHARDS, TestServer};
+
+fn skip() -> bool {
+    std::env::var_os("RJABBERD_SKIP_E2E").is_some()
+}
+
+fn receive(juliet: &mut Client, body: &str) -> rjabberd::proto::xml::Element {
+    loop {
+        let m = juliet.el();
+        if m.name == "message" {
+            assert_eq!(
+                m.child("body").map(|b| b.text()).as_deref(),
+                Some(body),
+                "{m}"
+            );
+            return m;
+        }
+    }
+}
+
+#[test]
+fn go_sendxmpp_delivers_over_starttls() {
+    if skip() {
+        return;
+    }
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        server.add_user("romeo@localhost", "montague");
+        let mut juliet = Client::login(&server, "juliet@localhost", "pencil", "balcony");
+        juliet.available(1);
+        let body = format!("wherefore art thou, {shards}");
+        let mut child = Command::new("go-sendxmpp")
+            .env("SSL_CERT_FILE", server.cert_path())
+            .args(["-u", "romeo@localhost", "-p", "montague", "-j"])
+            .arg(server.starttls.to_string())
+            .arg("juliet@localhost")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("go-sendxmpp is installed (apt-get install go-sendxmpp), or set RJABBERD_SKIP_E2E=1");
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "go-sendxmpp failed: {status:?}");
+        let m = receive(&mut juliet, &body);
+        assert!(
+            m.attr("from").unwrap().starts_with("romeo@localhost/"),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn slixmpp_delivers_over_starttls_with_scram() {
+    if skip() {
+        return;
+    }
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        server.add_user("romeo@localhost", "montague");
+        let mut juliet = Client::login(&server, "juliet@localhost", "pencil", "balcony");
+        juliet.available(1);
+        let body = format!("parting is such sweet sorrow, {shards}");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_send.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .args(["romeo@localhost", "montague", "127.0.0.1"])
+            .arg(server.starttls.port().to_string())
+            .arg(server.cert_path())
+            .args(["juliet@localhost", &body])
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("SENT"),
+            "slixmpp failed (pip install slixmpp, or set RJABBERD_SKIP_E2E=1): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("MECHANISM SCRAM-SHA-"),
+            "SCRAM was used: {stdout}"
+        );
+        let m = receive(&mut juliet, &body);
+        assert!(
+            m.attr("from").unwrap().starts_with("romeo@localhost/"),
+            "{m}"
+        );
+        juliet.drain(Duration::from_millis(100));
+    }
+}
