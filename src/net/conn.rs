@@ -41,6 +41,8 @@ pub struct ConnShared {
     waker: RefCell<Option<Waker>>,
     kill: Cell<Option<StreamErrorCondition>>,
     inputs: RefCell<VecDeque<ConnInput>>,
+    /// Set by the shard's periodic sweep: release idle buffers.
+    trim: Cell<bool>,
     max_out: usize,
 }
 
@@ -51,6 +53,7 @@ impl ConnShared {
             waker: RefCell::new(None),
             kill: Cell::new(None),
             inputs: RefCell::new(VecDeque::new()),
+            trim: Cell::new(false),
             max_out,
         }
     }
@@ -88,6 +91,12 @@ impl ConnShared {
         if self.kill.get().is_none() {
             self.kill.set(Some(condition));
         }
+        self.wake();
+    }
+
+    /// Asks the connection to free its idle buffers (called by the shard's sweep).
+    pub fn trim(&self) {
+        self.trim.set(true);
         self.wake();
     }
 
@@ -221,7 +230,7 @@ fn spawn(
         c2s,
         parser,
         rbuf: vec![0; READ_CHUNK],
-        wbuf: Vec::with_capacity(READ_CHUNK),
+        wbuf: Vec::new(),
         wpos: 0,
         carry: BytesMut::new(),
         awaiting_lookup: false,
@@ -253,6 +262,17 @@ impl Driver {
                         self.awaiting_lookup = false;
                         self.c2s.credentials(c.as_ref());
                     }
+                }
+            }
+            if self.shared.trim.take() {
+                self.parser.release_idle_buffer();
+                let mut out = self.shared.out.borrow_mut();
+                if out.is_empty() && out.capacity() > 0 {
+                    *out = BytesMut::new();
+                }
+                drop(out);
+                if self.wbuf.is_empty() {
+                    self.wbuf = Vec::new();
                 }
             }
             if let Some(condition) = self.shared.kill.take() {
@@ -422,6 +442,10 @@ impl Driver {
     /// Plaintext stream bytes: parsed, and every event handed to the state machine at once, so that a
     /// parser reset (STARTTLS, SASL success) happens before the next event is read.
     fn feed_plain(&mut self, data: &[u8]) {
+        crate::shard::hot_path(|| self.feed_plain_inner(data))
+    }
+
+    fn feed_plain_inner(&mut self, data: &[u8]) {
         if self.moving.is_some() || self.closing {
             if self.moving.is_some() {
                 self.carry.extend_from_slice(data);

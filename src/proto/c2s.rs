@@ -78,6 +78,18 @@ pub enum BindError {
     TooManySessions,
 }
 
+/// What a top-level element is, for the negotiation's dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    StartTls,
+    Auth,
+    Response,
+    Abort,
+    /// Anything in `jabber:client` (stanzas, and unknown elements there).
+    Client,
+    Other,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// Waiting for the client's stream header.
@@ -399,23 +411,33 @@ impl C2s {
     }
 
     fn element(&mut self, stanza: Stanza) {
-        let ns = stanza.namespace().map(|n| n.into_owned());
-        let local = stanza.local_name().to_string();
-        match (&self.phase, ns.as_deref(), local.as_str()) {
-            (Phase::PreAuth, Some(NS_TLS), "starttls") => self.starttls(),
-            (Phase::PreAuth, Some(NS_SASL), "auth") => self.auth(&stanza),
-            (Phase::Sasl, Some(NS_SASL), "response") => {
+        // Classified without copying the name or namespace: this runs for every stanza.
+        let class = {
+            let ns = stanza.namespace();
+            match (ns.as_deref(), stanza.local_name()) {
+                (Some(NS_TLS), "starttls") => Elem::StartTls,
+                (Some(NS_SASL), "auth") => Elem::Auth,
+                (Some(NS_SASL), "response") => Elem::Response,
+                (Some(NS_SASL), "abort") => Elem::Abort,
+                (Some(NS_CLIENT), _) => Elem::Client,
+                _ => Elem::Other,
+            }
+        };
+        match (&self.phase, class) {
+            (Phase::PreAuth, Elem::StartTls) => self.starttls(),
+            (Phase::PreAuth, Elem::Auth) => self.auth(&stanza),
+            (Phase::Sasl, Elem::Response) => {
                 let Some(data) = self.sasl_payload(&stanza) else {
                     return;
                 };
                 let result = self.sasl.as_mut().expect("in SASL").step(&data);
                 self.sasl_step(result);
             }
-            (Phase::Sasl | Phase::SaslLookup, Some(NS_SASL), "abort") => {
+            (Phase::Sasl | Phase::SaslLookup, Elem::Abort) => {
                 self.sasl = None;
                 self.sasl_failure("aborted");
             }
-            (Phase::Bound0 | Phase::Established, Some(NS_CLIENT), _)
+            (Phase::Bound0 | Phase::Established, Elem::Client)
                 if stanza.kind() == StanzaKind::Iq && self.is_session_iq(&stanza) =>
             {
                 // RFC 3921 §3, kept by RFC 6121 as optional: answered, nothing to do.
@@ -425,23 +447,25 @@ impl C2s {
                 out.extend_from_slice(b"/>");
                 self.send(out);
             }
-            (Phase::Bound0, Some(NS_CLIENT), "iq") => self.bind_request(stanza),
-            (Phase::Established, Some(NS_CLIENT), _) if stanza.kind() != StanzaKind::Other => {
+            (Phase::Bound0, Elem::Client) if stanza.kind() == StanzaKind::Iq => {
+                self.bind_request(stanza)
+            }
+            (Phase::Established, Elem::Client) if stanza.kind() != StanzaKind::Other => {
                 self.route(stanza)
             }
-            (Phase::PreAuth | Phase::Sasl | Phase::SaslLookup, Some(NS_CLIENT), _)
+            (Phase::PreAuth | Phase::Sasl | Phase::SaslLookup, Elem::Client)
                 if stanza.kind() != StanzaKind::Other =>
             {
                 // RFC 6120 §6.4.1: no stanzas before authentication.
                 self.stream_error(StreamErrorCondition::NotAuthorized, None)
             }
-            (Phase::Bound0 | Phase::Binding, Some(NS_CLIENT), _)
+            (Phase::Bound0 | Phase::Binding, Elem::Client)
                 if stanza.kind() != StanzaKind::Other =>
             {
                 // RFC 6120 §7.1: no stanzas before the resource is bound.
                 self.stream_error(StreamErrorCondition::NotAuthorized, None)
             }
-            (Phase::SaslLookup | Phase::Binding | Phase::TlsStarting, _, _) => {
+            (Phase::SaslLookup | Phase::Binding | Phase::TlsStarting, _) => {
                 // Pipelining past a step that waits for the server is a protocol violation.
                 self.stream_error(StreamErrorCondition::PolicyViolation, None)
             }

@@ -23,6 +23,8 @@ const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 /// Room the buffer keeps beyond the largest element, so that a partial element at the limit still leaves
 /// space for a read: with it, `feed` can always make progress once complete events are drained.
 const READ_SLACK: usize = 16 * 1024;
+/// The least the read buffer grows by (see [`StreamParser::feed`]).
+const FEED_CHUNK: usize = 16 * 1024;
 
 /// The declaration is short; a longer one is refused rather than buffered.
 const MAX_DECL_BYTES: usize = 512;
@@ -1414,9 +1416,25 @@ impl StreamParser {
     /// Appends up to `room()` bytes; returns how many were taken.
     pub fn feed(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.room());
-        self.buf.reserve(n);
+        if self.buf.capacity() - self.buf.len() < n {
+            // Grow by at least a chunk: yielded stanzas share the buffer's allocation, so while any is
+            // alive a refill cannot reuse it in place; a chunk holds many small stanzas, making the
+            // refill (and its allocation) per 16 KiB of input rather than per read or per stanza.
+            self.buf.reserve(n.max(FEED_CHUNK).min(self.room()));
+        }
         self.buf.extend_from_slice(&data[..n]);
         n
+    }
+
+    /// Frees the read buffer when nothing is buffered, so that an idle connection holds no parser memory;
+    /// the next `feed` allocates again. Returns whether memory was released.
+    pub fn release_idle_buffer(&mut self) -> bool {
+        if self.buf.is_empty() && self.m.pos == 0 && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            true
+        } else {
+            false
+        }
     }
 
     /// The next complete event, `Ok(None)` when more bytes are needed. After an error, every call returns it.
