@@ -4,10 +4,13 @@
 //! with SO_REUSEPORT, accepts connections, and consumes the mesh. `home(bare_jid)` is the one placement
 //! function: the shard (and, when clusters exist, the host) that owns an account.
 //!
-//! Mesh overflow policy: a stanza for a shard whose queue is full is bounced to its sender with
-//! `resource-constraint` (policy [`Overflow::Bounce`]); a connection moving home is kept in a per-peer
-//! spill queue, capped by the connection limit and retried every millisecond (policy [`Overflow::Spill`]).
-//! No mesh consumer ever awaits a send.
+//! Mesh overflow policy: a message for a shard whose mesh queue is full waits in a per-peer spill queue,
+//! in order, retried on every send and every millisecond. For stanzas the spill queue is capped
+//! ([`SPILL_CAP`]); beyond it a stanza is bounced to its sender with `resource-constraint` (policy
+//! [`Overflow::Bounce`]), and from [`SPILL_HIGH_WATER`] on the shard's connections pause reading, so a
+//! burst slows its senders through TCP instead of bouncing. A connection moving home always waits
+//! (policy [`Overflow::Spill`]; their number is bounded by the connection cap). No mesh consumer ever
+//! awaits a send.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -55,6 +58,11 @@ pub enum Overflow {
     Bounce,
     Spill,
 }
+
+/// Stanzas that may wait in one peer's spill queue before new ones bounce with `resource-constraint`.
+const SPILL_CAP: usize = 16 * 1024;
+/// Spill length at which connections pause reading (backpressure through TCP).
+const SPILL_HIGH_WATER: usize = 1024;
 
 /// How often idle connections are asked to release their buffers.
 const IDLE_SWEEP: Duration = Duration::from_secs(10);
@@ -106,6 +114,8 @@ pub struct Shard {
     mesh: Option<Senders<ShardMsg>>,
     spill: RefCell<Vec<VecDeque<ShardMsg>>>,
     pub closing: Cell<bool>,
+    /// The read buffer every connection of this shard reads into (see the connection driver).
+    pub read_buf: RefCell<Vec<u8>>,
 }
 
 thread_local! {
@@ -141,28 +151,54 @@ impl Shard {
             .as_ref()
             .expect("a mesh exists with more than one shard");
         let mut spill = self.spill.borrow_mut();
-        if !spill[to].is_empty() && policy == Overflow::Spill {
-            spill[to].push_back(msg);
-            return Ok(());
-        }
-        match mesh.try_send_to(to, msg) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let msg = match e {
-                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))
-                    | glommio::GlommioError::Closed(glommio::ResourceType::Channel(m)) => m,
-                    other => {
-                        log::error!("shard {}: mesh send to {to} failed: {other}", self.id);
-                        return Ok(());
-                    }
-                };
-                match policy {
-                    Overflow::Bounce => Err(msg),
-                    Overflow::Spill => {
-                        spill[to].push_back(msg);
-                        Ok(())
-                    }
+        let queue = &mut spill[to];
+        // Order is kept: while a spill queue holds messages, new ones go behind them.
+        let msg = if queue.is_empty() {
+            match mesh.try_send_to(to, msg) {
+                Ok(()) => return Ok(()),
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => m,
+                Err(e) => {
+                    log::error!("shard {}: mesh send to {to} failed: {e}", self.id);
+                    return Ok(());
                 }
+            }
+        } else {
+            msg
+        };
+        let cap = match policy {
+            Overflow::Bounce => SPILL_CAP,
+            Overflow::Spill => usize::MAX,
+        };
+        if queue.len() >= cap {
+            return Err(msg);
+        }
+        queue.push_back(msg);
+        drop(spill);
+        self.flush_peer(to);
+        Ok(())
+    }
+
+    /// Whether a spill queue is long enough that connections should stop reading for a moment: the
+    /// backpressure that keeps bursts from turning into bounces.
+    pub fn backpressured(&self) -> bool {
+        self.spill
+            .borrow()
+            .iter()
+            .any(|q| q.len() >= SPILL_HIGH_WATER)
+    }
+
+    fn flush_peer(&self, to: usize) {
+        let Some(mesh) = &self.mesh else { return };
+        let mut spill = self.spill.borrow_mut();
+        let queue = &mut spill[to];
+        while let Some(msg) = queue.pop_front() {
+            match mesh.try_send_to(to, msg) {
+                Ok(()) => {}
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => {
+                    queue.push_front(m);
+                    break;
+                }
+                Err(_) => break,
             }
         }
     }
@@ -336,6 +372,7 @@ async fn run_shard(
         sessions: RefCell::new(SessionTable::default()),
         mesh: senders,
         closing: Cell::new(false),
+        read_buf: RefCell::new(vec![0; 16 * 1024]),
     });
     // Mesh consumers: one task per peer, each handling messages synchronously.
     if let Some(mut receivers) = receivers {

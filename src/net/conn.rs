@@ -136,7 +136,6 @@ struct Driver {
     pending_tls: bool,
     c2s: C2s,
     parser: StreamParser,
-    rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wpos: usize,
     /// Plaintext read but not given to the parser because the connection is moving.
@@ -147,6 +146,8 @@ struct Driver {
     eof: bool,
     session: Option<SessionRef>,
     auth_timer: Option<glommio::timer::Timer>,
+    /// Set while reading pauses for backpressure.
+    pause: Option<glommio::timer::Timer>,
 }
 
 fn random(buf: &mut [u8]) {
@@ -229,7 +230,6 @@ fn spawn(
         pending_tls: false,
         c2s,
         parser,
-        rbuf: vec![0; READ_CHUNK],
         wbuf: Vec::new(),
         wpos: 0,
         carry: BytesMut::new(),
@@ -239,6 +239,7 @@ fn spawn(
         eof: false,
         session: None,
         auth_timer: auth_timeout.map(glommio::timer::Timer::new),
+        pause: None,
     };
     glommio::spawn_local(async move {
         if !unparsed.is_empty() {
@@ -300,29 +301,41 @@ impl Driver {
             if flushed && let Some(target) = self.moving {
                 return Poll::Ready(Outcome::Moving(target));
             }
-            let may_read = !self.closing
+            let mut may_read = !self.closing
                 && !self.eof
                 && self.moving.is_none()
                 && !self.pending_tls
                 && !self.awaiting_lookup;
+            if may_read && self.shard.backpressured() {
+                // The mesh is backed up: read again in a millisecond, when the spill queues have drained.
+                may_read = false;
+                let timer = self
+                    .pause
+                    .get_or_insert_with(|| glommio::timer::Timer::new(Duration::from_millis(1)));
+                if Pin::new(timer).poll(cx).is_ready() {
+                    self.pause = None;
+                    continue;
+                }
+            }
             if may_read {
-                let mut buf = std::mem::take(&mut self.rbuf);
+                // One read buffer per shard: a non-buffered glommio read copies into it synchronously
+                // or only registers interest, so no connection needs its own while it waits.
+                let shard = self.shard.clone();
+                let mut buf = shard.read_buf.borrow_mut();
                 match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(0)) => {
                         self.eof = true;
                         progress = true;
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.input(&buf[..n]);
+                        // Copied out before anything else on this shard can read into the buffer.
+                        let data = &buf[..n];
+                        self.input(data);
                         progress = true;
                     }
-                    Poll::Ready(Err(_)) => {
-                        self.rbuf = buf;
-                        return Poll::Ready(Outcome::Closed);
-                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(Outcome::Closed),
                     Poll::Pending => {}
                 }
-                self.rbuf = buf;
             }
             if !progress {
                 *self.shared.waker.borrow_mut() = Some(cx.waker().clone());
