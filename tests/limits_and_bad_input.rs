@@ -121,3 +121,20 @@ fn a_slow_reader_is_disconnected_and_others_continue() {
         drop(slow);
     }
 }
+
+#[test]
+fn the_connection_cap_per_shard_refuses_more() {
+    let server = TestServer::start(1, "[limits]\nmax_connections_per_shard = 3\n");
+    server.add_user("a@localhost", "pw");
+    let mut a = Client::login(&server, "a@localhost", "pw", "r");
+    let _b = Client::connect(server.starttls, server.cert_path());
+    let _c = Client::connect(server.starttls, server.cert_path());
+    std::thread::sleep(Duration::from_millis(200));
+    // The fourth is closed at once, before any byte is exchanged.
+    let mut d = Client::connect(server.starttls, server.cert_path());
+    d.send(&common::header("localhost"));
+    assert!(matches!(d.next(), common::Got::Eof), "refused");
+    // Existing sessions are untouched.
+    a.send("<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>");
+    assert_eq!(a.el().attr("type"), Some("result"));
+}

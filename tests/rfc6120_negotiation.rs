@@ -237,3 +237,71 @@ fn unauthenticated_connections_time_out() {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
+
+#[test]
+fn tls_1_2_and_1_3_with_channel_binding() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        static ONLY_12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+        static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        for (versions, expected) in [
+            (&ONLY_12[..], rustls::ProtocolVersion::TLSv1_2),
+            (&ONLY_13[..], rustls::ProtocolVersion::TLSv1_3),
+        ] {
+            common::TLS_VERSIONS.with(|v| v.set(versions));
+            for cb in ["tls-exporter", "tls-server-end-point"] {
+                let mut c = Client::connect(server.starttls, server.cert_path());
+                c.open("localhost");
+                c.starttls();
+                c.open("localhost");
+                assert_eq!(c.tls_version(), Some(expected));
+                let r = c.sasl("SCRAM-SHA-256-PLUS", "juliet", "pencil", Some(cb));
+                assert_eq!(r.name, "success", "{expected:?} {cb}: {r}");
+            }
+        }
+        common::TLS_VERSIONS.with(|v| v.set(rustls::DEFAULT_VERSIONS));
+    }
+}
+
+#[test]
+fn each_host_has_its_certificate_chosen_by_sni() {
+    for shards in SHARDS {
+        // A certificate for example.org made outside the server, configured for that host only.
+        let dir =
+            std::env::temp_dir().join(format!("rjabberd-sni-{}-{shards}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["example.org".to_string()]).unwrap();
+        let (crt, key) = (dir.join("net.crt"), dir.join("net.key"));
+        std::fs::write(&crt, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let server = TestServer::start(
+            shards,
+            &format!(
+                "[[host]]\nname = \"example.org\"\ncertificate = \"{}\"\nkey = \"{}\"\n",
+                crt.display(),
+                key.display()
+            ),
+        );
+        server.add_user("romeo@example.org", "pw");
+        // SNI example.org: the configured certificate (trusted from its own file) is presented.
+        common::SNI.with(|s| *s.borrow_mut() = "example.org".into());
+        let mut c = Client::connect_direct(server.direct, crt.clone());
+        c.open("example.org");
+        assert_eq!(
+            c.sasl(
+                "SCRAM-SHA-1-PLUS",
+                "romeo",
+                "pw",
+                Some("tls-server-end-point")
+            )
+            .name,
+            "success"
+        );
+        common::SNI.with(|s| *s.borrow_mut() = "localhost".into());
+        // SNI localhost: the generated one.
+        let mut c = Client::connect_direct(server.direct, server.cert_path());
+        c.open("localhost");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -241,6 +241,14 @@ pub fn header(to: &str) -> String {
     )
 }
 
+thread_local! {
+    /// TLS versions the next connections of this thread offer (all by default).
+    pub static TLS_VERSIONS: std::cell::Cell<&'static [&'static rustls::SupportedProtocolVersion]> =
+        const { std::cell::Cell::new(rustls::DEFAULT_VERSIONS) };
+    /// The name sent in SNI and verified (the certificate's host).
+    pub static SNI: std::cell::RefCell<String> = std::cell::RefCell::new("localhost".to_string());
+}
+
 fn tls_config(cert: &PathBuf, alpn: bool) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -251,7 +259,7 @@ fn tls_config(cert: &PathBuf, alpn: bool) -> Arc<rustls::ClientConfig> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(TLS_VERSIONS.with(|v| v.get()))
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
@@ -291,7 +299,7 @@ impl Client {
         };
         let conn = rustls::ClientConnection::new(
             tls_config(&self.cert, alpn),
-            "localhost".try_into().unwrap(),
+            SNI.with(|s| s.borrow().clone()).try_into().unwrap(),
         )
         .unwrap();
         self.io = Transport::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
@@ -301,6 +309,14 @@ impl Client {
     pub fn send(&mut self, s: &str) {
         self.io.write_all(s.as_bytes()).expect("write");
         self.io.flush().unwrap();
+    }
+
+    /// The negotiated TLS version, if TLS is on.
+    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        match &self.io {
+            Transport::Tls(t) => t.conn.protocol_version(),
+            Transport::Plain(_) => None,
+        }
     }
 
     pub fn send_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
