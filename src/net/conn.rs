@@ -33,6 +33,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Results of work done by other tasks for a connection.
 pub enum ConnInput {
     Credentials(Option<Credentials>),
+    PlainChecked(bool),
 }
 
 /// The part of a connection other tasks may touch.
@@ -262,6 +263,10 @@ impl Driver {
                     ConnInput::Credentials(c) => {
                         self.awaiting_lookup = false;
                         self.c2s.credentials(c.as_ref());
+                    }
+                    ConnInput::PlainChecked(ok) => {
+                        self.awaiting_lookup = false;
+                        self.c2s.plain_checked(ok);
                     }
                 }
             }
@@ -518,19 +523,32 @@ impl Driver {
                     self.parser = StreamParser::new(self.shard.server.limits);
                 }
                 Action::ResetParser => self.parser.reset(),
-                Action::LookupCredentials { host, username } => {
+                Action::LookupCredentials {
+                    host,
+                    username,
+                    plain_password,
+                } => {
                     self.awaiting_lookup = true;
                     let store = self.shard.server.store.clone();
                     let shared = self.shared.clone();
                     glommio::spawn_local(async move {
-                        let found = store
-                            .run(move |db| db.credentials(&host, &username))
-                            .await
-                            .unwrap_or_else(|e| {
-                                log::error!("credentials lookup failed: {e}");
-                                None
-                            });
-                        shared.input(ConnInput::Credentials(found));
+                        // The lookup, and for PLAIN the PBKDF2 check, run on a store worker thread.
+                        let result = store
+                            .run(move |db| {
+                                let found = db.credentials(&host, &username)?;
+                                Ok(match plain_password {
+                                    Some(p) => ConnInput::PlainChecked(
+                                        found.is_some_and(|c| c.sha256.verify_password(&p)),
+                                    ),
+                                    None => ConnInput::Credentials(found),
+                                })
+                            })
+                            .await;
+                        let input = result.unwrap_or_else(|e| {
+                            log::error!("credentials lookup failed: {e}");
+                            ConnInput::Credentials(None)
+                        });
+                        shared.input(input);
                     })
                     .detach();
                 }

@@ -54,8 +54,14 @@ pub enum Action {
     /// Reset the parser now: the client restarts the stream after SASL success (RFC 6120 §6.4.6); bytes
     /// already read belong to the new stream.
     ResetParser,
-    /// Look up the credentials of `username` on `host` and answer with [`C2s::credentials`].
-    LookupCredentials { host: String, username: String },
+    /// Look up the credentials of `username` on `host` and answer with [`C2s::credentials`]; for PLAIN
+    /// (`plain_password` set) verify the password against them instead, off the reactor, and answer with
+    /// [`C2s::plain_checked`].
+    LookupCredentials {
+        host: String,
+        username: String,
+        plain_password: Option<String>,
+    },
     /// SASL succeeded for this bare JID: the driver may move the connection to the JID's home shard.
     Authenticated(Jid),
     /// Bind a resource (`None`: the server chooses) and answer with [`C2s::bound`]. `iq` is the request.
@@ -223,6 +229,16 @@ impl C2s {
         self.bindings = bindings;
         self.phase = Phase::Header;
         self.header_sent = false;
+    }
+
+    /// The answer to a PLAIN [`Action::LookupCredentials`]: whether the password matched.
+    pub fn plain_checked(&mut self, ok: bool) {
+        if self.phase != Phase::SaslLookup {
+            return;
+        }
+        self.phase = Phase::Sasl;
+        let result = self.sasl.as_mut().expect("in SASL").plain_checked(ok);
+        self.sasl_step(result);
     }
 
     /// The answer to [`Action::LookupCredentials`]; `None` when the user does not exist.
@@ -537,8 +553,16 @@ impl C2s {
             Ok(Step::NeedCredentials { username }) => {
                 self.phase = Phase::SaslLookup;
                 let host = self.host.clone();
-                self.actions
-                    .push_back(Action::LookupCredentials { host, username });
+                let plain_password = self
+                    .sasl
+                    .as_ref()
+                    .and_then(|s| s.plain_password())
+                    .map(str::to_string);
+                self.actions.push_back(Action::LookupCredentials {
+                    host,
+                    username,
+                    plain_password,
+                });
             }
             Ok(Step::Challenge(c)) => {
                 let mut out = b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>".to_vec();

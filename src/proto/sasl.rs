@@ -336,6 +336,28 @@ impl SaslServer {
         }
     }
 
+    /// For PLAIN, while waiting for the check: the offered (prepared) password, so that the caller can
+    /// verify it against the stored keys off the reactor (PBKDF2 is the slow part) and answer with
+    /// [`SaslServer::plain_checked`].
+    pub fn plain_password(&self) -> Option<&str> {
+        match &self.state {
+            State::PlainWaiting { password, .. } => Some(password),
+            _ => None,
+        }
+    }
+
+    /// The result of verifying [`SaslServer::plain_password`] (false also when the user does not exist).
+    pub fn plain_checked(&mut self, ok: bool) -> Result<Step, SaslError> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::PlainWaiting { username, .. } if ok => Ok(Step::Success {
+                username,
+                additional: Vec::new(),
+            }),
+            State::PlainWaiting { .. } => Err(SaslError::NotAuthorized),
+            _ => Err(SaslError::MalformedRequest),
+        }
+    }
+
     /// The credentials asked for by [`Step::NeedCredentials`]; `None` when the user does not exist (the
     /// exchange still fails as `not-authorized`, never revealing which).
     pub fn credentials(&mut self, credentials: Option<&Credentials>) -> Result<Step, SaslError> {
