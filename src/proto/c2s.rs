@@ -798,11 +798,20 @@ mod tests {
                         self.parser.reset();
                     }
                     Action::ResetParser => self.parser.reset(),
-                    Action::LookupCredentials { host, username } => {
+                    Action::LookupCredentials {
+                        host,
+                        username,
+                        plain_password,
+                    } => {
                         assert_eq!(host, "example.org");
                         let creds = self.creds.clone();
-                        self.c2s
-                            .credentials((username == "juliet").then_some(&creds));
+                        let found = (username == "juliet").then_some(&creds);
+                        match plain_password {
+                            Some(p) => self
+                                .c2s
+                                .plain_checked(found.is_some_and(|c| c.sha256.verify_password(&p))),
+                            None => self.c2s.credentials(found),
+                        }
                     }
                     Action::Authenticated(j) => self.authenticated = Some(j),
                     Action::Bind { resource, iq } => {
