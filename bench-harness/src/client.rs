@@ -1,0 +1,810 @@
+//! The client side of every scenario: harness threads (glommio executors), each owning the connections
+//! of the users `i` with `i % threads == thread`. A connection logs in with ordinary awaits, then runs a
+//! single task that both writes what the chat schedule queued for it and reads, parses and times what the
+//! server delivers. Chat is open loop: every message has an intended send time on a fixed schedule, and
+//! its latency is measured from that time (so a stalled server shows up as latency instead of as fewer
+//! messages — the coordinated-omission correction).
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use hdrhistogram::Histogram;
+use rjabberd::proto::sasl::Hash;
+use rjabberd::proto::sasl::client::{SaltedPassword, ScramClient};
+use rjabberd::proto::xml::{Event, Limits, Stanza, StreamParser};
+
+use crate::{Mech, RunArgs, Scenario, secs};
+
+/// The time origin every harness thread measures from (an `Instant` is comparable across threads).
+static BASE: OnceLock<Instant> = OnceLock::new();
+
+fn now_ns() -> u64 {
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Counters shared by all harness threads.
+#[derive(Default)]
+pub struct Shared {
+    pub online: AtomicUsize,
+    pub login_failures: AtomicUsize,
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Chat runs while this is set.
+    pub sending: AtomicBool,
+    /// Connections close when this is set.
+    pub done: AtomicBool,
+    /// The current chat rate (messages per second, all threads), set per `--find-max` step.
+    pub rate_milli: AtomicU64,
+    /// Bumped at each chat step; threads reset their histograms when they see it change.
+    pub step: AtomicUsize,
+    /// Threads that have finished their logins.
+    pub logged_in_threads: AtomicUsize,
+    /// The step whose measurements threads should close now (set after the main thread's drain).
+    pub close_step: AtomicUsize,
+    /// Thread-steps closed so far.
+    pub steps_closed: AtomicUsize,
+    /// The largest per-thread p99 (ns) of the step being closed.
+    pub step_p99: AtomicU64,
+}
+
+/// What one harness thread measured in one chat step (or in the login phase).
+pub struct ThreadResult {
+    pub login: Histogram<u64>,
+    pub steps: Vec<StepResult>,
+}
+
+pub struct StepResult {
+    pub latency: Histogram<u64>,
+    /// Messages received per second of the step, and p99 per second (ns).
+    pub timeline: Vec<(u64, u64)>,
+}
+
+/// The whole run, merged.
+pub struct Summary {
+    pub login: Histogram<u64>,
+    pub login_secs: f64,
+    pub online: usize,
+    pub login_failures: usize,
+    pub steps: Vec<ChatStep>,
+    pub server_cpu_login_s: Option<f64>,
+    pub harness_cpu_login_s: f64,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+}
+
+pub struct ChatStep {
+    pub rate: f64,
+    pub secs: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub latency: Histogram<u64>,
+    pub timeline: Vec<(u64, u64)>,
+    pub server_cpu_s: Option<f64>,
+    pub harness_cpu_s: f64,
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1_000, 100_000_000_000, 3).expect("valid bounds")
+}
+
+/// Runs the scenario of `args`; returns what was measured.
+pub fn run(args: &RunArgs) -> Result<Summary, String> {
+    let _ = now_ns();
+    let shared = Arc::new(Shared::default());
+    shared
+        .rate_milli
+        .store((args.rate * 1000.0) as u64, Ordering::SeqCst);
+    let threads = args.threads.max(1);
+    let placement = if args.cpus.is_empty() {
+        PoolPlacement::Unbound(threads)
+    } else {
+        PoolPlacement::Custom(
+            (0..threads)
+                .map(|t| {
+                    glommio::CpuSet::online()
+                        .expect("CPUs")
+                        .filter(|c| c.cpu == args.cpus[t % args.cpus.len()])
+                })
+                .collect(),
+        )
+    };
+    let server_cpu0 = cpu_secs(args.server_pid);
+    let harness_cpu0 = cpu_secs(None).unwrap_or(0.0);
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let login_started = Instant::now();
+    let pool_args = args.clone();
+    let pool_shared = shared.clone();
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("rjabberd-bench")
+        .on_all_shards(move || async move {
+            let id = glommio::executor().id() - 1;
+            thread_main(id % threads, threads, pool_args, pool_shared).await
+        })
+        .map_err(|e| format!("cannot start the harness threads: {e}"))?;
+
+    // The login phase ends when every thread has started (and finished) its logins.
+    let n = args.users;
+    let mut last = Instant::now();
+    while shared.logged_in_threads.load(Ordering::SeqCst) < threads {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!(
+                "  logging in: {} / {n} online, {} failed",
+                shared.online.load(Ordering::SeqCst),
+                shared.login_failures.load(Ordering::SeqCst)
+            );
+        }
+    }
+    let login_secs = login_started.elapsed().as_secs_f64();
+    let server_cpu_login = server_cpu0
+        .zip(cpu_secs(args.server_pid))
+        .map(|(a, b)| b - a);
+    let harness_cpu_login = cpu_secs(None).unwrap_or(0.0) - harness_cpu0;
+    eprintln!(
+        "  {} online in {login_secs:.2} s ({} failed)",
+        shared.online.load(Ordering::SeqCst),
+        shared.login_failures.load(Ordering::SeqCst)
+    );
+
+    let mut rss_after = None;
+    let mut steps = Vec::new();
+    match args.scenario {
+        Scenario::Login => {}
+        Scenario::Idle => {
+            std::thread::sleep(secs(args.settle));
+            rss_after = args.server_pid.and_then(rss_kib);
+        }
+        Scenario::Chat => {
+            let mut rate = args.rate;
+            loop {
+                shared
+                    .rate_milli
+                    .store((rate * 1000.0) as u64, Ordering::SeqCst);
+                let sent0 = shared.sent.load(Ordering::SeqCst);
+                let recv0 = shared.received.load(Ordering::SeqCst);
+                let s0 = cpu_secs(args.server_pid);
+                let h0 = cpu_secs(None).unwrap_or(0.0);
+                shared.step.fetch_add(1, Ordering::SeqCst);
+                shared.sending.store(true, Ordering::SeqCst);
+                let started = Instant::now();
+                while started.elapsed() < secs(args.duration) {
+                    std::thread::sleep(Duration::from_millis(1000).min(secs(args.duration)));
+                    eprintln!(
+                        "  chat at {rate:.0}/s: {:.0} s, sent {}, received {}",
+                        started.elapsed().as_secs_f64(),
+                        shared.sent.load(Ordering::SeqCst) - sent0,
+                        shared.received.load(Ordering::SeqCst) - recv0
+                    );
+                }
+                shared.sending.store(false, Ordering::SeqCst);
+                let secs_run = started.elapsed().as_secs_f64();
+                // Drain: wait until everything sent arrived, or 3 s.
+                let drain = Instant::now();
+                while shared.received.load(Ordering::SeqCst) - recv0
+                    < shared.sent.load(Ordering::SeqCst) - sent0
+                    && drain.elapsed() < Duration::from_secs(3)
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let sent = shared.sent.load(Ordering::SeqCst) - sent0;
+                let received = shared.received.load(Ordering::SeqCst) - recv0;
+                let server_cpu = s0.zip(cpu_secs(args.server_pid)).map(|(a, b)| b - a);
+                // Have every thread close its histogram for this step.
+                shared.step_p99.store(0, Ordering::SeqCst);
+                let step = shared.step.load(Ordering::SeqCst);
+                shared.close_step.store(step, Ordering::SeqCst);
+                while shared.steps_closed.load(Ordering::SeqCst) < step * threads {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                steps.push((
+                    rate,
+                    secs_run,
+                    sent,
+                    received,
+                    server_cpu,
+                    cpu_secs(None).unwrap_or(0.0) - h0,
+                ));
+                if !args.find_max {
+                    break;
+                }
+                // The thread histograms are merged at the end; the stop rule uses the worst thread's p99.
+                let p99 = shared.step_p99.load(Ordering::SeqCst) as f64 / 1e6;
+                eprintln!(
+                    "  step at {rate:.0}/s: p99 {p99:.2} ms, lost {}",
+                    sent.saturating_sub(received)
+                );
+                if p99 > args.p99_bound_ms || received < sent {
+                    break;
+                }
+                rate *= 1.5;
+            }
+        }
+    }
+    shared.done.store(true, Ordering::SeqCst);
+    let results: Vec<ThreadResult> = handles
+        .join_all()
+        .into_iter()
+        .map(|r| r.map_err(|e| format!("a harness thread failed: {e}")))
+        .collect::<Result<_, _>>()?;
+    let mut login = histogram();
+    for r in &results {
+        login.add(&r.login).expect("same bounds");
+    }
+    let chat_steps = steps
+        .into_iter()
+        .enumerate()
+        .map(
+            |(i, (rate, secs_run, sent, received, server_cpu_s, harness_cpu_s))| {
+                let mut latency = histogram();
+                let mut timeline: Vec<(u64, u64)> = Vec::new();
+                for r in &results {
+                    if let Some(s) = r.steps.get(i) {
+                        latency.add(&s.latency).expect("same bounds");
+                        for (k, (count, p99)) in s.timeline.iter().enumerate() {
+                            if timeline.len() <= k {
+                                timeline.push((0, 0));
+                            }
+                            timeline[k].0 += count;
+                            timeline[k].1 = timeline[k].1.max(*p99);
+                        }
+                    }
+                }
+                ChatStep {
+                    rate,
+                    secs: secs_run,
+                    sent,
+                    received,
+                    latency,
+                    timeline,
+                    server_cpu_s,
+                    harness_cpu_s,
+                }
+            },
+        )
+        .collect();
+    Ok(Summary {
+        login,
+        login_secs,
+        online: shared.online.load(Ordering::SeqCst),
+        login_failures: shared.login_failures.load(Ordering::SeqCst),
+        steps: chat_steps,
+        server_cpu_login_s: server_cpu_login,
+        harness_cpu_login_s: harness_cpu_login,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+    })
+}
+
+/// One online connection's shared state: what to write, and who to wake.
+struct Online {
+    out: RefCell<Vec<u8>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Online {
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Per-thread measurements of the current chat step.
+struct Recorder {
+    latency: RefCell<Histogram<u64>>,
+    second: RefCell<Histogram<u64>>,
+    timeline: RefCell<Vec<(u64, u64)>>,
+    step_start: Cell<Instant>,
+    second_count: Cell<u64>,
+}
+
+impl Recorder {
+    fn record(&self, latency_ns: u64) {
+        let v = latency_ns.clamp(1_000, 100_000_000_000);
+        let _ = self.latency.borrow_mut().record(v);
+        let _ = self.second.borrow_mut().record(v);
+        self.second_count.set(self.second_count.get() + 1);
+    }
+
+    fn roll_second(&self) {
+        let mut s = self.second.borrow_mut();
+        let p99 = if s.is_empty() {
+            0
+        } else {
+            s.value_at_quantile(0.99)
+        };
+        self.timeline
+            .borrow_mut()
+            .push((self.second_count.get(), p99));
+        s.reset();
+        self.second_count.set(0);
+    }
+}
+
+async fn thread_main(
+    id: usize,
+    threads: usize,
+    args: RunArgs,
+    shared: Arc<Shared>,
+) -> ThreadResult {
+    let users: Vec<usize> = (id..args.users).step_by(threads).collect();
+    let sources = if args.sources == 0 {
+        args.users.div_ceil(20_000).max(1)
+    } else {
+        args.sources
+    };
+    let recorder = Rc::new(Recorder {
+        latency: RefCell::new(histogram()),
+        second: RefCell::new(histogram()),
+        timeline: RefCell::new(Vec::new()),
+        step_start: Cell::new(Instant::now()),
+        second_count: Cell::new(0),
+    });
+    let login_hist = Rc::new(RefCell::new(histogram()));
+    let online: Rc<RefCell<Vec<Rc<Online>>>> = Rc::default();
+    let salted: Rc<RefCell<Option<SaltedPassword>>> = Rc::default();
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(
+        args.login_concurrency.max(1) as u64
+    ));
+    let finished = Rc::new(Cell::new(0usize));
+    let per_thread_rate = args.arrival_rate / threads as f64;
+    let started = Instant::now();
+    let mut logins = Vec::new();
+    for (k, user) in users.iter().copied().enumerate() {
+        if per_thread_rate > 0.0 {
+            let at = started + secs(k as f64 / per_thread_rate);
+            let now = Instant::now();
+            if at > now {
+                glommio::timer::sleep(at - now).await;
+            }
+        }
+        let permit = in_flight
+            .acquire_static_permit(1)
+            .await
+            .expect("semaphore open");
+        let args = args.clone();
+        let shared = shared.clone();
+        let recorder = recorder.clone();
+        let login_hist = login_hist.clone();
+        let online = online.clone();
+        let salted = salted.clone();
+        let finished = finished.clone();
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (user % sources) as u8);
+        logins.push(
+            glommio::spawn_local(async move {
+                let t0 = Instant::now();
+                let result = login(&args, user, source, &salted).await;
+                finished.set(finished.get() + 1);
+                match result {
+                    Ok((stream, parser)) => {
+                        drop(permit);
+                        let _ = login_hist
+                            .borrow_mut()
+                            .record((t0.elapsed().as_nanos() as u64).max(1_000));
+                        shared.online.fetch_add(1, Ordering::SeqCst);
+                        let conn = Rc::new(Online {
+                            out: RefCell::new(Vec::with_capacity(256)),
+                            waker: RefCell::new(None),
+                        });
+                        online.borrow_mut().push(conn.clone());
+                        steady(stream, parser, conn, recorder, shared).await;
+                    }
+                    Err(e) => {
+                        drop(permit);
+                        if shared.login_failures.fetch_add(1, Ordering::SeqCst) < 5 {
+                            eprintln!("  login of {}{user} failed: {e}", args.prefix);
+                        }
+                    }
+                }
+            })
+            .detach(),
+        );
+    }
+    // Wait for this thread's logins to finish (online or failed).
+    let mine = users.len();
+    while finished.get() < mine {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    shared.logged_in_threads.fetch_add(1, Ordering::SeqCst);
+
+    // Chat schedule: open loop at this thread's share of the rate, from this thread's online users to
+    // random online users anywhere.
+    let mut steps = Vec::new();
+    let mut seen_step = 0;
+    let mut rng = Rng::new(id as u64 + 1);
+    while !shared.done.load(Ordering::SeqCst) {
+        if args.scenario != Scenario::Chat
+            || !shared.sending.load(Ordering::SeqCst)
+            || shared.step.load(Ordering::SeqCst) == seen_step
+        {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        seen_step = shared.step.load(Ordering::SeqCst);
+        recorder.latency.borrow_mut().reset();
+        recorder.second.borrow_mut().reset();
+        recorder.timeline.borrow_mut().clear();
+        recorder.second_count.set(0);
+        recorder.step_start.set(Instant::now());
+        let rate = shared.rate_milli.load(Ordering::SeqCst) as f64 / 1000.0 / threads as f64;
+        let interval_ns = (1e9 / rate.max(0.001)) as u64;
+        let senders = online.borrow().clone();
+        let start_ns = now_ns();
+        let mut k: u64 = 0;
+        let mut next_second = Instant::now() + Duration::from_secs(1);
+        while shared.sending.load(Ordering::SeqCst) && !senders.is_empty() {
+            let intended = start_ns + k * interval_ns;
+            let now = now_ns();
+            if intended > now {
+                // Sleep until the next message is due: never spin, the receivers share this thread.
+                glommio::timer::sleep(Duration::from_nanos(intended - now)).await;
+            }
+            if Instant::now() >= next_second {
+                recorder.roll_second();
+                next_second += Duration::from_secs(1);
+            }
+            // Every message due by now goes out (open loop: falling behind does not lower the rate).
+            let now = now_ns();
+            let mut burst = 0;
+            while start_ns + k * interval_ns <= now && burst < 10_000 {
+                let intended = start_ns + k * interval_ns;
+                let from = &senders[rng.below(senders.len())];
+                let to = rng.below(args.users);
+                {
+                    let mut out = from.out.borrow_mut();
+                    let _ = write!(
+                        out,
+                        "<message to='{}{to}@{}/b' type='chat'><body>{intended}</body></message>",
+                        args.prefix, args.host
+                    );
+                }
+                from.wake();
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                k += 1;
+                burst += 1;
+            }
+            // Let the connections write and read what this burst produced.
+            futures_lite::future::yield_now().await;
+        }
+        // Close this step's histogram when the main thread says everything has arrived.
+        while shared.close_step.load(Ordering::SeqCst) < seen_step {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        recorder.roll_second();
+        let latency = recorder.latency.borrow().clone();
+        if !latency.is_empty() {
+            shared
+                .step_p99
+                .fetch_max(latency.value_at_quantile(0.99), Ordering::SeqCst);
+        }
+        steps.push(StepResult {
+            latency,
+            timeline: recorder.timeline.borrow().clone(),
+        });
+        shared.steps_closed.fetch_add(1, Ordering::SeqCst);
+    }
+    for c in online.borrow().iter() {
+        c.wake();
+    }
+    drop(logins);
+    let login = login_hist.borrow().clone();
+    ThreadResult { login, steps }
+}
+
+/// xorshift64*: a tiny generator so the send loop draws recipients without allocation or locks.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % n.max(1) as u64) as usize
+    }
+}
+
+/// Connects from `source`, then negotiates: header, SASL, restart, bind, initial presence.
+async fn login(
+    args: &RunArgs,
+    user: usize,
+    source: Ipv4Addr,
+    salted: &RefCell<Option<SaltedPassword>>,
+) -> Result<(TcpStream, StreamParser), String> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| e.to_string())?;
+    sock.set_reuse_address(true).map_err(|e| e.to_string())?;
+    sock.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    // A blocking connect on loopback completes at once (or fails at once when the backlog is full).
+    sock.connect(&args.server.into())
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.set_tcp_nodelay(true).map_err(|e| e.to_string())?;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    // SAFETY: the descriptor is owned by `sock`, whose ownership moves into the glommio stream.
+    let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
+    let mut p = StreamParser::new(Limits::default());
+    let mut buf = vec![0u8; 4096];
+    let host = &args.host;
+    let header = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{host}' version='1.0'>"
+    );
+    send(&mut stream, header.as_bytes()).await?;
+    expect_header(&mut stream, &mut p, &mut buf).await?;
+    element(&mut stream, &mut p, &mut buf).await?; // features
+    let name = format!("{}{user}", args.prefix);
+    match args.mech {
+        Mech::Plain => {
+            let msg = B64.encode(format!("\0{name}\0{}", args.password));
+            send(
+                &mut stream,
+                format!(
+                    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{msg}</auth>"
+                )
+                .as_bytes(),
+            )
+            .await?;
+        }
+        Mech::ScramSha1 | Mech::ScramSha256 => {
+            let (hash, mech) = if args.mech == Mech::ScramSha1 {
+                (Hash::Sha1, "SCRAM-SHA-1")
+            } else {
+                (Hash::Sha256, "SCRAM-SHA-256")
+            };
+            let mut nonce = [0u8; 12];
+            getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+            let mut scram = ScramClient::new(hash, &name, &args.password, &B64.encode(nonce), None);
+            send(
+                &mut stream,
+                format!(
+                    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
+                    B64.encode(scram.client_first())
+                )
+                .as_bytes(),
+            )
+            .await?;
+            let challenge = element(&mut stream, &mut p, &mut buf).await?;
+            if challenge.local_name() != "challenge" {
+                return Err(format!(
+                    "SASL: {}",
+                    String::from_utf8_lossy(challenge.as_bytes())
+                ));
+            }
+            let data = B64
+                .decode(challenge.to_element().text().trim())
+                .map_err(|e| e.to_string())?;
+            let last = scram
+                .client_final_cached(&data, &mut salted.borrow_mut())
+                .map_err(|e| format!("{e:?}"))?;
+            send(
+                &mut stream,
+                format!(
+                    "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                    B64.encode(last)
+                )
+                .as_bytes(),
+            )
+            .await?;
+        }
+    }
+    let outcome = element(&mut stream, &mut p, &mut buf).await?;
+    if outcome.local_name() != "success" {
+        return Err(format!(
+            "SASL: {}",
+            String::from_utf8_lossy(outcome.as_bytes())
+        ));
+    }
+    p.reset();
+    send(&mut stream, header.as_bytes()).await?;
+    expect_header(&mut stream, &mut p, &mut buf).await?;
+    element(&mut stream, &mut p, &mut buf).await?; // features
+    send(
+        &mut stream,
+        b"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>b</resource></bind></iq>",
+    )
+    .await?;
+    let bound = element(&mut stream, &mut p, &mut buf).await?;
+    if bound.type_().as_deref() != Some("result") {
+        return Err(format!(
+            "bind: {}",
+            String::from_utf8_lossy(bound.as_bytes())
+        ));
+    }
+    send(&mut stream, b"<presence/>").await?;
+    let echo = element(&mut stream, &mut p, &mut buf).await?;
+    if echo.local_name() != "presence" {
+        return Err(format!(
+            "presence: {}",
+            String::from_utf8_lossy(echo.as_bytes())
+        ));
+    }
+    Ok((stream, p))
+}
+
+async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| format!("write: {e}"))
+}
+
+async fn next_event(
+    stream: &mut TcpStream,
+    p: &mut StreamParser,
+    buf: &mut [u8],
+) -> Result<Event, String> {
+    loop {
+        if let Some(e) = p
+            .next_event()
+            .map_err(|e| format!("server sent bad XML: {e:?}"))?
+        {
+            return Ok(e);
+        }
+        let n = stream.read(buf).await.map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection".into());
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let k = p.feed(rest);
+            rest = &rest[k..];
+            if k == 0 {
+                return Err("stanza too large".into());
+            }
+        }
+    }
+}
+
+async fn expect_header(
+    stream: &mut TcpStream,
+    p: &mut StreamParser,
+    buf: &mut [u8],
+) -> Result<(), String> {
+    loop {
+        match next_event(stream, p, buf).await? {
+            Event::Declaration(_) => {}
+            Event::StreamOpen(_) => return Ok(()),
+            other => return Err(format!("expected a stream header, got {other:?}")),
+        }
+    }
+}
+
+async fn element(
+    stream: &mut TcpStream,
+    p: &mut StreamParser,
+    buf: &mut [u8],
+) -> Result<Stanza, String> {
+    match next_event(stream, p, buf).await? {
+        Event::Stanza(s) if s.local_name() == "error" => Err(format!(
+            "stream error: {}",
+            String::from_utf8_lossy(s.as_bytes())
+        )),
+        Event::Stanza(s) => Ok(s),
+        other => Err(format!("expected an element, got {other:?}")),
+    }
+}
+
+/// The steady state of an online connection: write what the schedule queued, read and time what
+/// arrives, until the run is done.
+async fn steady(
+    mut stream: TcpStream,
+    mut parser: StreamParser,
+    conn: Rc<Online>,
+    rec: Rc<Recorder>,
+    shared: Arc<Shared>,
+) {
+    let mut rbuf = vec![0u8; 16 * 1024];
+    let mut wpos = 0usize;
+    let finder = memchr::memmem::Finder::new(b"<body>");
+    std::future::poll_fn(|cx: &mut Context<'_>| {
+        loop {
+            if shared.done.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            let mut progress = false;
+            {
+                let mut out = conn.out.borrow_mut();
+                while wpos < out.len() {
+                    match Pin::new(&mut stream).poll_write(cx, &out[wpos..]) {
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            wpos += n;
+                            progress = true;
+                        }
+                        Poll::Ready(_) => return Poll::Ready(()),
+                        Poll::Pending => break,
+                    }
+                }
+                if wpos == out.len() && wpos > 0 {
+                    out.clear();
+                    wpos = 0;
+                }
+            }
+            match Pin::new(&mut stream).poll_read(cx, &mut rbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    let now = now_ns();
+                    let mut rest = &rbuf[..n];
+                    while !rest.is_empty() {
+                        let k = parser.feed(rest);
+                        rest = &rest[k..];
+                        while let Ok(Some(ev)) = parser.next_event() {
+                            if let Event::Stanza(s) = ev
+                                && s.local_name() == "message"
+                            {
+                                let b = s.as_bytes();
+                                if let Some(i) = finder.find(b) {
+                                    let digits = &b[i + 6..];
+                                    let end = digits
+                                        .iter()
+                                        .position(|c| !c.is_ascii_digit())
+                                        .unwrap_or(0);
+                                    if let Some(sent) = std::str::from_utf8(&digits[..end])
+                                        .ok()
+                                        .and_then(|d| d.parse::<u64>().ok())
+                                    {
+                                        rec.record(now.saturating_sub(sent));
+                                        shared.received.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                        }
+                        if k == 0 {
+                            return Poll::Ready(());
+                        }
+                    }
+                }
+                Poll::Pending => {}
+            }
+            if !progress {
+                *conn.waker.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    let _ = stream.close().await;
+}

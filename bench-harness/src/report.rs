@@ -1,0 +1,230 @@
+//! What a run shows: the one-screen summary, the JSON results (every figure of the summary plus the
+//! per-second timeline), and an SVG plot of the latency percentile distribution in the HDR style
+//! (x: percentile on a 1/(1-p) scale, y: latency).
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::client::Summary;
+use crate::{RunArgs, Scenario};
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        return json!(null);
+    }
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.5)),
+        "p90_ms": ms(h.value_at_quantile(0.9)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+        "mean_ms": h.mean() / 1e6,
+    })
+}
+
+fn line(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no samples".into();
+    }
+    format!(
+        "p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3} ({} samples)",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+        h.len()
+    )
+}
+
+pub fn finish(args: &RunArgs, s: &Summary) {
+    println!(
+        "== {} · {:?} · {} users · {:?}",
+        args.label, args.scenario, args.users, args.mech
+    );
+    println!(
+        "logins: {} online, {} failed, in {:.2} s = {:.0} logins/s",
+        s.online,
+        s.login_failures,
+        s.login_secs,
+        s.online as f64 / s.login_secs.max(1e-9)
+    );
+    println!("login latency: {}", line(&s.login));
+    if let Some(cpu) = s.server_cpu_login_s {
+        println!(
+            "server CPU per login: {:.1} µs (harness: {:.1} µs)",
+            cpu * 1e6 / s.online.max(1) as f64,
+            s.harness_cpu_login_s * 1e6 / s.online.max(1) as f64
+        );
+    }
+    let mut rss_per_session = None;
+    if let (Some(b), Some(a)) = (s.rss_before_kib, s.rss_after_kib) {
+        let per = (a.saturating_sub(b)) as f64 / s.online.max(1) as f64;
+        rss_per_session = Some(per);
+        println!("server RSS: {b} KiB -> {a} KiB = {per:.2} KiB per idle session");
+    }
+    let mut steps = Vec::new();
+    let mut best_rate = None;
+    for st in &s.steps {
+        let lost = st.sent.saturating_sub(st.received);
+        let cpu_per_msg = st.server_cpu_s.map(|c| c * 1e6 / st.received.max(1) as f64);
+        println!(
+            "chat at {:.0}/s for {:.1} s: sent {}, received {}, lost {lost}; latency {}",
+            st.rate,
+            st.secs,
+            st.sent,
+            st.received,
+            line(&st.latency)
+        );
+        if let Some(c) = cpu_per_msg {
+            println!(
+                "  server CPU per message: {c:.2} µs; harness CPU per message: {:.2} µs",
+                st.harness_cpu_s * 1e6 / st.received.max(1) as f64
+            );
+        }
+        let held = lost == 0
+            && !st.latency.is_empty()
+            && ms(st.latency.value_at_quantile(0.99)) <= args.p99_bound_ms;
+        if held {
+            best_rate = Some(st.rate);
+        }
+        steps.push(json!({
+            "rate": st.rate,
+            "secs": st.secs,
+            "sent": st.sent,
+            "received": st.received,
+            "lost": lost,
+            "latency": percentiles(&st.latency),
+            "server_cpu_us_per_message": cpu_per_msg,
+            "harness_cpu_us_per_message": st.harness_cpu_s * 1e6 / st.received.max(1) as f64,
+            "held_p99_bound": held,
+            "timeline": st.timeline.iter().map(|(n, p99)| json!({"received": n, "p99_ms": ms(*p99)})).collect::<Vec<_>>(),
+        }));
+    }
+    if args.find_max && args.scenario == Scenario::Chat {
+        match best_rate {
+            Some(r) => println!(
+                "find-max: highest rate with p99 <= {} ms and nothing lost: {r:.0} msg/s",
+                args.p99_bound_ms
+            ),
+            None => println!(
+                "find-max: no rate held p99 <= {} ms with nothing lost",
+                args.p99_bound_ms
+            ),
+        }
+    }
+    if let Some(path) = &args.json {
+        let v = json!({
+            "label": args.label,
+            "scenario": format!("{:?}", args.scenario).to_lowercase(),
+            "users": args.users,
+            "mech": format!("{:?}", args.mech),
+            "threads": args.threads,
+            "online": s.online,
+            "login_failures": s.login_failures,
+            "login_secs": s.login_secs,
+            "logins_per_sec": s.online as f64 / s.login_secs.max(1e-9),
+            "login_latency": percentiles(&s.login),
+            "server_cpu_us_per_login": s.server_cpu_login_s.map(|c| c * 1e6 / s.online.max(1) as f64),
+            "harness_cpu_us_per_login": s.harness_cpu_login_s * 1e6 / s.online.max(1) as f64,
+            "rss_before_kib": s.rss_before_kib,
+            "rss_after_kib": s.rss_after_kib,
+            "rss_kib_per_idle_session": rss_per_session,
+            "chat": steps,
+            "find_max_rate": best_rate,
+        });
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&v).expect("JSON")) {
+            eprintln!("rjabberd-bench: cannot write {}: {e}", path.display());
+        }
+    }
+    if let Some(path) = &args.svg {
+        let h = s
+            .steps
+            .last()
+            .map(|st| &st.latency)
+            .filter(|h| !h.is_empty())
+            .unwrap_or(&s.login);
+        let title = match args.scenario {
+            Scenario::Chat => format!(
+                "{} chat latency at {:.0} msg/s",
+                args.label,
+                s.steps.last().map_or(0.0, |x| x.rate)
+            ),
+            _ => format!("{} login latency", args.label),
+        };
+        if let Err(e) = std::fs::write(path, percentile_svg(h, &title)) {
+            eprintln!("rjabberd-bench: cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// An HDR-style percentile plot as a self-contained SVG.
+pub fn percentile_svg(h: &Histogram<u64>, title: &str) -> String {
+    let (w, ht, left, bottom) = (800.0, 480.0, 70.0, 50.0);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{ht}' font-family='sans-serif' font-size='12'>\
+         <rect width='100%' height='100%' fill='white'/><text x='{}' y='20' font-size='14'>{}</text>",
+        left,
+        title.replace('<', "&lt;")
+    );
+    if h.is_empty() {
+        svg.push_str("<text x='100' y='100'>no samples</text></svg>");
+        return svg;
+    }
+    // x = log10(1 / (1 - p)), up to 99.999 %.
+    let max_x = 5.0f64;
+    let max_y = ms(h.value_at_quantile(0.99999)).max(0.001) * 1.1;
+    let px = |x: f64| left + x / max_x * (w - left - 20.0);
+    let py = |y: f64| ht - bottom - y / max_y * (ht - bottom - 40.0);
+    let mut points = String::new();
+    for i in 0..=500 {
+        let x = i as f64 / 100.0;
+        let q = 1.0 - 10f64.powf(-x);
+        let y = ms(h.value_at_quantile(q.min(0.99999)));
+        let _ = write!(points, "{:.1},{:.1} ", px(x), py(y));
+    }
+    let _ = write!(
+        svg,
+        "<polyline fill='none' stroke='#1f77b4' stroke-width='2' points='{points}'/>\
+         <line x1='{left}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{left}' y1='40' x2='{left}' y2='{}' stroke='black'/>",
+        ht - bottom,
+        w - 20.0,
+        ht - bottom,
+        ht - bottom
+    );
+    for (x, label) in [
+        (0.0, "0%"),
+        (1.0, "90%"),
+        (2.0, "99%"),
+        (3.0, "99.9%"),
+        (4.0, "99.99%"),
+        (5.0, "99.999%"),
+    ] {
+        let _ = write!(
+            svg,
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{label}</text>",
+            px(x),
+            ht - bottom + 18.0
+        );
+    }
+    for i in 0..=4 {
+        let y = max_y * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            "<text x='{}' y='{:.1}' text-anchor='end'>{y:.2} ms</text>",
+            left - 6.0,
+            py(y) + 4.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
