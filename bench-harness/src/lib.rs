@@ -1,0 +1,127 @@
+//! The rjabberd load generator as a library: the scenarios and client connections ([`client`]), the
+//! reports ([`report`]), account provisioning, and the run options shared by the `rjabberd-bench` binary
+//! and the harness's own tests.
+
+pub mod client;
+pub mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// A login storm: logins/s, login latency, server CPU per login.
+    Login,
+    /// Hold N sessions: server RSS per idle session.
+    Idle,
+    /// Open-loop one-to-one chat between random online users.
+    Chat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mech {
+    Plain,
+    ScramSha1,
+    ScramSha256,
+}
+
+#[derive(Parser, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// The server's c2s address (plain TCP; the server must allow SASL without TLS).
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    pub server: SocketAddr,
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    #[arg(long, default_value = "u")]
+    pub prefix: String,
+    #[arg(long, default_value = "pw")]
+    pub password: String,
+    #[arg(long, value_enum, default_value_t = Mech::ScramSha1)]
+    pub mech: Mech,
+    /// Harness threads (glommio executors).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to pin the harness threads to, e.g. `1` or `2,3` (default: unpinned).
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Logins started per second (0: as fast as `--login-concurrency` allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub arrival_rate: f64,
+    /// Logins in flight per harness thread when `--arrival-rate` is 0.
+    #[arg(long, default_value_t = 64)]
+    pub login_concurrency: usize,
+    /// Source addresses 127.0.0.1 … 127.0.0.K (0: one per 20,000 connections).
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+    /// Total chat messages per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of chat (per step with `--find-max`).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Raise the chat rate step by step until p99 exceeds `--p99-bound-ms` or a message is lost.
+    #[arg(long)]
+    pub find_max: bool,
+    #[arg(long, default_value_t = 10.0)]
+    pub p99_bound_ms: f64,
+    /// Seconds to hold idle sessions before measuring RSS (rjabberd trims idle buffers every 10 s).
+    #[arg(long, default_value_t = 12.0)]
+    pub settle: f64,
+    /// The server's process id, for its CPU time and RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// A name for the server in reports (rjabberd, ejabberd, prosody).
+    #[arg(long, default_value = "server")]
+    pub label: String,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// SVG plot of the latency percentile distribution.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+/// One credential derivation for all accounts (same password, one fixed salt): provisioning 100,000
+/// users takes seconds, and the harness's SCRAM client can reuse its salted password.
+pub fn provision(
+    data_dir: &std::path::Path,
+    users: usize,
+    host: &str,
+    prefix: &str,
+    password: &str,
+    iterations: u32,
+) -> Result<(), String> {
+    let db = rjabberd::storage::UserDb::open(data_dir).map_err(|e| e.to_string())?;
+    let creds = rjabberd::proto::sasl::Credentials::from_password(
+        password,
+        b"rjabberd-bench-salt",
+        iterations,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    let started = std::time::Instant::now();
+    let mut added = 0;
+    for i in 0..users {
+        let name = format!("{prefix}{i}");
+        match db.add(host, &name, &creds) {
+            Ok(()) => added += 1,
+            Err(e) if e.0.contains("already exists") => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    println!(
+        "provisioned {added} new accounts ({users} wanted) on {host} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Seconds as a `Duration`, for arguments given in seconds.
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}

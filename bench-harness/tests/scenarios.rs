@@ -1,0 +1,82 @@
+//! The harness measures what it claims: against an in-process rjabberd (2 shards, plaintext), `login`
+//! brings every provisioned user online, and `chat` delivers every message it sends (none lost) with a
+//! latency for each, at a rate the machine sustains easily.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use bench_harness::{Mech, RunArgs, Scenario, client, provision};
+use rjabberd::config::Config;
+use rjabberd::shard::Server;
+
+fn server(dir: &std::path::Path) -> (Server, Arc<AtomicBool>) {
+    let text = format!(
+        "shards = 2\ndata_dir = \"{}\"\nlog_level = \"warn\"\n[[host]]\nname = \"localhost\"\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\n[auth]\nallow_plaintext = true\n",
+        dir.display()
+    );
+    let config = Config::parse(&text, std::path::Path::new("bench.toml")).unwrap();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    (Server::start(config, shutdown.clone()).unwrap(), shutdown)
+}
+
+fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunArgs {
+    RunArgs {
+        scenario,
+        server,
+        host: "localhost".into(),
+        users,
+        prefix: "u".into(),
+        password: "pw".into(),
+        mech: Mech::ScramSha256,
+        threads: 1,
+        cpus: vec![],
+        arrival_rate: 0.0,
+        login_concurrency: 32,
+        sources: 2,
+        rate: 400.0,
+        duration: 2.0,
+        find_max: false,
+        p99_bound_ms: 10.0,
+        settle: 0.0,
+        server_pid: Some(std::process::id()),
+        label: "rjabberd".into(),
+        json: None,
+        svg: None,
+    }
+}
+
+#[test]
+fn login_and_chat_measure_every_message() {
+    let dir = std::env::temp_dir().join(format!("rjabberd-bench-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    provision(&dir, 200, "localhost", "u", "pw", 4096).unwrap();
+    let (server, shutdown) = server(&dir);
+    let addr = server.shared.bound[0].0;
+
+    let login = client::run(&args(Scenario::Login, addr, 200)).unwrap();
+    assert_eq!((login.online, login.login_failures), (200, 0));
+    assert_eq!(login.login.len(), 200, "a latency per login");
+
+    let mut chat_args = args(Scenario::Chat, addr, 100);
+    chat_args.json = Some(dir.join("chat.json"));
+    chat_args.svg = Some(dir.join("chat.svg"));
+    let chat = client::run(&chat_args).unwrap();
+    let step = &chat.steps[0];
+    assert!(step.sent >= 600, "the schedule sent {} of ~800", step.sent);
+    assert_eq!(step.received, step.sent, "nothing lost");
+    assert_eq!(step.latency.len(), step.sent, "a latency per message");
+    bench_harness::report::finish(&chat_args, &chat);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("chat.json")).unwrap()).unwrap();
+    assert_eq!(json["chat"][0]["lost"], 0);
+    assert!(
+        std::fs::read_to_string(dir.join("chat.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+
+    shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
