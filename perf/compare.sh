@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Runs one harness scenario against rjabberd, ejabberd and Prosody, one after another on this machine,
+# and prints a ratio table (rjabberd vs each).
+#
+#   perf/compare.sh SCENARIO N [harness options…]
+#   perf/compare.sh chat 1000 --rate 1000 --duration 10
+#   perf/compare.sh idle 10000
+#   perf/compare.sh login 5000 --mech scram-sha1
+#
+# Each server gets a temporary directory, loopback ports, the domain `localhost` and the same users
+# (`u0`…`u{N-1}`, password `pw`), plaintext c2s with SASL allowed without TLS, and no shapers, rate
+# limits or traffic caps. Servers run on CPU 0 (SERVER_CPUS), the harness on CPU 1 (HARNESS_CPUS).
+# ejabberd and Prosody are installed from Debian when absent. Results: $OUT (default /tmp/rjabberd-compare).
+set -euo pipefail
+
+SCENARIO=${1:?scenario: login, idle or chat}
+USERS=${2:?number of users}
+shift 2
+EXTRA=("$@")
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT=${OUT:-/tmp/rjabberd-compare}
+SERVER_CPUS=${SERVER_CPUS:-0}
+HARNESS_CPUS=${HARNESS_CPUS:-1}
+SERVERS=${SERVERS:-"rjabberd ejabberd prosody"}
+PORT=35222
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+if ! command -v ejabberdctl >/dev/null || ! command -v prosody >/dev/null; then
+    apt-get update && apt-get install -y ejabberd prosody
+fi
+(cd "$ROOT" && cargo build --release -p rjabberd -p bench-harness)
+BENCH="$ROOT/target/release/rjabberd-bench"
+RJABBERD="$ROOT/target/release/rjabberd"
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "port $1 did not open" >&2
+    return 1
+}
+
+run_harness() { # name pid
+    taskset -c "$HARNESS_CPUS" "$BENCH" run --scenario "$SCENARIO" --users "$USERS" \
+        --server "127.0.0.1:$PORT" --server-pid "$2" --label "$1" \
+        --json "$OUT/$1.json" --svg "$OUT/$1.svg" "${EXTRA[@]}" | tee "$OUT/$1.txt"
+}
+
+start_rjabberd() {
+    local d="$OUT/rjabberd"
+    mkdir -p "$d"
+    cat >"$d/rjabberd.toml" <<EOF
+shards = $(echo "$SERVER_CPUS" | tr ',' '\n' | wc -l)
+data_dir = "$d/data"
+log_level = "warn"
+[[host]]
+name = "localhost"
+[[listener]]
+address = "127.0.0.1:$PORT"
+[limits]
+max_connections_per_shard = 1000000
+max_sessions_per_user = 10
+max_output_queue_bytes = 16777216
+[auth]
+allow_plaintext = true
+EOF
+    "$BENCH" provision --data-dir "$d/data" --users "$USERS" >/dev/null
+    taskset -c "$SERVER_CPUS" "$RJABBERD" --config "$d/rjabberd.toml" >"$d/server.log" 2>&1 &
+    wait_port $PORT
+    PID=$(pgrep -n -x rjabberd)
+}
+
+stop_rjabberd() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
+
+start_ejabberd() {
+    local d="$OUT/ejabberd"
+    mkdir -p "$d/spool" "$d/logs"
+    cat >"$d/ejabberdctl.cfg" <<EOF
+EJABBERD_CONFIG_PATH=$d/ejabberd.yml
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 +K true +P 1000000"
+ERL_MAX_PORTS=1000000
+EOF
+    cat >"$d/ejabberd.yml" <<EOF
+hosts: ["localhost"]
+loglevel: warning
+listen:
+  - port: $PORT
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    max_stanza_size: 262144
+    shaper: none
+    access: all
+    starttls_required: false
+  - port: $((PORT + 1))
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    request_handlers:
+      /api: mod_http_api
+auth_method: internal
+auth_password_format: scram
+shaper: {}
+shaper_rules: {}
+max_fsm_queue: 1000000
+acl:
+  loopback:
+    ip: ["127.0.0.0/8"]
+access_rules:
+  local: {allow: all}
+  c2s: {allow: all}
+api_permissions:
+  "bench register":
+    from: [mod_http_api]
+    who: loopback
+    what: ["register"]
+modules:
+  mod_http_api: {}
+  mod_disco: {}
+  mod_ping: {}
+  mod_roster: {}
+EOF
+    cp /etc/ejabberd/inetrc "$d/"
+    chown -R ejabberd:ejabberd "$d"
+    EJ=(ejabberdctl --config-dir "$d" --spool "$d/spool" --logs "$d/logs" --node "bench@localhost")
+    (cd /tmp && taskset -c "$SERVER_CPUS" "${EJ[@]}" start)
+    timeout 60 "${EJ[@]}" started
+    wait_port $PORT
+    python3 - "$USERS" $((PORT + 1)) <<'PY'
+import http.client, json, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(n):
+    c.request("POST", "/api/register", json.dumps({"user": f"u{i}", "host": "localhost", "password": "pw"}),
+              {"Content-Type": "application/json"})
+    r = c.getresponse(); r.read()
+    if r.status != 200 and i == 0:
+        sys.exit(f"ejabberd register: {r.status}")
+PY
+    PID=$(pgrep -n -f "beam.*bench@localhost")
+}
+
+stop_ejabberd() { "${EJ[@]}" stop >/dev/null || true; "${EJ[@]}" stopped >/dev/null 2>&1 || true; }
+
+start_prosody() {
+    local d="$OUT/prosody"
+    mkdir -p "$d/data/localhost/accounts"
+    cat >"$d/prosody.cfg.lua" <<EOF
+pidfile = "$d/prosody.pid"
+data_path = "$d/data"
+log = { warn = "$d/prosody.log" }
+interfaces = { "127.0.0.1" }
+c2s_ports = { $PORT }
+s2s_ports = { }
+http_ports = { }
+https_ports = { }
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+limits = { c2s = { rate = "1000mb/s" } }
+network_backend = "epoll"
+modules_enabled = { "roster", "saslauth", "disco", "ping", "posix" }
+modules_disabled = { "s2s", "tls" }
+VirtualHost "localhost"
+EOF
+    python3 - "$USERS" "$d/data/localhost/accounts" <<'PY'
+import sys
+n, d = int(sys.argv[1]), sys.argv[2]
+for i in range(n):
+    with open(f"{d}/u{i}.dat", "w") as f:
+        f.write('return {\n\t["password"] = "pw";\n};\n')
+PY
+    chown -R prosody:prosody "$d"
+    taskset -c "$SERVER_CPUS" prosody --config "$d/prosody.cfg.lua" -F >"$d/stdout.log" 2>&1 &
+    wait_port $PORT
+    PID=$(pgrep -n -f "prosody --config $d")
+}
+
+stop_prosody() { kill -TERM "$PID" 2>/dev/null || true; sleep 1; }
+
+for s in $SERVERS; do
+    echo "== $s"
+    "start_$s"
+    run_harness "$s" "$PID" || echo "$s: the harness failed" >&2
+    "stop_$s"
+    sleep 1
+done
+
+python3 - "$OUT" $SERVERS <<'PY'
+import json, sys, os
+out, names = sys.argv[1], sys.argv[2:]
+res = {n: json.load(open(f"{out}/{n}.json")) for n in names if os.path.exists(f"{out}/{n}.json")}
+def chat(r, k):
+    steps = [s for s in r.get("chat", []) if s.get("latency")]
+    if not steps: return None
+    s = steps[-1]
+    return s["latency"].get(k) if k.endswith("_ms") else s.get(k)
+rows = [
+    ("logins/s", lambda r: r.get("logins_per_sec"), True),
+    ("server CPU µs per login", lambda r: r.get("server_cpu_us_per_login"), False),
+    ("RSS KiB per idle session", lambda r: r.get("rss_kib_per_idle_session"), False),
+    ("chat rate (msg/s)", lambda r: chat(r, "rate"), True),
+    ("chat received", lambda r: chat(r, "received"), True),
+    ("chat lost", lambda r: chat(r, "lost"), False),
+    ("server CPU µs per message", lambda r: chat(r, "server_cpu_us_per_message"), False),
+    ("p50 ms", lambda r: chat(r, "p50_ms"), False),
+    ("p99 ms", lambda r: chat(r, "p99_ms"), False),
+    ("p99.9 ms", lambda r: chat(r, "p999_ms"), False),
+    ("find-max rate", lambda r: r.get("find_max_rate"), True),
+]
+print()
+print(f"{'figure':28}" + "".join(f"{n:>14}" for n in res) + "".join(f"{'rj vs ' + n:>16}" for n in res if n != "rjabberd"))
+for label, f, higher_better in rows:
+    vals = {n: f(r) for n, r in res.items()}
+    if all(v is None for v in vals.values()): continue
+    line = f"{label:28}" + "".join(f"{(v if v is not None else float('nan')):>14.3f}" if isinstance(v, (int, float)) else f"{'-':>14}" for v in vals.values())
+    rj = vals.get("rjabberd")
+    for n, v in vals.items():
+        if n == "rjabberd": continue
+        if isinstance(rj, (int, float)) and isinstance(v, (int, float)) and v and rj:
+            ratio = rj / v if higher_better else v / rj
+            line += f"{ratio:>15.2f}x"
+        else:
+            line += f"{'-':>16}"
+    print(line)
+print("\n(ratios: how many times better rjabberd is; results and plots in", out + ")")
+PY
