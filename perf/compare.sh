@@ -23,6 +23,9 @@ SERVER_CPUS=${SERVER_CPUS:-0}
 HARNESS_CPUS=${HARNESS_CPUS:-1}
 SERVERS=${SERVERS:-"rjabberd ejabberd prosody"}
 PORT=35222
+# Servers get as many scheduler threads as CPUs they are pinned to; BEAM's schedulers must not busy-wait
+# (they would spin against each other on a shared CPU and bill ejabberd for it).
+NCPUS=$(echo "$SERVER_CPUS" | tr ',' '\n' | wc -l)
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 if ! command -v ejabberdctl >/dev/null || ! command -v prosody >/dev/null; then
@@ -51,7 +54,7 @@ start_rjabberd() {
     local d="$OUT/rjabberd"
     mkdir -p "$d"
     cat >"$d/rjabberd.toml" <<EOF
-shards = $(echo "$SERVER_CPUS" | tr ',' '\n' | wc -l)
+shards = $NCPUS
 data_dir = "$d/data"
 log_level = "warn"
 [[host]]
@@ -78,7 +81,7 @@ start_ejabberd() {
     mkdir -p "$d/spool" "$d/logs"
     cat >"$d/ejabberdctl.cfg" <<EOF
 EJABBERD_CONFIG_PATH=$d/ejabberd.yml
-ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 +K true +P 1000000"
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 +K true +P 1000000 +S $NCPUS:$NCPUS +sbwt none +sbwtdcpu none +sbwtdio none"
 ERL_MAX_PORTS=1000000
 EOF
     cat >"$d/ejabberd.yml" <<EOF
@@ -136,7 +139,7 @@ for i in range(n):
     if r.status != 200 and i == 0:
         sys.exit(f"ejabberd register: {r.status}")
 PY
-    PID=$(pgrep -n -f "beam.*bench@localhost")
+    PID=$(pgrep -n -f "beam.smp.*bench@localhost")
 }
 
 stop_ejabberd() { "${EJ[@]}" stop >/dev/null || true; "${EJ[@]}" stopped >/dev/null 2>&1 || true; }
@@ -147,7 +150,7 @@ start_prosody() {
     cat >"$d/prosody.cfg.lua" <<EOF
 pidfile = "$d/prosody.pid"
 data_path = "$d/data"
-log = { warn = "$d/prosody.log" }
+log = { warn = "$d/prosody.log", error = "$d/prosody.err" }
 interfaces = { "127.0.0.1" }
 c2s_ports = { $PORT }
 s2s_ports = { }
@@ -158,7 +161,7 @@ c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 limits = { c2s = { rate = "1000mb/s" } }
 network_backend = "epoll"
-modules_enabled = { "roster", "saslauth", "disco", "ping", "posix" }
+modules_enabled = { "roster", "saslauth", "disco", "ping" }
 modules_disabled = { "s2s", "tls" }
 VirtualHost "localhost"
 EOF
@@ -170,12 +173,13 @@ for i in range(n):
         f.write('return {\n\t["password"] = "pw";\n};\n')
 PY
     chown -R prosody:prosody "$d"
-    taskset -c "$SERVER_CPUS" prosody --config "$d/prosody.cfg.lua" -F >"$d/stdout.log" 2>&1 &
+    # Prosody refuses to run as root: it runs as its own user.
+    (cd "$d" && exec runuser -u prosody -- taskset -c "$SERVER_CPUS" prosody --config "$d/prosody.cfg.lua" -F >"$d/stdout.log" 2>&1) &
     wait_port $PORT
-    PID=$(pgrep -n -f "prosody --config $d")
+    PID=$(pgrep -n -f "^lua.*prosody --config $d")
 }
 
-stop_prosody() { kill -TERM "$PID" 2>/dev/null || true; sleep 1; }
+stop_prosody() { kill -TERM "$PID" 2>/dev/null || true; sleep 1; pkill -f "prosody --config $OUT" || true; }
 
 for s in $SERVERS; do
     echo "== $s"

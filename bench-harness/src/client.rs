@@ -388,6 +388,7 @@ async fn thread_main(
         args.login_concurrency.max(1) as u64
     ));
     let finished = Rc::new(Cell::new(0usize));
+    let rbuf = Rc::new(RefCell::new(vec![0u8; 64 * 1024]));
     let per_thread_rate = args.arrival_rate / threads as f64;
     let started = Instant::now();
     let mut logins = Vec::new();
@@ -410,6 +411,7 @@ async fn thread_main(
         let online = online.clone();
         let salted = salted.clone();
         let finished = finished.clone();
+        let rbuf = rbuf.clone();
         let source = Ipv4Addr::new(127, 0, 0, 1 + (user % sources) as u8);
         logins.push(
             glommio::spawn_local(async move {
@@ -428,7 +430,7 @@ async fn thread_main(
                             waker: RefCell::new(None),
                         });
                         online.borrow_mut().push(conn.clone());
-                        steady(stream, parser, conn, recorder, shared).await;
+                        steady(stream, parser, conn, recorder, shared, rbuf).await;
                     }
                     Err(e) => {
                         drop(permit);
@@ -735,8 +737,8 @@ async fn steady(
     conn: Rc<Online>,
     rec: Rc<Recorder>,
     shared: Arc<Shared>,
+    rbuf: Rc<RefCell<Vec<u8>>>,
 ) {
-    let mut rbuf = vec![0u8; 16 * 1024];
     let mut wpos = 0usize;
     let finder = memchr::memmem::Finder::new(b"<body>");
     std::future::poll_fn(|cx: &mut Context<'_>| {
@@ -762,6 +764,8 @@ async fn steady(
                     wpos = 0;
                 }
             }
+            // One read buffer per harness thread: a non-buffered glommio read fills it synchronously.
+            let mut rbuf = rbuf.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut rbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {

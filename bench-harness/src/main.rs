@@ -62,6 +62,13 @@ fn main() {
             }
         }
         Command::Run(args) => {
+            let fds = bench_harness::raise_fd_limit();
+            if (fds as usize) < args.users + 64 {
+                eprintln!(
+                    "rjabberd-bench: warning: the open-file limit is {fds}, below the {} connections asked for",
+                    args.users
+                );
+            }
             let summary = client::run(&args);
             match summary {
                 Ok(s) => report::finish(&args, &s),
