@@ -416,7 +416,13 @@ async fn thread_main(
         logins.push(
             glommio::spawn_local(async move {
                 let t0 = Instant::now();
-                let result = login(&args, user, source, &salted).await;
+                // A login that has not finished in 60 s counts as failed (a server that stalls one must
+                // not stall the run).
+                let result = futures_lite::future::or(login(&args, user, source, &salted), async {
+                    glommio::timer::sleep(Duration::from_secs(60)).await;
+                    Err("no answer within 60 s".to_string())
+                })
+                .await;
                 finished.set(finished.get() + 1);
                 match result {
                     Ok((stream, parser)) => {

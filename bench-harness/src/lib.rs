@@ -97,6 +97,20 @@ pub fn provision(
     password: &str,
     iterations: u32,
 ) -> Result<(), String> {
+    provision_with(data_dir, users, host, prefix, password, iterations, false)
+}
+
+/// As [`provision`]; with `numbered_passwords` user `i` gets password `{password}{i}`, the convention of
+/// Tsung's `ts_jabber` (one credential derivation per user then).
+pub fn provision_with(
+    data_dir: &std::path::Path,
+    users: usize,
+    host: &str,
+    prefix: &str,
+    password: &str,
+    iterations: u32,
+    numbered_passwords: bool,
+) -> Result<(), String> {
     let db = rjabberd::storage::UserDb::open(data_dir).map_err(|e| e.to_string())?;
     let creds = rjabberd::proto::sasl::Credentials::from_password(
         password,
@@ -108,7 +122,19 @@ pub fn provision(
     let mut added = 0;
     for i in 0..users {
         let name = format!("{prefix}{i}");
-        match db.add(host, &name, &creds) {
+        let own;
+        let creds = if numbered_passwords {
+            own = rjabberd::proto::sasl::Credentials::from_password(
+                &format!("{password}{i}"),
+                b"rjabberd-bench-salt",
+                iterations,
+            )
+            .map_err(|e| format!("{e:?}"))?;
+            &own
+        } else {
+            &creds
+        };
+        match db.add(host, &name, creds) {
             Ok(()) => added += 1,
             Err(e) if e.0.contains("already exists") => {}
             Err(e) => return Err(e.to_string()),

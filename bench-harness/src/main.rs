@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use bench_harness::{RunArgs, client, provision, report};
+use bench_harness::{RunArgs, client, provision_with, report};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,6 +40,9 @@ enum Command {
         password: String,
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
+        /// Give user i the password `{password}{i}` (Tsung's convention).
+        #[arg(long)]
+        numbered_passwords: bool,
     },
     /// Run a scenario against a server.
     Run(RunArgs),
@@ -55,8 +58,17 @@ fn main() {
             prefix,
             password,
             iterations,
+            numbered_passwords,
         } => {
-            if let Err(e) = provision(&data_dir, users, &host, &prefix, &password, iterations) {
+            if let Err(e) = provision_with(
+                &data_dir,
+                users,
+                &host,
+                &prefix,
+                &password,
+                iterations,
+                numbered_passwords,
+            ) {
                 eprintln!("rjabberd-bench: {e}");
                 std::process::exit(1);
             }
