@@ -26,7 +26,95 @@ use rjabberd::proto::sasl::Hash;
 use rjabberd::proto::sasl::client::{SaltedPassword, ScramClient};
 use rjabberd::proto::xml::{Event, Limits, Stanza, StreamParser};
 
-use crate::{Mech, RunArgs, Scenario, secs};
+use crate::{Mech, RunArgs, Scenario, Tls, secs};
+
+/// A client stream: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+impl<T: AsyncRead + AsyncWrite + Unpin + 'static> Io for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+type Stream = Box<dyn Io>;
+
+/// Accepts any server certificate: for loopback benchmarks without `--ca`.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The TLS client configuration of a run.
+pub fn tls_connector(args: &RunArgs) -> Result<futures_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = match &args.ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
+                roots
+                    .add(cert.map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
+    };
+    if args.tls == Tls::Direct {
+        config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    }
+    Ok(futures_rustls::TlsConnector::from(Arc::new(config)))
+}
 
 /// The time origin every harness thread measures from (an `Instant` is comparable across threads).
 static BASE: OnceLock<Instant> = OnceLock::new();
@@ -130,6 +218,7 @@ fn histogram() -> Histogram<u64> {
 /// Runs the scenario of `args`; returns what was measured.
 pub fn run(args: &RunArgs) -> Result<Summary, String> {
     let _ = now_ns();
+    tls_connector(args)?;
     let shared = Arc::new(Shared::default());
     shared
         .rate_milli
@@ -389,6 +478,7 @@ async fn thread_main(
     ));
     let finished = Rc::new(Cell::new(0usize));
     let rbuf = Rc::new(RefCell::new(vec![0u8; 64 * 1024]));
+    let connector = tls_connector(&args).expect("TLS configuration checked before the run");
     let per_thread_rate = args.arrival_rate / threads as f64;
     let started = Instant::now();
     let mut logins = Vec::new();
@@ -412,16 +502,20 @@ async fn thread_main(
         let salted = salted.clone();
         let finished = finished.clone();
         let rbuf = rbuf.clone();
+        let connector = connector.clone();
         let source = Ipv4Addr::new(127, 0, 0, 1 + (user % sources) as u8);
         logins.push(
             glommio::spawn_local(async move {
                 let t0 = Instant::now();
                 // A login that has not finished in 60 s counts as failed (a server that stalls one must
                 // not stall the run).
-                let result = futures_lite::future::or(login(&args, user, source, &salted), async {
-                    glommio::timer::sleep(Duration::from_secs(60)).await;
-                    Err("no answer within 60 s".to_string())
-                })
+                let result = futures_lite::future::or(
+                    login(&args, &connector, user, source, &salted),
+                    async {
+                        glommio::timer::sleep(Duration::from_secs(60)).await;
+                        Err("no answer within 60 s".to_string())
+                    },
+                )
                 .await;
                 finished.set(finished.get() + 1);
                 match result {
@@ -558,10 +652,11 @@ impl Rng {
 /// Connects from `source`, then negotiates: header, SASL, restart, bind, initial presence.
 async fn login(
     args: &RunArgs,
+    connector: &futures_rustls::TlsConnector,
     user: usize,
     source: Ipv4Addr,
     salted: &RefCell<Option<SaltedPassword>>,
-) -> Result<(TcpStream, StreamParser), String> {
+) -> Result<(Stream, StreamParser), String> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
     sock.set_reuse_address(true).map_err(|e| e.to_string())?;
@@ -573,7 +668,20 @@ async fn login(
     sock.set_tcp_nodelay(true).map_err(|e| e.to_string())?;
     sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     // SAFETY: the descriptor is owned by `sock`, whose ownership moves into the glommio stream.
-    let mut stream = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
+    let tcp = unsafe { TcpStream::from_raw_fd(sock.into_raw_fd()) };
+    let server_name = || {
+        rustls::pki_types::ServerName::try_from(args.host.clone())
+            .map_err(|e| format!("server name: {e}"))
+    };
+    let mut stream: Stream = match args.tls {
+        Tls::Direct => Box::new(
+            connector
+                .connect(server_name()?, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?,
+        ),
+        _ => Box::new(tcp),
+    };
     let mut p = StreamParser::new(Limits::default());
     let mut buf = vec![0u8; 4096];
     let host = &args.host;
@@ -583,6 +691,32 @@ async fn login(
     send(&mut stream, header.as_bytes()).await?;
     expect_header(&mut stream, &mut p, &mut buf).await?;
     element(&mut stream, &mut p, &mut buf).await?; // features
+    if args.tls == Tls::Starttls {
+        send(
+            &mut stream,
+            b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        )
+        .await?;
+        let proceed = element(&mut stream, &mut p, &mut buf).await?;
+        if proceed.local_name() != "proceed" {
+            return Err(format!(
+                "STARTTLS: {}",
+                String::from_utf8_lossy(proceed.as_bytes())
+            ));
+        }
+        // The plain stream is boxed; TLS needs the socket back.
+        let tcp = stream_into_tcp(stream)?;
+        stream = Box::new(
+            connector
+                .connect(server_name()?, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?,
+        );
+        p = StreamParser::new(Limits::default());
+        send(&mut stream, header.as_bytes()).await?;
+        expect_header(&mut stream, &mut p, &mut buf).await?;
+        element(&mut stream, &mut p, &mut buf).await?; // features
+    }
     let name = format!("{}{user}", args.prefix);
     match args.mech {
         Mech::Plain => {
@@ -672,15 +806,24 @@ async fn login(
     Ok((stream, p))
 }
 
-async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
     stream
         .write_all(bytes)
         .await
-        .map_err(|e| format!("write: {e}"))
+        .map_err(|e| format!("write: {e}"))?;
+    stream.flush().await.map_err(|e| format!("write: {e}"))
+}
+
+/// Recovers the TCP stream from a boxed plain stream (for STARTTLS).
+fn stream_into_tcp(stream: Stream) -> Result<TcpStream, String> {
+    let any: Box<dyn std::any::Any> = stream.into_any();
+    any.downcast::<TcpStream>()
+        .map(|b| *b)
+        .map_err(|_| "STARTTLS on a stream that is not plain TCP".to_string())
 }
 
 async fn next_event(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     p: &mut StreamParser,
     buf: &mut [u8],
 ) -> Result<Event, String> {
@@ -707,7 +850,7 @@ async fn next_event(
 }
 
 async fn expect_header(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     p: &mut StreamParser,
     buf: &mut [u8],
 ) -> Result<(), String> {
@@ -721,7 +864,7 @@ async fn expect_header(
 }
 
 async fn element(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     p: &mut StreamParser,
     buf: &mut [u8],
 ) -> Result<Stanza, String> {
@@ -738,7 +881,7 @@ async fn element(
 /// The steady state of an online connection: write what the schedule queued, read and time what
 /// arrives, until the run is done.
 async fn steady(
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut parser: StreamParser,
     conn: Rc<Online>,
     rec: Rc<Recorder>,
@@ -768,6 +911,10 @@ async fn steady(
                 if wpos == out.len() && wpos > 0 {
                     out.clear();
                     wpos = 0;
+                }
+                // TLS buffers records until flushed; plain TCP flushes at once.
+                if let Poll::Ready(Err(_)) = Pin::new(&mut stream).poll_flush(cx) {
+                    return Poll::Ready(());
                 }
             }
             // One read buffer per harness thread: a non-buffered glommio read fills it synchronously.

@@ -21,6 +21,17 @@ pub enum Scenario {
     Chat,
 }
 
+/// How the client connections secure the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Tls {
+    /// Plain TCP (the server must allow SASL without TLS).
+    None,
+    /// STARTTLS after the first stream header.
+    Starttls,
+    /// Direct TLS (XEP-0368), ALPN `xmpp-client`.
+    Direct,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mech {
     Plain,
@@ -45,6 +56,13 @@ pub struct RunArgs {
     pub password: String,
     #[arg(long, value_enum, default_value_t = Mech::ScramSha1)]
     pub mech: Mech,
+    /// TLS for the client connections.
+    #[arg(long, value_enum, default_value_t = Tls::None)]
+    pub tls: Tls,
+    /// PEM certificate(s) to trust for TLS (e.g. rjabberd's `data/certs/localhost.crt`); without it the
+    /// server's certificate is not verified (a benchmark on loopback).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// Harness threads (glommio executors).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,

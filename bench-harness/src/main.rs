@@ -45,7 +45,7 @@ enum Command {
         numbered_passwords: bool,
     },
     /// Run a scenario against a server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 fn main() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use bench_harness::{Mech, RunArgs, Scenario, client, provision};
+use bench_harness::{Mech, RunArgs, Scenario, Tls, client, provision};
 use rjabberd::config::Config;
 use rjabberd::shard::Server;
 
@@ -29,6 +29,8 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         prefix: "u".into(),
         password: "pw".into(),
         mech: Mech::ScramSha256,
+        tls: Tls::None,
+        ca: None,
         threads: 1,
         cpus: vec![],
         arrival_rate: 0.0,
@@ -57,6 +59,13 @@ fn login_and_chat_measure_every_message() {
     let login = client::run(&args(Scenario::Login, addr, 200)).unwrap();
     assert_eq!((login.online, login.login_failures), (200, 0));
     assert_eq!(login.login.len(), 200, "a latency per login");
+
+    // The same over STARTTLS, verifying the server's generated certificate.
+    let mut tls_args = args(Scenario::Login, addr, 50);
+    tls_args.tls = Tls::Starttls;
+    tls_args.ca = Some(dir.join("certs/localhost.crt"));
+    let tls_login = client::run(&tls_args).unwrap();
+    assert_eq!((tls_login.online, tls_login.login_failures), (50, 0));
 
     let mut chat_args = args(Scenario::Chat, addr, 100);
     chat_args.json = Some(dir.join("chat.json"));
