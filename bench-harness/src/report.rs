@@ -162,7 +162,85 @@ pub fn finish(args: &RunArgs, s: &Summary) {
         if let Err(e) = std::fs::write(path, percentile_svg(h, &title)) {
             eprintln!("rjabberd-bench: cannot write {}: {e}", path.display());
         }
+        if !s.steps.is_empty() {
+            let timeline: Vec<(u64, u64)> = s
+                .steps
+                .iter()
+                .flat_map(|st| st.timeline.iter().copied())
+                .collect();
+            let path = path.with_file_name(format!(
+                "{}-timeline.svg",
+                path.file_stem()
+                    .map_or("chat".into(), |s| s.to_string_lossy())
+            ));
+            let title = format!(
+                "{}: messages received per second and p99 per second",
+                args.label
+            );
+            if let Err(e) = std::fs::write(&path, timeline_svg(&timeline, &title)) {
+                eprintln!("rjabberd-bench: cannot write {}: {e}", path.display());
+            }
+        }
     }
+}
+
+/// Throughput (bars) and p99 (line) per second over the whole run, as a self-contained SVG.
+pub fn timeline_svg(timeline: &[(u64, u64)], title: &str) -> String {
+    let (w, ht, left, right, bottom) = (800.0, 420.0, 80.0, 80.0, 40.0);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{ht}' font-family='sans-serif' font-size='12'>\
+         <rect width='100%' height='100%' fill='white'/><text x='{left}' y='20' font-size='14'>{}</text>",
+        title.replace('<', "&lt;")
+    );
+    if timeline.is_empty() {
+        svg.push_str("</svg>");
+        return svg;
+    }
+    let n = timeline.len() as f64;
+    let max_rate = timeline.iter().map(|t| t.0).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let max_p99 = (timeline.iter().map(|t| t.1).max().unwrap_or(1).max(1) as f64 / 1e6) * 1.1;
+    let plot_w = w - left - right;
+    let plot_h = ht - bottom - 40.0;
+    let bar = plot_w / n;
+    for (i, (count, _)) in timeline.iter().enumerate() {
+        let h = *count as f64 / max_rate * plot_h;
+        let _ = write!(
+            svg,
+            "<rect x='{:.1}' y='{:.1}' width='{:.1}' height='{h:.1}' fill='#aec7e8'/>",
+            left + i as f64 * bar,
+            ht - bottom - h,
+            (bar - 1.0).max(1.0)
+        );
+    }
+    let mut points = String::new();
+    for (i, (_, p99)) in timeline.iter().enumerate() {
+        let y = ht - bottom - (*p99 as f64 / 1e6) / max_p99 * plot_h;
+        let _ = write!(points, "{:.1},{y:.1} ", left + (i as f64 + 0.5) * bar);
+    }
+    let _ = write!(
+        svg,
+        "<polyline fill='none' stroke='#d62728' stroke-width='2' points='{points}'/>\
+         <line x1='{left}' y1='{}' x2='{}' y2='{}' stroke='black'/>\
+         <text x='{}' y='{}' text-anchor='end'>{:.0} msg/s</text><text x='{}' y='{}'>{:.2} ms p99</text>\
+         <text x='{left}' y='{}'>0 s</text><text x='{}' y='{}' text-anchor='end'>{} s</text>",
+        ht - bottom,
+        w - right,
+        ht - bottom,
+        left - 6.0,
+        ht - bottom - plot_h + 4.0,
+        max_rate,
+        w - right + 6.0,
+        ht - bottom - plot_h + 4.0,
+        max_p99,
+        ht - bottom + 16.0,
+        w - right,
+        ht - bottom + 16.0,
+        timeline.len()
+    );
+    svg.push_str("</svg>");
+    svg
 }
 
 /// An HDR-style percentile plot as a self-contained SVG.
