@@ -184,13 +184,34 @@ pub struct ChatStep {
     pub harness_cpu_s: f64,
 }
 
-/// CPU seconds (user + system) of a process, from /proc.
+/// CPU seconds of a process (all its threads), from the scheduler's exact run-time accounting
+/// (`/proc/PID/task/*/schedstat`, nanoseconds on CPU). The tick-sampled utime/stime of `/proc/PID/stat`
+/// misattribute a process that runs briefly and often, as an XMPP server at low load does; it is the
+/// fallback when schedstat is missing. Threads that have exited are not counted.
 pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_string(),
+    let base = match pid {
+        Some(p) => format!("/proc/{p}"),
+        None => "/proc/self".to_string(),
     };
-    let stat = std::fs::read_to_string(path).ok()?;
+    if let Ok(tasks) = std::fs::read_dir(format!("{base}/task")) {
+        let mut ns: u64 = 0;
+        let mut any = false;
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat"))
+                && let Some(v) = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            {
+                ns += v;
+                any = true;
+            }
+        }
+        if any {
+            return Some(ns as f64 / 1e9);
+        }
+    }
+    let stat = std::fs::read_to_string(format!("{base}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
