@@ -79,7 +79,13 @@ stop_rjabberd() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
 start_ejabberd() {
     local d="$OUT/ejabberd"
     mkdir -p "$d/spool" "$d/logs"
+    # ejabberdctl starts erl as the ejabberd user through su, whose PAM session resets the open-file
+    # limit to 1,024 (ejabberd then refuses connections beyond ~1,000): erl is started through a
+    # wrapper that raises it again.
+    printf '#!/bin/sh\nulimit -n "$(ulimit -Hn)"\nexec /usr/bin/erl "$@"\n' >"$d/erl"
+    chmod 755 "$d/erl"
     cat >"$d/ejabberdctl.cfg" <<EOF
+ERL=$d/erl
 EJABBERD_CONFIG_PATH=$d/ejabberd.yml
 ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 +K true +P 1000000 +S $NCPUS:$NCPUS +sbwt none +sbwtdcpu none +sbwtdio none"
 ERL_MAX_PORTS=1000000
@@ -173,10 +179,11 @@ for i in range(n):
         f.write('return {\n\t["password"] = "pw";\n};\n')
 PY
     chown -R prosody:prosody "$d"
-    # Prosody refuses to run as root: it runs as its own user.
-    (cd "$d" && exec runuser -u prosody -- taskset -c "$SERVER_CPUS" prosody --config "$d/prosody.cfg.lua" -F >"$d/stdout.log" 2>&1) &
+    # Prosody refuses to run as root: it runs as its own user, with the open-file limit raised again
+    # (runuser's PAM session resets it to 1,024).
+    (cd "$d" && exec runuser -u prosody -- sh -c "ulimit -n \$(ulimit -Hn); exec taskset -c $SERVER_CPUS prosody --config $d/prosody.cfg.lua -F" >"$d/stdout.log" 2>&1) &
     wait_port $PORT
-    PID=$(pgrep -n -f "^lua.*prosody --config $d")
+    PID=$(pgrep -n -f "^lua.*prosody --config $d" || pgrep -n -f "prosody --config $d")
 }
 
 stop_prosody() { kill -TERM "$PID" 2>/dev/null || true; sleep 1; pkill -f "prosody --config $OUT" || true; }

@@ -23,8 +23,10 @@ const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 /// Room the buffer keeps beyond the largest element, so that a partial element at the limit still leaves
 /// space for a read: with it, `feed` can always make progress once complete events are drained.
 const READ_SLACK: usize = 16 * 1024;
-/// The least the read buffer grows by (see [`StreamParser::feed`]).
+/// The most the read buffer grows by at once (see [`StreamParser::feed`]).
 const FEED_CHUNK: usize = 16 * 1024;
+/// The first growth of an empty read buffer.
+const FIRST_CHUNK: usize = 1024;
 
 /// The declaration is short; a longer one is refused rather than buffered.
 const MAX_DECL_BYTES: usize = 512;
@@ -1371,6 +1373,8 @@ pub struct StreamParser {
     error: Option<XmlError>,
     /// A self-closed stream root (`<stream:stream/>`) still owes its `StreamClose`.
     close_pending: bool,
+    /// How much the read buffer grows by next (see [`StreamParser::feed`]).
+    chunk: usize,
 }
 
 impl StreamParser {
@@ -1392,6 +1396,7 @@ impl StreamParser {
             consumed: 0,
             error: None,
             close_pending: false,
+            chunk: FIRST_CHUNK,
         }
     }
 
@@ -1419,8 +1424,11 @@ impl StreamParser {
         if self.buf.capacity() - self.buf.len() < n {
             // Grow by at least a chunk: yielded stanzas share the buffer's allocation, so while any is
             // alive a refill cannot reuse it in place; a chunk holds many small stanzas, making the
-            // refill (and its allocation) per 16 KiB of input rather than per read or per stanza.
-            self.buf.reserve(n.max(FEED_CHUNK).min(self.room()));
+            // refill (and its allocation) per chunk of input rather than per read or per stanza. The
+            // chunk starts small and doubles up to FEED_CHUNK, so a stream that only negotiates (a
+            // login, an idle session) never holds 16 KiB.
+            self.buf.reserve(n.max(self.chunk).min(self.room()));
+            self.chunk = (2 * self.chunk).min(FEED_CHUNK);
         }
         self.buf.extend_from_slice(&data[..n]);
         n
@@ -1431,6 +1439,7 @@ impl StreamParser {
     pub fn release_idle_buffer(&mut self) -> bool {
         if self.buf.is_empty() && self.m.pos == 0 && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
+            self.chunk = FIRST_CHUNK;
             true
         } else {
             false
