@@ -16,12 +16,15 @@
 //! | --- | --- |
 //! | [`config`] | the typed configuration, its embedded defaults and its checks (file:line:column errors) |
 //! | [`proto`] | sans-IO protocol code: bytes and `now` in, events and actions out; no sockets, no clock |
-//! | [`proto::errors`] | stream and stanza error conditions; error replies from a stanza's header |
 //! | [`proto::xml`] | the stanza engine: resumable checking parser, zero-copy views, forwarding writer, owned tree |
-//! | [`sm`] | the session manager: RFC 6121 §8.5 delivery rules (the table comes with the shard) |
-//!
-//! The shard, router, session manager, network shell and module framework arrive with the issues that build
-//! them; the map of what they will own is `../shared/DESIGN.md`.
+//! | [`proto::c2s`] | the client stream state machine: headers, features, STARTTLS, SASL, bind |
+//! | [`proto::sasl`], [`proto::jid`] | SASL mechanisms and stored SCRAM credentials; PRECIS-prepared JIDs |
+//! | [`proto::errors`] | stream and stanza error conditions; error replies from a stanza's header |
+//! | [`shard`] | one glommio executor per core, its state, the mesh and its overflow policy, `home()` |
+//! | [`net`] | sockets and TLS: the connection driver, certificates and SNI |
+//! | [`router`] | the router, local router and session manager's delivery, as functions over a shard |
+//! | [`sm`] | the session table and the RFC 6121 §8.5 delivery rules |
+//! | [`storage`] | the embedded account store (SQLite) and the worker threads that query it |
 
 pub mod config;
 pub mod net;

@@ -6,8 +6,8 @@
 //!
 //! Mesh overflow policy: a message for a shard whose mesh queue is full waits in a per-peer spill queue,
 //! in order, retried on every send and every millisecond. For stanzas the spill queue is capped
-//! ([`SPILL_CAP`]); beyond it a stanza is bounced to its sender with `resource-constraint` (policy
-//! [`Overflow::Bounce`]), and from [`SPILL_HIGH_WATER`] on the shard's connections pause reading, so a
+//! (`SPILL_CAP`); beyond it a stanza is bounced to its sender with `resource-constraint` (policy
+//! [`Overflow::Bounce`]), and from `SPILL_HIGH_WATER` on the shard's connections pause reading, so a
 //! burst slows its senders through TCP instead of bouncing. A connection moving home always waits
 //! (policy [`Overflow::Spill`]; their number is bounded by the connection cap). No mesh consumer ever
 //! awaits a send.
