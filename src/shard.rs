@@ -64,6 +64,11 @@ const SPILL_CAP: usize = 16 * 1024;
 /// Spill length at which connections pause reading (backpressure through TCP).
 const SPILL_HIGH_WATER: usize = 1024;
 
+/// What a connection over the per-shard cap receives before the close.
+const CAP_REFUSAL: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><stream:error>\
+    <resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+
 /// How often idle connections are asked to release their buffers.
 const IDLE_SWEEP: Duration = Duration::from_secs(10);
 
@@ -421,12 +426,21 @@ async fn run_shard(
                 if shard.conns.borrow().len()
                     >= shard.server.config.limits.max_connections_per_shard
                 {
-                    // The cap: refuse by closing at once, before any state is allocated.
+                    // The cap: refuse before any state is allocated, with `resource-constraint` on a
+                    // plain listener (RFC 6120 §4.9.3.17); a direct-TLS client just sees the close.
                     log::warn!(
                         "shard {}: connection cap reached, refusing a connection",
                         shard.id
                     );
-                    drop(stream);
+                    if tls == TlsMode::Starttls {
+                        glommio::spawn_local(async move {
+                            use futures_lite::AsyncWriteExt;
+                            let mut stream = stream;
+                            let _ = stream.write_all(CAP_REFUSAL).await;
+                            let _ = stream.close().await;
+                        })
+                        .detach();
+                    }
                     continue;
                 }
                 crate::net::conn::accept(shard.clone(), stream, tls == TlsMode::Direct);

@@ -669,6 +669,26 @@ impl C2s {
                 return;
             }
         }
+        // RFC 6120 §8.2.3: an IQ has a type of get, set, result or error; anything else is answered
+        // with bad-request here rather than routed.
+        if stanza.kind() == StanzaKind::Iq
+            && !matches!(
+                stanza.type_().as_deref(),
+                Some("get" | "set" | "result" | "error")
+            )
+        {
+            let mut out = Vec::new();
+            if super::errors::write_error_between(
+                &mut out,
+                &stanza,
+                &self.host,
+                full.as_str(),
+                StanzaErrorCondition::BadRequest,
+            ) {
+                self.send(out);
+            }
+            return;
+        }
         self.actions.push_back(Action::Route(stanza));
     }
 
@@ -1041,6 +1061,14 @@ mod tests {
         p.login("r");
         p.client("<message from='juliet@example.org' to='a@example.org'/>");
         assert_eq!(p.routed.len(), 1, "the bare JID is the sender's own");
+        let out = p.client("<iq id='t1' to='romeo@example.org'/>");
+        assert!(
+            out.contains("type='error'") && out.contains("<bad-request"),
+            "{out}"
+        );
+        let out = p.client("<iq id='t2' type='fetch'/>");
+        assert!(out.contains("<bad-request"), "{out}");
+        assert_eq!(p.routed.len(), 1, "neither was routed");
         let out = p.client("<enable xmlns='urn:xmpp:sm:3'/>");
         assert!(out.contains("<unsupported-stanza-type"), "{out}");
     }
