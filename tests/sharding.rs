@@ -12,10 +12,7 @@ use rjabberd::shard::home;
 
 fn dump(server: &TestServer) -> HashMap<usize, (usize, Vec<String>)> {
     let before = server.stdout.lock().unwrap().len();
-    let _ = std::process::Command::new("kill")
-        .arg("-USR1")
-        .arg(server.pid().to_string())
-        .status();
+    common::signal(server.pid(), libc::SIGUSR1);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let lines = server.stdout.lock().unwrap()[before..].to_vec();

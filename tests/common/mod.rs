@@ -132,7 +132,7 @@ impl TestServer {
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        unsafe_kill(child.id(), 15);
+        signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -161,11 +161,12 @@ impl TestServer {
     }
 }
 
-fn unsafe_kill(pid: u32, signal: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status();
+/// Sends `signal` to the server process (no `kill` binary needed on the machine).
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a pid this test started; no memory is involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
 }
 
 impl Drop for TestServer {
