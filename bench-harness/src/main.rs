@@ -74,7 +74,7 @@ fn main() {
             }
         }
         Command::Run(args) => {
-            let fds = bench_harness::raise_fd_limit();
+            let fds = rjabberd::net::raise_fd_limit();
             if (fds as usize) < args.users + 64 {
                 eprintln!(
                     "rjabberd-bench: warning: the open-file limit is {fds}, below the {} connections asked for",

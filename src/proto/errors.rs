@@ -262,13 +262,67 @@ pub fn write_error_reply(
     if !may_bounce(stanza) {
         return false;
     }
-    let name = stanza.name();
+    let from = stanza.to();
+    let to = stanza.from();
+    write_error(
+        out,
+        stanza,
+        stanza.name(),
+        None,
+        from.as_deref().unwrap_or(replier),
+        to.as_deref(),
+        condition,
+        text,
+    );
+    true
+}
+
+/// Appends the error reply to `stanza` with explicit addresses, for a router that knows the sender's full
+/// JID even when the stanza did not carry `from`. The reply declares `jabber:client` so it can be parsed
+/// and routed like any stanza. Returns false, writing nothing, when the stanza must not be answered.
+pub fn write_error_between(
+    out: &mut impl BufMut,
+    stanza: &Stanza,
+    from: &str,
+    to: &str,
+    condition: StanzaErrorCondition,
+) -> bool {
+    if !may_bounce(stanza) {
+        return false;
+    }
+    write_error(
+        out,
+        stanza,
+        stanza.local_name(),
+        Some("jabber:client"),
+        from,
+        Some(to),
+        condition,
+        None,
+    );
+    true
+}
+
+/// The one writer of error replies: `<name [xmlns] from [to] type='error' [id]><error …/></name>`.
+#[allow(clippy::too_many_arguments)]
+fn write_error(
+    out: &mut impl BufMut,
+    stanza: &Stanza,
+    name: &str,
+    xmlns: Option<&str>,
+    from: &str,
+    to: Option<&str>,
+    condition: StanzaErrorCondition,
+    text: Option<&str>,
+) {
     out.put_u8(b'<');
     out.put_slice(name.as_bytes());
-    let from = stanza.to();
-    put_attr(out, "from", from.as_deref().unwrap_or(replier));
-    if let Some(to) = stanza.from() {
-        put_attr(out, "to", &to);
+    if let Some(ns) = xmlns {
+        put_attr(out, "xmlns", ns);
+    }
+    put_attr(out, "from", from);
+    if let Some(to) = to {
+        put_attr(out, "to", to);
     }
     put_attr(out, "type", "error");
     if let Some(id) = stanza.id() {
@@ -291,42 +345,6 @@ pub fn write_error_reply(
     out.put_slice(b"</error></");
     out.put_slice(name.as_bytes());
     out.put_u8(b'>');
-    true
-}
-
-/// Appends the error reply to `stanza` with explicit addresses, for a router that knows the sender's full
-/// JID even when the stanza did not carry `from`. The reply declares `jabber:client` so it can be parsed
-/// and routed like any stanza. Returns false, writing nothing, when the stanza must not be answered.
-pub fn write_error_between(
-    out: &mut impl BufMut,
-    stanza: &Stanza,
-    from: &str,
-    to: &str,
-    condition: StanzaErrorCondition,
-) -> bool {
-    if !may_bounce(stanza) {
-        return false;
-    }
-    let name = stanza.local_name();
-    out.put_u8(b'<');
-    out.put_slice(name.as_bytes());
-    out.put_slice(b" xmlns='jabber:client'");
-    put_attr(out, "from", from);
-    put_attr(out, "to", to);
-    put_attr(out, "type", "error");
-    if let Some(id) = stanza.id() {
-        put_attr(out, "id", &id);
-    }
-    out.put_slice(b"><error type='");
-    out.put_slice(condition.default_type().as_str().as_bytes());
-    out.put_slice(b"'><");
-    out.put_slice(condition.as_str().as_bytes());
-    out.put_slice(b" xmlns='");
-    out.put_slice(NS_STANZA_ERRORS.as_bytes());
-    out.put_slice(b"'/></error></");
-    out.put_slice(name.as_bytes());
-    out.put_u8(b'>');
-    true
 }
 
 fn put_attr(out: &mut impl BufMut, name: &str, value: &str) {
