@@ -144,6 +144,8 @@ pub struct Shared {
     pub close_step: AtomicUsize,
     /// Thread-steps closed so far.
     pub steps_closed: AtomicUsize,
+    /// Thread-steps whose sending has stopped (no message of the step is sent after this).
+    pub steps_stopped: AtomicUsize,
     /// The largest per-thread p99 (ns) of the step being closed.
     pub step_p99: AtomicU64,
 }
@@ -329,6 +331,14 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                 }
                 shared.sending.store(false, Ordering::SeqCst);
                 let secs_run = started.elapsed().as_secs_f64();
+                // A thread may be mid-burst: the step's `sent` is final only once every thread stopped.
+                let step_no = shared.step.load(Ordering::SeqCst);
+                let stop_wait = Instant::now();
+                while shared.steps_stopped.load(Ordering::SeqCst) < step_no * threads
+                    && stop_wait.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 // Drain: wait until everything sent arrived, or 3 s.
                 let drain = Instant::now();
                 while shared.received.load(Ordering::SeqCst) - recv0
@@ -630,6 +640,7 @@ async fn thread_main(
             // Let the connections write and read what this burst produced.
             futures_lite::future::yield_now().await;
         }
+        shared.steps_stopped.fetch_add(1, Ordering::SeqCst);
         // Close this step's histogram when the main thread says everything has arrived.
         while shared.close_step.load(Ordering::SeqCst) < seen_step {
             glommio::timer::sleep(Duration::from_millis(5)).await;
