@@ -209,19 +209,8 @@ impl Shard {
     }
 
     fn flush_spill(&self) {
-        let Some(mesh) = &self.mesh else { return };
-        let mut spill = self.spill.borrow_mut();
-        for (to, queue) in spill.iter_mut().enumerate() {
-            while let Some(msg) = queue.pop_front() {
-                match mesh.try_send_to(to, msg) {
-                    Ok(()) => {}
-                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => {
-                        queue.push_front(m);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+        for to in 0..self.shards() {
+            self.flush_peer(to);
         }
     }
 

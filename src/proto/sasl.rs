@@ -462,14 +462,8 @@ impl SaslServer {
             a => a.strip_prefix("a=").ok_or(SaslError::MalformedRequest)?,
         };
         let mut fields = bare.split(',');
-        let user = fields
-            .next()
-            .and_then(|f| f.strip_prefix("n="))
-            .ok_or(SaslError::MalformedRequest)?;
-        let nonce = fields
-            .next()
-            .and_then(|f| f.strip_prefix("r="))
-            .ok_or(SaslError::MalformedRequest)?;
+        let user = next_field(&mut fields, "n=")?;
+        let nonce = next_field(&mut fields, "r=")?;
         if nonce.is_empty()
             || !nonce
                 .bytes()
@@ -512,14 +506,8 @@ impl SaslServer {
             .decode(&text[proof_at + 3..])
             .map_err(|_| SaslError::MalformedRequest)?;
         let mut fields = without_proof.split(',');
-        let cb = fields
-            .next()
-            .and_then(|f| f.strip_prefix("c="))
-            .ok_or(SaslError::MalformedRequest)?;
-        let their_nonce = fields
-            .next()
-            .and_then(|f| f.strip_prefix("r="))
-            .ok_or(SaslError::MalformedRequest)?;
+        let cb = next_field(&mut fields, "c=")?;
+        let their_nonce = next_field(&mut fields, "r=")?;
         let cb = B64.decode(cb).map_err(|_| SaslError::MalformedRequest)?;
         let mut expected_cb = gs2_header.into_bytes();
         if let Some(name) = &cb_name {
@@ -548,6 +536,17 @@ impl SaslServer {
             additional: format!("v={}", B64.encode(server_signature)).into_bytes(),
         })
     }
+}
+
+/// The next `key=value` attribute of a SCRAM message, which must carry `prefix` (e.g. `"r="`).
+fn next_field<'a>(
+    fields: &mut std::str::Split<'a, char>,
+    prefix: &str,
+) -> Result<&'a str, SaslError> {
+    fields
+        .next()
+        .and_then(|f| f.strip_prefix(prefix))
+        .ok_or(SaslError::MalformedRequest)
 }
 
 /// RFC 5802 §5.1: `=2C` is `,` and `=3D` is `=`; any other `=` is malformed.

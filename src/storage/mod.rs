@@ -65,20 +65,8 @@ impl UserDb {
 
     /// Adds an account; fails when it exists.
     pub fn add(&self, host: &str, username: &str, creds: &Credentials) -> Result<(), StoreError> {
-        let n = self.conn.execute(
-            "INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                host,
-                username,
-                creds.sha256.iterations,
-                creds.sha256.salt,
-                creds.sha1.stored_key,
-                creds.sha1.server_key,
-                creds.sha256.stored_key,
-                creds.sha256.server_key
-            ],
-        )?;
-        if n == 0 {
+        let sql = "INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+        if self.write_credentials(sql, host, username, creds)? == 0 {
             return Err(StoreError(format!("{username}@{host} already exists")));
         }
         Ok(())
@@ -91,9 +79,25 @@ impl UserDb {
         username: &str,
         creds: &Credentials,
     ) -> Result<(), StoreError> {
-        let n = self.conn.execute(
-            "UPDATE users SET iterations = ?3, salt = ?4, sha1_stored_key = ?5, sha1_server_key = ?6,
-                 sha256_stored_key = ?7, sha256_server_key = ?8 WHERE host = ?1 AND username = ?2",
+        let sql = "UPDATE users SET iterations = ?3, salt = ?4, sha1_stored_key = ?5, sha1_server_key = ?6,
+                 sha256_stored_key = ?7, sha256_server_key = ?8 WHERE host = ?1 AND username = ?2";
+        if self.write_credentials(sql, host, username, creds)? == 0 {
+            return Err(StoreError(format!("{username}@{host} does not exist")));
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` with the account and its credentials bound as ?1…?8, in the table's column order;
+    /// returns the rows changed.
+    fn write_credentials(
+        &self,
+        sql: &str,
+        host: &str,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            sql,
             params![
                 host,
                 username,
@@ -104,11 +108,7 @@ impl UserDb {
                 creds.sha256.stored_key,
                 creds.sha256.server_key
             ],
-        )?;
-        if n == 0 {
-            return Err(StoreError(format!("{username}@{host} does not exist")));
-        }
-        Ok(())
+        )?)
     }
 
     pub fn delete(&self, host: &str, username: &str) -> Result<(), StoreError> {
