@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Virtual hosts served, each with its own users and certificate.
@@ -28,10 +28,30 @@ pub struct Config {
     pub log_level: LogLevel,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    /// `[modules]`: module name = true | false | { options }, for every host. Serde only reserves the
+    /// key; [`crate::modules::options::plan`] reads it with its spans into `module_plan`.
+    #[serde(rename = "modules")]
+    pub modules_table: Option<toml::Value>,
+    /// External components (XEP-0114) the component listeners accept.
+    #[serde(rename = "component")]
+    pub components: Vec<ComponentConfig>,
+    /// Each host's modules, checked and in start order (the embedded default set without `[modules]`).
+    #[serde(skip)]
+    pub module_plan: Vec<crate::modules::HostModules>,
+}
+
+/// One external component (XEP-0114).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The domain the component serves, e.g. `gateway.example.org`.
+    pub domain: Spanned<String>,
+    /// The shared secret of the handshake.
+    pub secret: String,
 }
 
 /// One virtual host.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// The domain, e.g. `example.org`.
@@ -42,6 +62,9 @@ pub struct HostConfig {
     /// PEM private key for `certificate`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// `[host.modules]`: per-host module entries, overriding the global `[modules]` ones of the same name.
+    #[serde(default)]
+    pub modules: Option<toml::Value>,
 }
 
 /// One listening socket.
@@ -64,6 +87,9 @@ pub enum ListenerKind {
     /// Client-to-server streams (RFC 6120, `jabber:client`).
     #[default]
     C2s,
+    /// External components (XEP-0114, `jabber:component:accept`); plain TCP, bind it to loopback or a
+    /// private network.
+    Component,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -119,13 +145,30 @@ impl Default for LimitsConfig {
 }
 
 /// Authentication settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// PBKDF2 iterations for newly stored SCRAM credentials.
     pub scram_iterations: u32,
     /// Offer SASL on streams without TLS (for loopback benchmarks only).
     pub allow_plaintext: bool,
+    /// `internal` (the embedded store) or `external` (an ejabberd extauth program; only PLAIN is then
+    /// offered, since the program needs the password).
+    pub method: AuthMethod,
+    /// The extauth program (with `method = "external"`), run without a shell.
+    pub extauth_program: Option<Spanned<PathBuf>>,
+    /// How many instances of the program run, each serving one request at a time.
+    pub extauth_pool_size: usize,
+    /// Seconds one request may take before it fails and that instance is restarted.
+    pub extauth_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    #[default]
+    Internal,
+    External,
 }
 
 impl Default for AuthConfig {
@@ -133,6 +176,10 @@ impl Default for AuthConfig {
         AuthConfig {
             scram_iterations: 4096,
             allow_plaintext: false,
+            method: AuthMethod::Internal,
+            extauth_program: None,
+            extauth_pool_size: 2,
+            extauth_timeout_secs: 10,
         }
     }
 }
@@ -151,6 +198,7 @@ impl Default for Config {
                 name: Spanned::new(0..0, "localhost".to_string()),
                 certificate: None,
                 key: None,
+                modules: None,
             }],
             listeners: vec![
                 listener("127.0.0.1:5222", TlsMode::Starttls),
@@ -161,6 +209,9 @@ impl Default for Config {
             log_level: LogLevel::Info,
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            modules_table: None,
+            components: Vec::new(),
+            module_plan: crate::modules::options::default_plan(&["localhost".to_string()]),
         }
     }
 }
@@ -217,10 +268,12 @@ impl Config {
                 message,
             }
         };
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
         config
             .check()
+            .map_err(|(span, message)| at(span, message))?;
+        config.module_plan = crate::modules::options::plan(text, &config.host_names())
             .map_err(|(span, message)| at(span, message))?;
         Ok(config)
     }
@@ -286,6 +339,55 @@ impl Config {
                 "limits: session and connection caps must be at least 1".into(),
             ));
         }
+        for (i, c) in self.components.iter().enumerate() {
+            let d = c.domain.get_ref();
+            if !is_plausible_domain(d) {
+                return Err((Some(c.domain.span()), format!("`{d}` is not a domain name")));
+            }
+            if self
+                .hosts
+                .iter()
+                .any(|h| h.name.get_ref().eq_ignore_ascii_case(d))
+                || self.components[..i]
+                    .iter()
+                    .any(|o| o.domain.get_ref().eq_ignore_ascii_case(d))
+            {
+                return Err((
+                    Some(c.domain.span()),
+                    format!("`{d}` is already a host or a component"),
+                ));
+            }
+            if c.secret.is_empty() {
+                return Err((
+                    Some(c.domain.span()),
+                    format!("component `{d}` needs a non-empty secret"),
+                ));
+            }
+        }
+        if self.auth.method == AuthMethod::External {
+            match &self.auth.extauth_program {
+                None => {
+                    return Err((
+                        None,
+                        "auth.method = \"external\" needs auth.extauth_program".into(),
+                    ));
+                }
+                Some(p) if !p.get_ref().is_file() => {
+                    return Err((
+                        Some(p.span()),
+                        format!("{} is not a file", p.get_ref().display()),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if self.auth.extauth_pool_size == 0 || self.auth.extauth_timeout_secs == 0 {
+                return Err((
+                    None,
+                    "auth.extauth_pool_size and auth.extauth_timeout_secs must be at least 1"
+                        .into(),
+                ));
+            }
+        }
         if self.auth.scram_iterations < 4096 {
             return Err((
                 None,
@@ -293,6 +395,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The virtual hosts, lowercased, in configuration order.
+    pub fn host_names(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .map(|h| h.name.get_ref().to_ascii_lowercase())
+            .collect()
     }
 
     /// The shard count to start: the configured one, or one per available core.

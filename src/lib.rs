@@ -24,9 +24,13 @@
 //! | [`net`] | sockets and TLS: the connection driver, certificates and SNI |
 //! | [`router`] | the router, local router and session manager's delivery, as functions over a shard |
 //! | [`sm`] | the session table and the RFC 6121 §8.5 delivery rules |
-//! | [`storage`] | the embedded account store (SQLite) and the worker threads that query it |
+//! | [`modules`] | gen_mod, gen_iq_handler (no_queue / one_queue / parallel), hooks, and the built-in modules |
+//! | [`auth`] | external authentication: ejabberd's extauth program protocol, on worker threads |
+//! | [`storage`] | the embedded store (SQLite: accounts, module data) and the worker threads that query it |
 
+pub mod auth;
 pub mod config;
+pub mod modules;
 pub mod net;
 pub mod proto;
 pub mod router;

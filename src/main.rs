@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     )
     .init();
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config.clone()),
         Command::User { action } => user(&config, action),
     };
     match result {
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
+fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     let fds = rjabberd::net::raise_fd_limit();
     log::debug!("open-file limit: {fds}");
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -99,20 +99,28 @@ fn serve(config: Config) -> Result<(), String> {
     let dump = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())
         .map_err(|e| format!("cannot install a signal handler: {e}"))?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| format!("cannot install a signal handler: {e}"))?;
     let hosts: Vec<String> = config
         .hosts
         .iter()
         .map(|h| h.name.get_ref().clone())
         .collect();
     let server = Server::start(config, shutdown)?;
-    for (addr, tls) in &server.shared.bound {
-        println!(
-            "rjabberd: listening on {addr} (c2s, {})",
-            match tls {
-                rjabberd::config::TlsMode::Starttls => "starttls",
-                rjabberd::config::TlsMode::Direct => "direct tls",
+    for (addr, tls, kind) in &server.shared.bound {
+        match kind {
+            rjabberd::config::ListenerKind::C2s => println!(
+                "rjabberd: listening on {addr} (c2s, {})",
+                match tls {
+                    rjabberd::config::TlsMode::Starttls => "starttls",
+                    rjabberd::config::TlsMode::Direct => "direct tls",
+                }
+            ),
+            rjabberd::config::ListenerKind::Component => {
+                println!("rjabberd: listening on {addr} (component)")
             }
-        );
+        }
     }
     println!(
         "rjabberd: serving {} with {} shard(s); data in {}",
@@ -128,10 +136,36 @@ fn serve(config: Config) -> Result<(), String> {
         if dump.swap(false, Ordering::SeqCst) {
             server.shared.dump_generation.fetch_add(1, Ordering::SeqCst);
         }
+        if reload.swap(false, Ordering::SeqCst) {
+            reload_modules(&server, path.as_deref());
+        }
     }
     server.join();
     println!("rjabberd: stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration file and applies its `[modules]` sections (other changes need a
+/// restart). A file with an error changes nothing and the error is printed with its location.
+fn reload_modules(server: &Server, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        eprintln!("rjabberd: SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(new) => {
+            if new.host_names() != server.shared.hosts {
+                eprintln!(
+                    "rjabberd: SIGHUP: hosts changed; that needs a restart (modules reloaded)"
+                );
+            }
+            server.reload_modules(new.module_plan);
+            println!("rjabberd: modules reloaded from {}", path.display());
+        }
+        Err(e) => eprintln!("rjabberd: SIGHUP: {e}; configuration unchanged"),
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 }
 
 fn account(config: &Config, jid: &str) -> Result<(String, String), String> {

@@ -27,10 +27,13 @@ use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use slab::Slab;
 
-use crate::config::{Config, TlsMode};
+use crate::auth::ExtAuth;
+use crate::config::{AuthMethod, Config, ListenerKind, TlsMode};
+use crate::modules::HostModules;
 use crate::net::conn::ConnShared;
 use crate::net::tls::HostCertificates;
 use crate::proto::c2s::{C2s, C2sSettings};
+use crate::proto::component::ComponentSettings;
 use crate::proto::xml::{Limits, Stanza};
 use crate::sm::table::SessionTable;
 use crate::storage::StoreWorkers;
@@ -41,6 +44,18 @@ pub enum ShardMsg {
     Deliver { stanza: Stanza, from: Arc<str> },
     /// A client connection moving to its home shard after SASL.
     Adopt(Box<MovedConnection>),
+    /// A stanza for the external component serving `domain`, whose connection is on the receiving shard.
+    ToComponent {
+        domain: Box<str>,
+        stanza: Stanza,
+        from: Arc<str>,
+    },
+    /// An external component connected (`Some((shard, connection))`) or left (`None`): every shard's
+    /// route table follows.
+    ComponentRoute {
+        domain: Box<str>,
+        route: Option<(usize, usize)>,
+    },
 }
 
 /// A connection in transit between shards: its socket, TLS state, stream state and unparsed bytes.
@@ -72,6 +87,14 @@ const CAP_REFUSAL: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:c
 /// How often idle connections are asked to release their buffers.
 const IDLE_SWEEP: Duration = Duration::from_secs(10);
 
+/// When the server started (XEP-0012 uptime).
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// When the server started.
+pub fn started() -> std::time::Instant {
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
 /// Where an account lives. `host` is always 0 (this host) until clusters exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Home {
@@ -102,7 +125,18 @@ pub struct ServerShared {
     pub store: StoreWorkers,
     pub shutdown: Arc<AtomicBool>,
     /// Addresses actually bound (port 0 resolved), one per configured listener, in order.
-    pub bound: Vec<(SocketAddr, TlsMode)>,
+    pub bound: Vec<(SocketAddr, TlsMode, ListenerKind)>,
+    /// The external components and their secrets.
+    pub components: Arc<ComponentSettings>,
+    /// Which shard and connection serve each connected component: the one place that decides
+    /// `conflict`; every shard's route table follows it.
+    pub component_owners: std::sync::Mutex<std::collections::HashMap<String, (usize, usize)>>,
+    /// The extauth program pool, when `auth.method = "external"`.
+    pub extauth: Option<Arc<ExtAuth>>,
+    /// The first error a shard met while starting (a module that would not start).
+    pub start_error: std::sync::Mutex<Option<String>>,
+    /// A new module plan for every shard (configuration reload), with its generation.
+    pub module_plan: std::sync::Mutex<(usize, Vec<HostModules>)>,
     pub shards: usize,
     /// Shards that have bound their listeners.
     pub ready: AtomicUsize,
@@ -119,6 +153,10 @@ pub struct Shard {
     mesh: Option<Senders<ShardMsg>>,
     spill: RefCell<Vec<VecDeque<ShardMsg>>>,
     pub closing: Cell<bool>,
+    /// What the modules registered on this shard (IQ handlers, hooks, services).
+    pub modules: RefCell<crate::modules::ModuleTable>,
+    /// External components: domain → (shard, connection) of the component's connection.
+    pub components: RefCell<std::collections::HashMap<String, (usize, usize)>>,
     /// The read buffer every connection of this shard reads into (see the connection driver).
     pub read_buf: RefCell<Vec<u8>>,
 }
@@ -235,6 +273,37 @@ impl Shard {
                 hot_path(|| crate::router::deliver_local(self, stanza, from))
             }
             ShardMsg::Adopt(moved) => crate::net::conn::adopt(self.clone(), *moved),
+            ShardMsg::ToComponent {
+                domain,
+                stanza,
+                from,
+            } => {
+                let route = self.components.borrow().get(&*domain).copied();
+                match route {
+                    Some((s, conn)) if s == self.id => {
+                        crate::net::component::deliver(self, conn, &stanza, &from)
+                    }
+                    // It left meanwhile.
+                    _ => crate::router::bounce_to_sender(
+                        self,
+                        &stanza,
+                        &from,
+                        &domain,
+                        crate::proto::errors::StanzaErrorCondition::ServiceUnavailable,
+                    ),
+                }
+            }
+            ShardMsg::ComponentRoute { domain, route } => {
+                let mut routes = self.components.borrow_mut();
+                match route {
+                    Some(r) => {
+                        routes.insert(domain.into(), r);
+                    }
+                    None => {
+                        routes.remove(&*domain);
+                    }
+                }
+            }
         }
     }
 }
@@ -252,6 +321,26 @@ impl Server {
         let shards = config.shard_count(cores);
         let certs = Arc::new(HostCertificates::load(&config)?);
         let store = StoreWorkers::start(&config.data_dir, 2).map_err(|e| e.to_string())?;
+        let extauth = match (&config.auth.method, &config.auth.extauth_program) {
+            (AuthMethod::External, Some(program)) => Some(Arc::new(
+                ExtAuth::start(
+                    program.get_ref(),
+                    config.auth.extauth_pool_size,
+                    Duration::from_secs(config.auth.extauth_timeout_secs),
+                )
+                .map_err(|e| e.to_string())?,
+            )),
+            _ => None,
+        };
+        let components = Arc::new(ComponentSettings {
+            secrets: config
+                .components
+                .iter()
+                .map(|c| (c.domain.get_ref().to_ascii_lowercase(), c.secret.clone()))
+                .collect(),
+            handshake_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
+        });
+        STARTED.get_or_init(std::time::Instant::now);
         let hosts: Vec<String> = config
             .hosts
             .iter()
@@ -263,6 +352,7 @@ impl Server {
             tls_required: !config.auth.allow_plaintext,
             max_sasl_failures: config.limits.max_sasl_failures,
             auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
+            plain_only: config.auth.method == AuthMethod::External,
         });
         // Resolve port 0 once, with a socket bound but never listening (so it takes no connections),
         // held until every shard has bound the same address.
@@ -287,10 +377,16 @@ impl Server {
                 .ok()
                 .and_then(|a| a.as_socket())
                 .ok_or_else(|| format!("{addr}: no local address"))?;
-            bound.push((actual, l.tls));
+            bound.push((actual, l.tls, l.kind));
             placeholders.push(sock);
         }
+        let plan = config.module_plan.clone();
         let shared = Arc::new(ServerShared {
+            components,
+            component_owners: std::sync::Mutex::new(std::collections::HashMap::new()),
+            extauth,
+            start_error: std::sync::Mutex::new(None),
+            module_plan: std::sync::Mutex::new((0, plan)),
             limits: Limits {
                 max_stanza_bytes: config.limits.max_stanza_bytes,
                 ..Limits::default()
@@ -338,7 +434,30 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(placeholders);
+        let failed = shared
+            .start_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(e) = failed {
+            shared.shutdown.store(true, Ordering::SeqCst);
+            let server = Server { shared, handles };
+            server.join();
+            return Err(e);
+        }
         Ok(Server { shared, handles })
+    }
+
+    /// Asks every shard to apply a new module plan (configuration reload): modules no longer planned, or
+    /// planned with other options, stop; new ones start.
+    pub fn reload_modules(&self, plan: Vec<HostModules>) {
+        let mut slot = self
+            .shared
+            .module_plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slot.0 += 1;
+        slot.1 = plan;
     }
 
     /// Waits for every shard to finish (after the shutdown flag is set).
@@ -366,6 +485,8 @@ async fn run_shard(
         sessions: RefCell::new(SessionTable::default()),
         mesh: senders,
         closing: Cell::new(false),
+        modules: RefCell::new(crate::modules::ModuleTable::default()),
+        components: RefCell::new(std::collections::HashMap::new()),
         read_buf: RefCell::new(vec![0; 16 * 1024]),
     });
     // Mesh consumers: one task per peer, each handling messages synchronously.
@@ -381,9 +502,27 @@ async fn run_shard(
         }
     }
     let mut listeners = Vec::new();
-    for (addr, tls) in &server.bound {
+    // Modules start before the listeners open, so the first client finds them.
+    let plan = server
+        .module_plan
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .1
+        .clone();
+    if let Err(e) = crate::modules::apply_plan(&shard, &plan) {
+        log::error!("shard {id}: {e}");
+        server
+            .start_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        server.ready.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let mut plan_generation = 0;
+    for (addr, tls, kind) in &server.bound {
         match glommio::net::TcpListener::bind(addr) {
-            Ok(l) => listeners.push((Rc::new(l), *tls)),
+            Ok(l) => listeners.push((Rc::new(l), *tls, *kind)),
             Err(e) => {
                 log::error!("shard {id}: cannot bind {addr}: {e}");
                 server.shutdown.store(true, Ordering::SeqCst);
@@ -392,10 +531,11 @@ async fn run_shard(
             }
         }
     }
-    for (listener, tls) in &listeners {
+    for (listener, tls, kind) in &listeners {
         let listener = listener.clone();
         let shard = shard.clone();
         let tls = *tls;
+        let kind = *kind;
         glommio::spawn_local(async move {
             loop {
                 let stream = match listener.accept().await {
@@ -432,7 +572,12 @@ async fn run_shard(
                     }
                     continue;
                 }
-                crate::net::conn::accept(shard.clone(), stream, tls == TlsMode::Direct);
+                match kind {
+                    ListenerKind::C2s => {
+                        crate::net::conn::accept(shard.clone(), stream, tls == TlsMode::Direct)
+                    }
+                    ListenerKind::Component => crate::net::component::accept(shard.clone(), stream),
+                }
             }
         })
         .detach();
@@ -460,6 +605,17 @@ async fn run_shard(
                 .collect();
             for c in conns {
                 c.trim();
+            }
+        }
+        let reload = {
+            let slot = server.module_plan.lock().unwrap_or_else(|p| p.into_inner());
+            (slot.0 != plan_generation).then(|| (slot.0, slot.1.clone()))
+        };
+        if let Some((generation, plan)) = reload {
+            plan_generation = generation;
+            match crate::modules::apply_plan(&shard, &plan) {
+                Ok(()) => log::info!("shard {id}: modules reloaded"),
+                Err(e) => log::error!("shard {id}: module reload: {e}"),
             }
         }
         let generation = server.dump_generation.load(Ordering::SeqCst);

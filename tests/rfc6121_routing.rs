@@ -146,8 +146,13 @@ fn undeliverable_and_unknown() {
         );
         assert_eq!(e.attr("from"), Some("juliet@capulet.example"));
 
-        // The server itself and a bare JID: no IQ handlers yet.
+        // The server itself and a bare JID: answered by the IQ handlers (mod_ping is on by default);
+        // a namespace nobody handles is service-unavailable.
         alice.send("<iq to='localhost' type='get' id='s1'><ping xmlns='urn:xmpp:ping'/></iq>");
+        let pong = alice.el();
+        assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+        assert_eq!(pong.attr("from"), Some("localhost"));
+        alice.send("<iq to='localhost' type='get' id='s0'><query xmlns='jabber:iq:roster'/></iq>");
         assert_eq!(
             error_condition(&alice.el()).as_deref(),
             Some("service-unavailable")

@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use crate::modules::HookKind;
 use crate::proto::c2s::{Action, BindError, C2s};
 use crate::proto::errors::StreamErrorCondition;
 use crate::proto::sasl::{ChannelBindings, Credentials};
@@ -38,17 +39,19 @@ pub enum ConnInput {
 
 /// The part of a connection other tasks may touch.
 pub struct ConnShared {
-    out: RefCell<BytesMut>,
-    waker: RefCell<Option<Waker>>,
-    kill: Cell<Option<StreamErrorCondition>>,
+    pub(crate) out: RefCell<BytesMut>,
+    pub(crate) waker: RefCell<Option<Waker>>,
+    pub(crate) kill: Cell<Option<StreamErrorCondition>>,
     inputs: RefCell<VecDeque<ConnInput>>,
     /// Set by the shard's periodic sweep: release idle buffers.
-    trim: Cell<bool>,
+    pub(crate) trim: Cell<bool>,
     max_out: usize,
+    /// What the peer's stream declares (a client's or a component's).
+    target: TargetStream<'static>,
 }
 
 impl ConnShared {
-    fn new(max_out: usize) -> ConnShared {
+    pub(crate) fn new(max_out: usize, target: TargetStream<'static>) -> ConnShared {
         ConnShared {
             out: RefCell::new(BytesMut::with_capacity(4096)),
             waker: RefCell::new(None),
@@ -56,6 +59,7 @@ impl ConnShared {
             inputs: RefCell::new(VecDeque::new()),
             trim: Cell::new(false),
             max_out,
+            target,
         }
     }
 
@@ -69,7 +73,7 @@ impl ConnShared {
             self.kill(StreamErrorCondition::PolicyViolation);
             return;
         }
-        stanza.write_to(&mut *out, &TargetStream::CLIENT, Some(from), None);
+        stanza.write_to(&mut *out, &self.target, Some(from), None);
         drop(out);
         self.wake();
     }
@@ -217,6 +221,7 @@ fn spawn(
 ) {
     let shared = Rc::new(ConnShared::new(
         shard.server.config.limits.max_output_queue_bytes,
+        TargetStream::CLIENT,
     ));
     let key = shard.conns.borrow_mut().insert(shared.clone());
     let parser = StreamParser::new(shard.server.limits);
@@ -531,6 +536,22 @@ impl Driver {
                     self.awaiting_lookup = true;
                     let store = self.shard.server.store.clone();
                     let shared = self.shared.clone();
+                    if let Some(extauth) = self.shard.server.extauth.clone() {
+                        // Only PLAIN is offered with external authentication.
+                        glommio::spawn_local(async move {
+                            let ok = match plain_password {
+                                Some(p) => extauth.auth(&username, &host, &p).await,
+                                None => Ok(false),
+                            };
+                            let ok = ok.unwrap_or_else(|e| {
+                                log::warn!("{e}");
+                                false
+                            });
+                            shared.input(ConnInput::PlainChecked(ok));
+                        })
+                        .detach();
+                        continue;
+                    }
                     glommio::spawn_local(async move {
                         // The lookup, and for PLAIN the PBKDF2 check, run on a store worker thread.
                         let result = store
@@ -599,12 +620,14 @@ impl Driver {
                         c.kill(StreamErrorCondition::Conflict);
                     }
                 }
-                self.session = Some(SessionRef {
+                let session = SessionRef {
                     bare: user.bare_str().into(),
                     full: bound.full,
                     conn: self.key,
-                });
+                };
                 self.c2s.bound(iq, Ok(full));
+                router::session_hook(&self.shard, HookKind::SmRegisterConnection, &session, "");
+                self.session = Some(session);
             }
             Err(e) => self.c2s.bound(iq, Err(e)),
         }
@@ -622,7 +645,9 @@ impl Driver {
                 && s.available
             {
                 router::broadcast_unavailable(&self.shard, &session);
+                router::session_hook(&self.shard, HookKind::UnsetPresence, &session, "");
             }
+            router::session_hook(&self.shard, HookKind::SmRemoveConnection, &session, "");
         }
         match outcome {
             Outcome::Closed => {

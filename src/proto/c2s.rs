@@ -41,6 +41,8 @@ pub struct C2sSettings {
     pub max_sasl_failures: u32,
     /// How long a connection may take to authenticate.
     pub auth_timeout: Duration,
+    /// Offer only PLAIN (external authentication needs the password itself).
+    pub plain_only: bool,
 }
 
 /// What the connection driver must do next.
@@ -383,9 +385,11 @@ impl C2s {
 
     fn mechanisms(&self) -> impl Iterator<Item = Mechanism> + '_ {
         let plus = self.secure && self.bindings.any();
+        let plain_only = self.settings.plain_only;
         Mechanism::ALL
             .into_iter()
             .filter(move |m| plus || !m.is_plus())
+            .filter(move |m| !plain_only || *m == Mechanism::Plain)
     }
 
     fn features(&self) -> Vec<u8> {
@@ -740,6 +744,7 @@ mod tests {
             tls_required,
             max_sasl_failures: 2,
             auth_timeout: Duration::from_secs(30),
+            plain_only: false,
         })
     }
 

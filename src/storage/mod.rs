@@ -1,5 +1,6 @@
-//! The embedded store: accounts and their SCRAM credentials in one SQLite database under the data
-//! directory. SQLite in WAL mode lets the `rjabberd user …` commands change accounts while the server runs,
+//! The embedded store: accounts and their SCRAM credentials, and the per-account data of modules
+//! (vCards, private XML, last activity) keyed by module and key, in one SQLite database under the data
+//! directory; removing an account removes its module data in the same transaction. SQLite in WAL mode lets the `rjabberd user …` commands change accounts while the server runs,
 //! and each lookup sees the change at once. Shards never touch the database themselves: [`StoreWorkers`]
 //! runs every query on worker threads fed by a crossbeam channel, and a shard awaits the answer, so a slow
 //! disk stalls a login, never a reactor.
@@ -58,6 +59,14 @@ impl UserDb {
                  sha256_stored_key BLOB NOT NULL,
                  sha256_server_key BLOB NOT NULL,
                  PRIMARY KEY (host, username)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS account_data (
+                 host TEXT NOT NULL,
+                 username TEXT NOT NULL,
+                 module TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 value BLOB NOT NULL,
+                 PRIMARY KEY (host, username, module, key)
              ) WITHOUT ROWID;",
         )?;
         Ok(UserDb { conn })
@@ -111,15 +120,74 @@ impl UserDb {
         )?)
     }
 
+    /// Removes an account and every module's data for it.
     pub fn delete(&self, host: &str, username: &str) -> Result<(), StoreError> {
-        let n = self.conn.execute(
+        let tx = self.conn.unchecked_transaction()?;
+        let n = tx.execute(
             "DELETE FROM users WHERE host = ?1 AND username = ?2",
             params![host, username],
         )?;
         if n == 0 {
             return Err(StoreError(format!("{username}@{host} does not exist")));
         }
+        tx.execute(
+            "DELETE FROM account_data WHERE host = ?1 AND username = ?2",
+            params![host, username],
+        )?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// A module's value for an account under `key`.
+    pub fn data_get(
+        &self,
+        host: &str,
+        username: &str,
+        module: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3 AND key = ?4",
+                params![host, username, module, key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets (or, with `None`, removes) several of a module's values for an account, atomically.
+    pub fn data_put(
+        &self,
+        host: &str,
+        username: &str,
+        module: &str,
+        values: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        for (key, value) in values {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT OR REPLACE INTO account_data VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![host, username, module, key, v],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3 AND key = ?4",
+                    params![host, username, module, key],
+                )?,
+            };
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The total size of a module's values for an account (for quotas).
+    pub fn data_size(&self, host: &str, username: &str, module: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(SUM(LENGTH(value)), 0) FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3",
+            params![host, username, module],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Every account as `(host, username)`, sorted; only `host`'s when given.

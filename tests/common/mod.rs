@@ -29,6 +29,8 @@ pub struct TestServer {
     pub direct: SocketAddr,
     pub shards: usize,
     pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every listener in configuration order (the two c2s ones first, then what `extra` adds).
+    pub listeners: Vec<SocketAddr>,
     extra: String,
 }
 
@@ -50,17 +52,24 @@ impl TestServer {
             direct: "127.0.0.1:0".parse().unwrap(),
             shards,
             stdout: Arc::default(),
+            listeners: Vec::new(),
             extra: extra.to_string(),
         };
         s.launch();
         s
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub fn config_path(&self) -> PathBuf {
         self.dir.join("rjabberd.toml")
     }
 
-    fn launch(&mut self) {
+    /// Rewrites the configuration file with a new `extra` (for SIGHUP reload tests).
+    pub fn set_extra(&mut self, extra: &str) {
+        self.extra = extra.to_string();
+        self.write_config();
+    }
+
+    fn write_config(&self) {
         let config = format!(
             "shards = {}\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\
              [[host]]\nname = \"localhost\"\n[[host]]\nname = \"example.net\"\n\
@@ -71,6 +80,10 @@ impl TestServer {
             self.extra
         );
         std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    fn launch(&mut self) {
+        self.write_config();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rjabberd"))
             .arg("--config")
             .arg(self.config_path())
@@ -90,7 +103,7 @@ impl TestServer {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut addrs = Vec::new();
-        while addrs.len() < 2 {
+        loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("the server reports its listeners");
@@ -103,9 +116,13 @@ impl TestServer {
                         .unwrap(),
                 );
             }
+            if line.starts_with("rjabberd: serving ") {
+                break;
+            }
         }
         self.starttls = addrs[0];
         self.direct = addrs[1];
+        self.listeners = addrs;
         self.child = Some(child);
     }
 
@@ -376,6 +393,31 @@ impl Client {
             .expect("the server answers within 10 s")
     }
 
+    /// Sends an IQ (`to` omitted when `None`) and returns the answer with the same id, keeping anything
+    /// else that arrives meanwhile for later reads.
+    pub fn iq(&mut self, to: Option<&str>, type_: &str, payload: &str) -> Element {
+        static IQ_ID: AtomicUsize = AtomicUsize::new(0);
+        let id = format!("iq{}", IQ_ID.fetch_add(1, Ordering::SeqCst));
+        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+        self.send(&format!("<iq{to} type='{type_}' id='{id}'>{payload}</iq>"));
+        self.answer(&id)
+    }
+
+    /// The IQ answer with `id`; other elements read meanwhile stay queued.
+    pub fn answer(&mut self, id: &str) -> Element {
+        let mut skipped = Vec::new();
+        let found = loop {
+            match self.next() {
+                Got::El(e) if e.name == "iq" && e.attr("id") == Some(id) => break e,
+                other => skipped.push(other),
+            }
+        };
+        for s in skipped.into_iter().rev() {
+            self.pending.push_front(s);
+        }
+        found
+    }
+
     /// The next element, skipping nothing.
     pub fn el(&mut self) -> Element {
         match self.next() {
@@ -557,6 +599,14 @@ impl Client {
             }
         }
     }
+}
+
+/// The defined condition of an error stanza.
+pub fn error_condition(e: &Element) -> Option<String> {
+    e.child("error")?
+        .child_elements()
+        .find(|c| c.name != "text")
+        .map(|c| c.name.clone())
 }
 
 pub fn element_string(e: &Element) -> String {

@@ -155,6 +155,11 @@ impl TargetStream<'static> {
         default_ns: "jabber:client",
         prefixes: &[("stream", NS_STREAMS)],
     };
+    /// An external component's stream (XEP-0114) as rjabberd answers it.
+    pub const COMPONENT: TargetStream<'static> = TargetStream {
+        default_ns: "jabber:component:accept",
+        prefixes: &[("stream", NS_STREAMS)],
+    };
     /// A server-to-server stream as rjabberd opens it.
     pub const SERVER: TargetStream<'static> = TargetStream {
         default_ns: "jabber:server",
