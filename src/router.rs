@@ -431,28 +431,8 @@ pub fn bounce_to_sender(
         );
         return;
     };
-    let bare = match JidView::canonical(sender) {
-        Some(v) => v.bare().to_string(),
-        None => match Jid::parse(sender) {
-            Ok(j) => j.bare_str().to_string(),
-            Err(_) => return,
-        },
-    };
-    let replier: Arc<str> = replier.into();
-    let target = home(&bare, shard.shards()).shard;
-    if target == shard.id {
-        deliver_local(shard, reply, replier);
-    } else {
-        // Never bounce a bounce: a full queue drops it.
-        let _ = shard.send(
-            target,
-            ShardMsg::Deliver {
-                stanza: reply,
-                from: replier,
-            },
-            Overflow::Bounce,
-        );
-    }
+    // Wherever the sender is: a local account's home shard, a component, a service.
+    route(shard, reply, replier.into());
 }
 
 /// An error reply to a session of this shard, from `replier`.

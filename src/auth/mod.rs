@@ -169,10 +169,7 @@ impl Instance {
         }
         let result = self.exchange(len, command, timeout);
         if let Err(e) = &result {
-            log::warn!(
-                "extauth: {e}; restarting {} (the request fails)",
-                program.display()
-            );
+            log::warn!("{e}; restarting {} (the request fails)", program.display());
             if let Err(e) = self.restart(program) {
                 log::error!("{e}");
             }
