@@ -353,6 +353,16 @@ impl Server {
             max_sasl_failures: config.limits.max_sasl_failures,
             auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
             plain_only: config.auth.method == AuthMethod::External,
+            register_hosts: config
+                .module_plan
+                .iter()
+                .filter(|h| {
+                    h.modules
+                        .iter()
+                        .any(|(n, o)| *n == "mod_register" && o.bool("allow_preauth"))
+                })
+                .map(|h| h.host.clone())
+                .collect(),
         });
         // Resolve port 0 once, with a socket bound but never listening (so it takes no connections),
         // held until every shard has bound the same address.

@@ -29,6 +29,7 @@ pub static ALL: &[&dyn Module] = &[
     &Vcard,
     &Private,
     &ServerInfo,
+    &super::register::Register,
     &FaultProbe,
 ];
 
@@ -960,7 +961,7 @@ mod tests {
         let plan = super::super::options::plan(
             "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
              mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
-             mod_server_info = true\nmod_fault_probe = true\n",
+             mod_server_info = true\nmod_fault_probe = true\nmod_register = true\n",
             &["example.org".to_string()],
         )
         .unwrap();

@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod iq;
 pub mod options;
+pub mod register;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -255,6 +256,14 @@ impl ModuleTable {
             .filter(|e| e.host == host)
             .map(|e| e.hook.clone())
             .collect()
+    }
+
+    /// The options a running module was started with on `host`.
+    pub fn opts(&self, host: &str, module: &str) -> Option<ModuleOpts> {
+        self.running
+            .iter()
+            .find(|(h, m, _)| h == host && *m == module)
+            .map(|(_, _, o)| o.clone())
     }
 
     pub fn is_running(&self, host: &str, module: &str) -> bool {

@@ -585,6 +585,17 @@ impl Driver {
                         router::route_from_session(&self.shard, session, stanza);
                     }
                 }
+                Action::Register { host, iq } => {
+                    let shard = self.shard.clone();
+                    let shared = self.shared.clone();
+                    let ip = self.peer.ip();
+                    glommio::spawn_local(async move {
+                        let answer =
+                            crate::modules::register::preauth(&shard, &host, ip, &iq).await;
+                        shared.send_bytes(&answer);
+                    })
+                    .detach();
+                }
                 Action::Close => self.closing = true,
             }
         }

@@ -43,6 +43,8 @@ pub struct C2sSettings {
     pub auth_timeout: Duration,
     /// Offer only PLAIN (external authentication needs the password itself).
     pub plain_only: bool,
+    /// Hosts offering in-band registration (XEP-0077) before authentication.
+    pub register_hosts: Vec<String>,
 }
 
 /// What the connection driver must do next.
@@ -73,6 +75,9 @@ pub enum Action {
     },
     /// An established session sent a stanza for the router; `from` has been checked and must be stamped.
     Route(Stanza),
+    /// An in-band registration request (XEP-0077) before authentication, for `host`; the driver
+    /// answers it (the answer carries the request's `id` and no addresses).
+    Register { host: String, iq: Stanza },
     /// Close the connection after writing what is queued (the closing tag or the stream error included).
     Close,
 }
@@ -84,6 +89,19 @@ pub enum BindError {
     BadResource,
     /// The account has as many sessions as it may.
     TooManySessions,
+}
+
+/// A get or set whose one payload is `<query xmlns='jabber:iq:register'/>`.
+fn is_register_iq(stanza: &Stanza) -> bool {
+    if !matches!(stanza.type_().as_deref(), Some("get" | "set")) {
+        return false;
+    }
+    let el = stanza.to_element();
+    let mut children = el.child_elements();
+    matches!(
+        (children.next(), children.next()),
+        (Some(q), None) if q.name == "query" && q.attr("xmlns") == Some("jabber:iq:register")
+    )
 }
 
 /// What a top-level element is, for the negotiation's dispatch.
@@ -415,6 +433,9 @@ impl C2s {
                     f.push_str("</mechanism>");
                 }
                 f.push_str("</mechanisms>");
+                if self.settings.register_hosts.contains(&self.host) {
+                    f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
+                }
                 if self.secure && self.bindings.any() {
                     f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
                     for t in self.bindings.types() {
@@ -472,6 +493,17 @@ impl C2s {
             }
             (Phase::Established, Elem::Client) if stanza.kind() != StanzaKind::Other => {
                 self.route(stanza)
+            }
+            (Phase::PreAuth, Elem::Client)
+                if stanza.kind() == StanzaKind::Iq
+                    && self.offers_sasl()
+                    && self.settings.register_hosts.contains(&self.host)
+                    && is_register_iq(&stanza) =>
+            {
+                self.actions.push_back(Action::Register {
+                    host: self.host.clone(),
+                    iq: stanza,
+                });
             }
             (Phase::PreAuth | Phase::Sasl | Phase::SaslLookup, Elem::Client)
                 if stanza.kind() != StanzaKind::Other =>
@@ -622,6 +654,13 @@ impl C2s {
         }
     }
 
+    /// Writes the answer to a pre-authentication request (in-band registration) into the stream.
+    pub fn send_raw(&mut self, bytes: Vec<u8>) {
+        if self.phase != Phase::Closed {
+            self.send(bytes);
+        }
+    }
+
     fn is_session_iq(&self, stanza: &Stanza) -> bool {
         if stanza.type_().as_deref() != Some("set") {
             return false;
@@ -745,6 +784,7 @@ mod tests {
             max_sasl_failures: 2,
             auth_timeout: Duration::from_secs(30),
             plain_only: false,
+            register_hosts: vec!["example.org".into()],
         })
     }
 
@@ -849,6 +889,11 @@ mod tests {
                         self.c2s.bound(&iq, r);
                     }
                     Action::Route(s) => self.routed.push(s),
+                    Action::Register { host, iq } => {
+                        assert_eq!(host, "example.org");
+                        self.c2s.send_raw(b"<iq type='result'/>".to_vec());
+                        self.routed.push(iq);
+                    }
                     Action::Close => self.closed = true,
                 }
             }
@@ -1093,5 +1138,27 @@ mod tests {
         p.c2s.tick(Instant::now() + Duration::from_secs(3600));
         p.drain();
         assert!(!p.closed);
+    }
+
+    #[test]
+    fn in_band_registration_only_where_sasl_is_offered() {
+        for piece in PIECES {
+            let mut p = Peer::new(false, false, piece);
+            let out = p.client(HDR);
+            assert!(out.contains("<register xmlns='http://jabber.org/features/iq-register'/>"));
+            let out = p.client("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>");
+            assert_eq!(out, "<iq type='result'/>");
+            assert_eq!(p.routed.len(), 1);
+            // Anything else before authentication is still refused.
+            let out = p.client("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>");
+            assert!(out.contains("<not-authorized"), "{out}");
+
+            // TLS required and not up: neither SASL nor registration.
+            let mut p = Peer::new(true, false, piece);
+            let out = p.client(HDR);
+            assert!(!out.contains("iq-register"), "{out}");
+            let out = p.client("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>");
+            assert!(out.contains("<not-authorized"), "{out}");
+        }
     }
 }

@@ -181,6 +181,16 @@ impl UserDb {
         Ok(())
     }
 
+    /// Removes every module's data for an account (when the account itself lives elsewhere, e.g. with
+    /// external authentication).
+    pub fn data_remove_account(&self, host: &str, username: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM account_data WHERE host = ?1 AND username = ?2",
+            params![host, username],
+        )?;
+        Ok(())
+    }
+
     /// The total size of a module's values for an account (for quotas).
     pub fn data_size(&self, host: &str, username: &str, module: &str) -> Result<u64, StoreError> {
         Ok(self.conn.query_row(

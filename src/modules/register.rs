@@ -1,0 +1,386 @@
+//! `mod_register`: in-band registration (XEP-0077). Off unless enabled. Before authentication (when
+//! `allow_preauth`), a client may create an account, limited per source IP address across all shards;
+//! an authenticated account may change its password or remove itself (its module data goes with it,
+//! `remove_user` runs, and its sessions are closed). Accounts live in the embedded store, or with the
+//! extauth program (`tryregister`, `setpass`, `removeuser`) when authentication is external.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::iq::async_handler;
+use super::{Component, Iq, IqError, IqResult, IqType, Module, ModuleOpts, OptKind, OptionSpec};
+use crate::proto::errors::{StanzaErrorCondition as Cond, StreamErrorCondition};
+use crate::proto::jid::prep_local;
+use crate::proto::sasl::Credentials;
+use crate::proto::xml::{Element, Stanza, escape};
+use crate::shard::Shard;
+
+pub const NS_REGISTER: &str = "jabber:iq:register";
+
+pub struct Register;
+
+impl Module for Register {
+    fn name(&self) -> &'static str {
+        "mod_register"
+    }
+    fn doc(&self) -> &'static str {
+        "XEP-0077 in-band registration, password change and account removal"
+    }
+    fn options(&self) -> &'static [OptionSpec] {
+        const O: &[OptionSpec] = &[
+            OptionSpec {
+                name: "iqdisc",
+                kind: OptKind::IqDisc,
+                default: "\"parallel\"",
+                doc: "queueing discipline of the authenticated requests",
+            },
+            OptionSpec {
+                name: "allow_preauth",
+                kind: OptKind::Bool,
+                default: "true",
+                doc: "let unauthenticated streams create accounts (read at start; a reload does not change the stream feature)",
+            },
+            OptionSpec {
+                name: "registrations_per_ip_per_hour",
+                kind: OptKind::Int {
+                    min: 1,
+                    max: 1_000_000,
+                },
+                default: "5",
+                doc: "accounts one IP address may create per hour (over all shards)",
+            },
+            OptionSpec {
+                name: "min_password_length",
+                kind: OptKind::Int { min: 1, max: 1024 },
+                default: "8",
+                doc: "shortest password accepted, in characters",
+            },
+            OptionSpec {
+                name: "allow_remove",
+                kind: OptKind::Bool,
+                default: "true",
+                doc: "let accounts remove themselves",
+            },
+        ];
+        O
+    }
+    fn start(&self, _host: &str, opts: &ModuleOpts) -> Result<super::Registrations, String> {
+        let opts = Rc::new(opts.clone());
+        let handler = || {
+            let opts = opts.clone();
+            async_handler(move |iq| authenticated(iq, opts.clone()))
+        };
+        Ok(super::Registrations::new()
+            .iq(Component::Local, NS_REGISTER, opts.iqdisc(), handler())
+            .iq(Component::Sm, NS_REGISTER, opts.iqdisc(), handler()))
+    }
+}
+
+fn fields(q: &Element) -> (Option<String>, Option<String>, bool) {
+    (
+        q.child("username").map(|u| u.text()),
+        q.child("password").map(|p| p.text()),
+        q.child("remove").is_some(),
+    )
+}
+
+fn form(registered: Option<&str>) -> Element {
+    let mut q = Element::new("query").with_attr("xmlns", NS_REGISTER);
+    match registered {
+        Some(user) => {
+            q = q
+                .with_child(Element::new("registered"))
+                .with_child(Element::new("username").with_text(user))
+                .with_child(Element::new("password"));
+        }
+        None => {
+            q = q
+                .with_child(
+                    Element::new("instructions")
+                        .with_text("Choose a username and password to register with this server."),
+                )
+                .with_child(Element::new("username"))
+                .with_child(Element::new("password"));
+        }
+    }
+    q
+}
+
+/// Requests from an authenticated account: the form, a password change, or removal.
+async fn authenticated(iq: Iq, opts: Rc<ModuleOpts>) -> IqResult {
+    if iq.payload.name != "query" {
+        return Err(IqError::bad_request(
+            "expected <query xmlns='jabber:iq:register'/>",
+        ));
+    }
+    // Only for one's own account (the server's JID, or one's bare JID).
+    if iq.to.local().is_some() && !iq.from_owner() {
+        return Err(IqError::new(Cond::Forbidden));
+    }
+    let user = iq.from.local().unwrap_or_default().to_string();
+    let host = iq.from.domain().to_string();
+    if iq.type_ == IqType::Get {
+        return Ok(Some(form(Some(&user))));
+    }
+    let (username, password, remove) = fields(&iq.payload);
+    if remove {
+        if !opts.bool("allow_remove") {
+            return Err(IqError::new(Cond::NotAllowed));
+        }
+        remove_account(&iq.shard, &user, &host).await?;
+        return Ok(None);
+    }
+    let (Some(username), Some(password)) = (username, password) else {
+        return Err(IqError::bad_request(
+            "a username and a password are required",
+        ));
+    };
+    if prep_local(&username).ok().as_deref() != Some(user.as_str()) {
+        return Err(IqError::new(Cond::NotAllowed).with_text("only your own password"));
+    }
+    check_password(&password, &opts)?;
+    let shard = iq.shard.clone();
+    if let Some(ext) = shard.server.extauth.clone() {
+        return match ext.setpass(&user, &host, &password).await {
+            Ok(true) => Ok(None),
+            Ok(false) => Err(IqError::new(Cond::NotAcceptable)),
+            Err(e) => Err(IqError::internal(e)),
+        };
+    }
+    let iterations = shard.server.config.auth.scram_iterations;
+    shard
+        .server
+        .store
+        .run(move |db| {
+            let creds = new_credentials(&password, iterations)?;
+            db.set_credentials(&host, &user, &creds)
+        })
+        .await
+        .map_err(IqError::internal)?;
+    Ok(None)
+}
+
+fn check_password(password: &str, opts: &ModuleOpts) -> Result<(), IqError> {
+    let min = opts.int("min_password_length") as usize;
+    if password.chars().count() < min {
+        return Err(IqError::new(Cond::NotAcceptable)
+            .with_text(format!("the password needs at least {min} characters")));
+    }
+    Ok(())
+}
+
+fn new_credentials(
+    password: &str,
+    iterations: u32,
+) -> Result<Credentials, crate::storage::StoreError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| crate::storage::StoreError(e.to_string()))?;
+    Credentials::from_password(password, &salt, iterations)
+        .map_err(|e| crate::storage::StoreError(format!("unusable password: {e:?}")))
+}
+
+/// Removes an account, runs `remove_user`, and closes its sessions once the answer is written.
+async fn remove_account(shard: &Rc<Shard>, user: &str, host: &str) -> Result<(), IqError> {
+    if let Some(ext) = shard.server.extauth.clone() {
+        match ext.removeuser(user, host).await {
+            Ok(true) => {}
+            Ok(false) => return Err(IqError::new(Cond::NotAllowed)),
+            Err(e) => return Err(IqError::internal(e)),
+        }
+        let (u, h) = (user.to_string(), host.to_string());
+        shard
+            .server
+            .store
+            .run(move |db| db.data_remove_account(&h, &u))
+            .await
+            .map_err(IqError::internal)?;
+    } else {
+        let (u, h) = (user.to_string(), host.to_string());
+        shard
+            .server
+            .store
+            .run(move |db| db.delete(&h, &u))
+            .await
+            .map_err(IqError::internal)?;
+    }
+    super::run_remove_user(shard, user, host);
+    let bare = format!("{user}@{host}");
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        // After the result: it is routed to the session when the handler returns.
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let conns: Vec<usize> = shard
+            .sessions
+            .borrow()
+            .sessions(&bare)
+            .iter()
+            .map(|s| s.conn)
+            .collect();
+        for key in conns {
+            let c = shard.conns.borrow().get(key).cloned();
+            if let Some(c) = c {
+                c.kill(StreamErrorCondition::NotAuthorized);
+            }
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+/// Registrations per source address in the last hour, shared by every shard.
+static RECENT: Mutex<Option<HashMap<IpAddr, Vec<Instant>>>> = Mutex::new(None);
+const WINDOW: Duration = Duration::from_secs(3600);
+
+/// Counts a registration from `ip` if it is under `limit` in the last hour.
+fn admit(ip: IpAddr, limit: usize, now: Instant) -> bool {
+    let mut guard = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    let map = guard.get_or_insert_with(HashMap::new);
+    map.retain(|_, times| {
+        times.retain(|t| now.duration_since(*t) < WINDOW);
+        !times.is_empty()
+    });
+    let times = map.entry(ip).or_default();
+    if times.len() >= limit {
+        return false;
+    }
+    times.push(now);
+    true
+}
+
+/// Takes back a registration counted by [`admit`] that did not create an account.
+fn forget(ip: IpAddr, at: Instant) {
+    let mut guard = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(times) = guard.as_mut().and_then(|m| m.get_mut(&ip))
+        && let Some(pos) = times.iter().rposition(|t| *t == at)
+    {
+        times.remove(pos);
+    }
+}
+
+/// Answers an in-band registration request on an unauthenticated stream: the serialised IQ answer.
+pub async fn preauth(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> Vec<u8> {
+    let id = iq.id().map(|i| i.into_owned()).unwrap_or_default();
+    let result = preauth_result(shard, host, ip, iq).await;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"<iq id='");
+    out.extend_from_slice(escape(&id).as_bytes());
+    match result {
+        Ok(None) => out.extend_from_slice(b"' type='result'/>"),
+        Ok(Some(el)) => {
+            out.extend_from_slice(b"' type='result'>");
+            el.write_to(&mut out);
+            out.extend_from_slice(b"</iq>");
+        }
+        Err(e) => {
+            out.extend_from_slice(b"' type='error'><error type='");
+            out.extend_from_slice(e.condition.default_type().as_str().as_bytes());
+            out.extend_from_slice(b"'><");
+            out.extend_from_slice(e.condition.as_str().as_bytes());
+            out.extend_from_slice(b" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
+            if let Some(t) = &e.text {
+                out.extend_from_slice(
+                    b"<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>",
+                );
+                out.extend_from_slice(escape(t).as_bytes());
+                out.extend_from_slice(b"</text>");
+            }
+            out.extend_from_slice(b"</error></iq>");
+        }
+    }
+    out
+}
+
+async fn preauth_result(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> IqResult {
+    let Some(opts) = shard.modules.borrow().opts(host, "mod_register") else {
+        return Err(IqError::new(Cond::ServiceUnavailable));
+    };
+    if !opts.bool("allow_preauth") {
+        return Err(IqError::new(Cond::NotAllowed));
+    }
+    let el = iq.to_element();
+    let Some(q) = el.child("query") else {
+        return Err(IqError::bad_request("no query"));
+    };
+    if iq.type_().as_deref() == Some("get") {
+        return Ok(Some(form(None)));
+    }
+    let (username, password, remove) = fields(q);
+    if remove {
+        return Err(IqError::new(Cond::NotAuthorized));
+    }
+    let (Some(username), Some(password)) = (username, password) else {
+        return Err(
+            IqError::new(Cond::NotAcceptable).with_text("a username and a password are required")
+        );
+    };
+    let Ok(user) = prep_local(&username) else {
+        return Err(IqError::new(Cond::JidMalformed));
+    };
+    if user.is_empty() {
+        return Err(IqError::new(Cond::NotAcceptable));
+    }
+    check_password(&password, &opts)?;
+    let limit = opts.int("registrations_per_ip_per_hour") as usize;
+    let now = Instant::now();
+    if !admit(ip, limit, now) {
+        log::info!("mod_register: {ip} is over its registration limit");
+        return Err(IqError::new(Cond::ResourceConstraint)
+            .with_text("too many registrations from your address; try later"));
+    }
+    let result = create(shard, host, user, password).await;
+    if result.is_err() {
+        // Only accounts actually created count against the address.
+        forget(ip, now);
+    }
+    result
+}
+
+async fn create(shard: &Rc<Shard>, host: &str, user: String, password: String) -> IqResult {
+    let host = host.to_string();
+    if let Some(ext) = shard.server.extauth.clone() {
+        return match ext.tryregister(&user, &host, &password).await {
+            Ok(true) => Ok(None),
+            Ok(false) => Err(IqError::new(Cond::Conflict)),
+            Err(e) => Err(IqError::internal(e)),
+        };
+    }
+    let iterations = shard.server.config.auth.scram_iterations;
+    let created = shard
+        .server
+        .store
+        .run(move |db| {
+            if db.exists(&host, &user)? {
+                return Ok(false);
+            }
+            let creds = new_credentials(&password, iterations)?;
+            db.add(&host, &user, &creds)?;
+            Ok(true)
+        })
+        .await
+        .map_err(IqError::internal)?;
+    if created {
+        Ok(None)
+    } else {
+        Err(IqError::new(Cond::Conflict))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_counts_per_address_and_forgets_after_an_hour() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(admit(a, 2, t0));
+        assert!(admit(a, 2, t0));
+        assert!(!admit(a, 2, t0));
+        assert!(admit(b, 2, t0));
+        assert!(admit(a, 2, t0 + WINDOW + Duration::from_secs(1)));
+    }
+}
