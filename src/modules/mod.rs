@@ -203,6 +203,80 @@ pub struct ModuleTable {
 }
 
 impl ModuleTable {
+    /// Installs what `name` registered on `host`, tagged so [`ModuleTable::remove`] finds all of it.
+    /// A `one_queue` handler's consumer task is spawned on the current executor.
+    pub fn install(
+        &mut self,
+        host: &str,
+        name: &'static str,
+        opts: &ModuleOpts,
+        regs: Registrations,
+    ) {
+        for (component, ns, disc, handler) in regs.iq {
+            let queue = (disc == IqDisc::OneQueue).then(|| iq::OneQueue::start(handler.clone()));
+            let slots = self
+                .iq
+                .entry(host.to_string())
+                .or_default()
+                .entry(ns.clone())
+                .or_default();
+            if let Some(old) = &slots[component as usize] {
+                log::warn!(
+                    "{host}: {name} replaces {}'s handler for {ns} ({component:?})",
+                    old.module
+                );
+            }
+            slots[component as usize] = Some(IqEntry {
+                module: name,
+                disc,
+                handler,
+                queue,
+            });
+        }
+        for (seq, hook) in regs.hooks {
+            let slot = &mut self.hooks[hook.slot()];
+            slot.push(HookEntry {
+                seq,
+                host: host.to_string(),
+                module: name,
+                hook,
+            });
+            // Stable: equal sequence numbers keep registration order.
+            slot.sort_by_key(|e| e.seq);
+        }
+        for (domain, handler) in regs.services {
+            self.services.insert(
+                domain,
+                ServiceEntry {
+                    host: host.to_string(),
+                    module: name,
+                    handler,
+                },
+            );
+        }
+        self.running.push((host.to_string(), name, opts.clone()));
+    }
+
+    /// Removes everything `name` registered on `host`.
+    pub fn remove(&mut self, host: &str, name: &str) {
+        if let Some(by_ns) = self.iq.get_mut(host) {
+            for slots in by_ns.values_mut() {
+                for slot in slots.iter_mut() {
+                    if slot.as_ref().is_some_and(|e| e.module == name) {
+                        *slot = None;
+                    }
+                }
+            }
+            by_ns.retain(|_, slots| slots.iter().any(Option::is_some));
+        }
+        for slot in self.hooks.iter_mut() {
+            slot.retain(|e| !(e.host == host && e.module == name));
+        }
+        self.services
+            .retain(|_, s| !(s.host == host && s.module == name));
+        self.running.retain(|(h, m, _)| !(h == host && *m == name));
+    }
+
     pub(crate) fn iq_handler(
         &self,
         component: Component,
@@ -321,77 +395,15 @@ fn start_module(
     let regs = module
         .start(host, opts)
         .map_err(|e| format!("module {name} on {host}: {e}"))?;
-    let mut table = shard.modules.borrow_mut();
-    for (component, ns, disc, handler) in regs.iq {
-        let queue = (disc == IqDisc::OneQueue).then(|| iq::OneQueue::start(handler.clone()));
-        let slots = table
-            .iq
-            .entry(host.to_string())
-            .or_default()
-            .entry(ns.clone())
-            .or_default();
-        if let Some(old) = &slots[component as usize] {
-            log::warn!(
-                "{host}: {name} replaces {}'s handler for {ns} ({component:?})",
-                old.module
-            );
-        }
-        slots[component as usize] = Some(IqEntry {
-            module: name,
-            disc,
-            handler,
-            queue,
-        });
-    }
-    for (seq, hook) in regs.hooks {
-        let slot = &mut table.hooks[hook.slot()];
-        slot.push(HookEntry {
-            seq,
-            host: host.to_string(),
-            module: name,
-            hook,
-        });
-        // Stable: equal sequence numbers keep registration order.
-        slot.sort_by_key(|e| e.seq);
-    }
-    for (domain, handler) in regs.services {
-        table.services.insert(
-            domain,
-            ServiceEntry {
-                host: host.to_string(),
-                module: name,
-                handler,
-            },
-        );
-    }
-    table.running.push((host.to_string(), name, opts.clone()));
+    shard.modules.borrow_mut().install(host, name, opts, regs);
     log::debug!("shard {}: {name} started on {host}", shard.id);
     Ok(())
 }
 
 /// Removes everything `name` registered on `host` on this shard, then calls its `stop`.
 pub fn stop_module(shard: &Rc<Shard>, host: &str, name: &str) {
-    let module = {
-        let mut table = shard.modules.borrow_mut();
-        if let Some(by_ns) = table.iq.get_mut(host) {
-            for slots in by_ns.values_mut() {
-                for slot in slots.iter_mut() {
-                    if slot.as_ref().is_some_and(|e| e.module == name) {
-                        *slot = None;
-                    }
-                }
-            }
-            by_ns.retain(|_, slots| slots.iter().any(Option::is_some));
-        }
-        for slot in table.hooks.iter_mut() {
-            slot.retain(|e| !(e.host == host && e.module == name));
-        }
-        table
-            .services
-            .retain(|_, s| !(s.host == host && s.module == name));
-        table.running.retain(|(h, m, _)| !(h == host && *m == name));
-        find_module(name)
-    };
+    shard.modules.borrow_mut().remove(host, name);
+    let module = find_module(name);
     if let Some(m) = module {
         m.stop(host);
     }
@@ -408,7 +420,20 @@ pub fn run_packet_hook(
     to: &str,
     stanza: Stanza,
 ) -> Option<Stanza> {
-    let hooks = shard.modules.borrow().hooks_for(hook, host);
+    run_packet_hooks(&shard.modules, hook, host, from, to, stanza)
+}
+
+/// The packet hook runner over a module table (what [`run_packet_hook`] does for a shard).
+pub fn run_packet_hooks(
+    table: &std::cell::RefCell<ModuleTable>,
+    hook: HookKind,
+    host: &str,
+    from: &str,
+    to: &str,
+    stanza: Stanza,
+) -> Option<Stanza> {
+    // Collected first: a handler may read the table (no borrow is held while it runs).
+    let hooks = table.borrow().hooks_for(hook, host);
     let mut packet = Packet { from, to, stanza };
     for h in hooks {
         let flow = match &h {
@@ -471,4 +496,86 @@ pub fn run_disco_features(shard: &Rc<Shard>, query: &DiscoQuery<'_>) -> DiscoExt
         }
     }
     extra
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::proto::xml::{Limits, parse_element};
+
+    fn stanza(s: &str) -> Stanza {
+        parse_element(s.as_bytes(), &Limits::default()).unwrap()
+    }
+
+    /// A filter that appends its mark to the body, or stops stanzas whose body holds `stop`.
+    fn marker(mark: &'static str) -> Hook {
+        Hook::FilterPacket(Rc::new(move |p: &mut Packet<'_>| {
+            let mut el = p.stanza.to_element();
+            let body = el
+                .children
+                .iter_mut()
+                .find_map(|n| match n {
+                    crate::proto::xml::Node::Element(e) if e.name == "body" => Some(e),
+                    _ => None,
+                })
+                .expect("a body");
+            let text = body.text();
+            if text.contains("stop") {
+                return Flow::Stop;
+            }
+            body.children = vec![crate::proto::xml::Node::Text(format!("{text}{mark}"))];
+            p.stanza = stanza(&el.to_xml_string());
+            Flow::Continue
+        }))
+    }
+
+    #[test]
+    fn hooks_run_by_sequence_alter_and_stop_and_go_with_their_module() {
+        let table = RefCell::new(ModuleTable::default());
+        let opts = ModuleOpts::default();
+        // Registered out of order; sequence decides.
+        table.borrow_mut().install(
+            "example.org",
+            "mod_b",
+            &opts,
+            Registrations::new().hook(20, marker("B")),
+        );
+        table.borrow_mut().install(
+            "example.org",
+            "mod_a",
+            &opts,
+            Registrations::new().hook(10, marker("A")),
+        );
+        table.borrow_mut().install(
+            "other.example",
+            "mod_c",
+            &opts,
+            Registrations::new().hook(5, marker("C")),
+        );
+        let run = |body: &str| {
+            run_packet_hooks(
+                &table,
+                HookKind::FilterPacket,
+                "example.org",
+                "a@example.org/r",
+                "b@example.org",
+                stanza(&format!(
+                    "<message xmlns='jabber:client'><body>{body}</body></message>"
+                )),
+            )
+            .map(|s| s.to_element().child("body").unwrap().text())
+        };
+        assert_eq!(run("x").as_deref(), Some("xAB"));
+        assert_eq!(run("stop"), None);
+        assert!(table.borrow().has_hooks(HookKind::FilterPacket));
+        table.borrow_mut().remove("example.org", "mod_a");
+        assert_eq!(run("x").as_deref(), Some("xB"));
+        table.borrow_mut().remove("example.org", "mod_b");
+        assert_eq!(run("x").as_deref(), Some("x"));
+        assert!(!table.borrow().is_running("example.org", "mod_b"));
+        // Another host's module is untouched.
+        assert!(table.borrow().is_running("other.example", "mod_c"));
+    }
 }
