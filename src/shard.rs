@@ -8,9 +8,10 @@
 //! in order, retried on every send and every millisecond. For stanzas the spill queue is capped
 //! (`SPILL_CAP`); beyond it a stanza is bounced to its sender with `resource-constraint` (policy
 //! [`Overflow::Bounce`]), and from `SPILL_HIGH_WATER` on the shard's connections pause reading, so a
-//! burst slows its senders through TCP instead of bouncing. A connection moving home always waits
-//! (policy [`Overflow::Spill`]; their number is bounded by the connection cap). No mesh consumer ever
-//! awaits a send.
+//! burst slows its senders through TCP instead of bouncing; the same pause applies while the shard's
+//! `one_queue` IQ queues hold more than `modules::iq::ONE_QUEUE_HIGH_WATER` requests. A connection
+//! moving home always waits (policy [`Overflow::Spill`]; their number is bounded by the connection cap).
+//! No mesh consumer ever awaits a send.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -228,6 +229,7 @@ impl Shard {
             .borrow()
             .iter()
             .any(|q| q.len() >= SPILL_HIGH_WATER)
+            || crate::modules::iq::backlog() >= crate::modules::iq::ONE_QUEUE_HIGH_WATER
     }
 
     fn flush_peer(&self, to: usize) {

@@ -135,7 +135,20 @@ where
 }
 
 /// Requests a `one_queue` handler may hold waiting before new ones get `resource-constraint`.
-const ONE_QUEUE_CAP: usize = 1024;
+const ONE_QUEUE_CAP: usize = 16 * 1024;
+/// Requests waiting in this shard's `one_queue` queues at which its connections pause reading: a burst
+/// slows its senders through TCP instead of being refused (the mesh's policy, applied to IQ queues).
+pub const ONE_QUEUE_HIGH_WATER: usize = 1024;
+
+thread_local! {
+    /// Requests waiting in the `one_queue` queues of the shard on this thread.
+    static BACKLOG: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Requests waiting in this shard's `one_queue` queues.
+pub fn backlog() -> usize {
+    BACKLOG.with(|b| b.get())
+}
 
 /// The ordered queue of one `one_queue` handler on one shard, and its consumer task.
 pub struct OneQueue {
@@ -148,6 +161,7 @@ impl OneQueue {
         glommio::spawn_local(async move {
             // Ends when the module stops and the sender is dropped.
             while let Some((iq, reply)) = rx.recv().await {
+                BACKLOG.with(|b| b.set(b.get().saturating_sub(1)));
                 let result = run_guarded(&handler, iq).await;
                 reply.send(result);
             }
@@ -360,16 +374,21 @@ pub fn dispatch(
             let Some(queue) = queue else {
                 return reply.send(Err(IqError::new(StanzaErrorCondition::InternalServerError)));
             };
-            if let Err(e) = queue.tx.try_send((iq, reply)) {
-                let (_, reply) = match e {
-                    glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(item)) => item,
-                    glommio::GlommioError::Closed(glommio::ResourceType::Channel(item)) => item,
-                    other => {
-                        log::error!("one_queue send failed: {other}");
-                        return;
-                    }
-                };
-                reply.send(Err(IqError::new(StanzaErrorCondition::ResourceConstraint)));
+            match queue.tx.try_send((iq, reply)) {
+                Ok(()) => BACKLOG.with(|b| b.set(b.get() + 1)),
+                Err(e) => {
+                    let (_, reply) = match e {
+                        glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(item)) => {
+                            item
+                        }
+                        glommio::GlommioError::Closed(glommio::ResourceType::Channel(item)) => item,
+                        other => {
+                            log::error!("one_queue send failed: {other}");
+                            return;
+                        }
+                    };
+                    reply.send(Err(IqError::new(StanzaErrorCondition::ResourceConstraint)));
+                }
             }
         }
         IqDisc::Parallel => {
