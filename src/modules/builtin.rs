@@ -517,10 +517,7 @@ async fn account_last(iq: Iq) -> IqResult {
     if online {
         return Ok(Some(query(NS_LAST).with_attr("seconds", "0")));
     }
-    let (host, user) = (
-        iq.to.domain().to_string(),
-        iq.to.local().unwrap_or_default().to_string(),
-    );
+    let (host, user) = iq.account();
     let stored = iq
         .shard
         .server
@@ -602,10 +599,7 @@ async fn account_vcard(iq: Iq, max: usize) -> IqResult {
     if iq.payload.name != "vCard" {
         return Err(IqError::bad_request("expected <vCard xmlns='vcard-temp'/>"));
     }
-    let (host, user) = (
-        iq.to.domain().to_string(),
-        iq.to.local().unwrap_or_default().to_string(),
-    );
+    let (host, user) = iq.account();
     let store = iq.shard.server.store.clone();
     match iq.type_ {
         IqType::Get => {
@@ -721,10 +715,7 @@ async fn private(iq: Iq, max: u64) -> IqResult {
         })?;
         keyed.push((key, c));
     }
-    let (host, user) = (
-        iq.to.domain().to_string(),
-        iq.to.local().unwrap_or_default().to_string(),
-    );
+    let (host, user) = iq.account();
     let store = iq.shard.server.store.clone();
     match iq.type_ {
         IqType::Get => {

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use futures_lite::FutureExt;
 use glommio::channels::local_channel::{LocalSender, new_bounded};
 
-use crate::proto::errors::StanzaErrorCondition;
+use crate::proto::errors::{StanzaErrorCondition, write_error_element};
 use crate::proto::jid::Jid;
 use crate::proto::xml::{Element, Limits, Stanza, escape, parse_element};
 use crate::shard::Shard;
@@ -65,6 +65,15 @@ pub struct Iq {
 }
 
 impl Iq {
+    /// The account the IQ is addressed to, as owned `(host, username)` for the store (the username is
+    /// empty for the server).
+    pub fn account(&self) -> (String, String) {
+        (
+            self.to.domain().to_string(),
+            self.to.local().unwrap_or_default().to_string(),
+        )
+    }
+
     /// Whether the requester is the account the IQ is about (same bare JID).
     pub fn from_owner(&self) -> bool {
         self.from.bare_str() == self.to.bare_str()
@@ -216,19 +225,8 @@ impl Reply {
                 {
                     p.write_to(&mut out);
                 }
-                out.extend_from_slice(b"<error type='");
-                out.extend_from_slice(e.condition.default_type().as_str().as_bytes());
-                out.extend_from_slice(b"'><");
-                out.extend_from_slice(e.condition.as_str().as_bytes());
-                out.extend_from_slice(b" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
-                if let Some(text) = &e.text {
-                    out.extend_from_slice(
-                        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>",
-                    );
-                    out.extend_from_slice(escape(text).as_bytes());
-                    out.extend_from_slice(b"</text>");
-                }
-                out.extend_from_slice(b"</error></iq>");
+                write_error_element(&mut out, e.condition, e.text.as_deref());
+                out.extend_from_slice(b"</iq>");
             }
         }
         match parse_element(&out, &Limits::default()) {

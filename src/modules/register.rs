@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use super::iq::async_handler;
 use super::{Component, Iq, IqError, IqResult, IqType, Module, ModuleOpts, OptKind, OptionSpec};
-use crate::proto::errors::{StanzaErrorCondition as Cond, StreamErrorCondition};
+use crate::proto::errors::{
+    StanzaErrorCondition as Cond, StreamErrorCondition, write_error_element,
+};
 use crate::proto::jid::prep_local;
 use crate::proto::sasl::Credentials;
 use crate::proto::xml::{Element, Stanza, escape};
@@ -275,19 +277,9 @@ pub async fn preauth(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> 
             out.extend_from_slice(b"</iq>");
         }
         Err(e) => {
-            out.extend_from_slice(b"' type='error'><error type='");
-            out.extend_from_slice(e.condition.default_type().as_str().as_bytes());
-            out.extend_from_slice(b"'><");
-            out.extend_from_slice(e.condition.as_str().as_bytes());
-            out.extend_from_slice(b" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>");
-            if let Some(t) = &e.text {
-                out.extend_from_slice(
-                    b"<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>",
-                );
-                out.extend_from_slice(escape(t).as_bytes());
-                out.extend_from_slice(b"</text>");
-            }
-            out.extend_from_slice(b"</error></iq>");
+            out.extend_from_slice(b"' type='error'>");
+            write_error_element(&mut out, e.condition, e.text.as_deref());
+            out.extend_from_slice(b"</iq>");
         }
     }
     out

@@ -231,16 +231,7 @@ impl C2s {
 
     /// The parser refused the input: the matching stream error, and close.
     pub fn handle_parse_error(&mut self, error: XmlError) {
-        use super::xml::StreamCondition as C;
-        let condition = match error.condition() {
-            C::NotWellFormed => StreamErrorCondition::NotWellFormed,
-            C::RestrictedXml => StreamErrorCondition::RestrictedXml,
-            C::InvalidNamespace => StreamErrorCondition::InvalidNamespace,
-            C::BadFormat => StreamErrorCondition::BadFormat,
-            C::PolicyViolation => StreamErrorCondition::PolicyViolation,
-            C::UnsupportedEncoding => StreamErrorCondition::UnsupportedEncoding,
-        };
-        self.stream_error(condition, None);
+        self.stream_error(error.condition().into(), None);
     }
 
     /// TLS is up after STARTTLS; `bindings` are its channel-binding data.

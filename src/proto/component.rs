@@ -98,16 +98,7 @@ impl ComponentStream {
     }
 
     pub fn handle_parse_error(&mut self, error: XmlError) {
-        use super::xml::StreamCondition as C;
-        let condition = match error.condition() {
-            C::NotWellFormed => StreamErrorCondition::NotWellFormed,
-            C::RestrictedXml => StreamErrorCondition::RestrictedXml,
-            C::InvalidNamespace => StreamErrorCondition::InvalidNamespace,
-            C::BadFormat => StreamErrorCondition::BadFormat,
-            C::PolicyViolation => StreamErrorCondition::PolicyViolation,
-            C::UnsupportedEncoding => StreamErrorCondition::UnsupportedEncoding,
-        };
-        self.stream_error(condition, None);
+        self.stream_error(error.condition().into(), None);
     }
 
     /// The driver's answer to [`ComponentAction::Register`]: `false` when the domain is connected

@@ -328,7 +328,21 @@ fn write_error(
     if let Some(id) = stanza.id() {
         put_attr(out, "id", &id);
     }
-    out.put_slice(b"><error type='");
+    out.put_u8(b'>');
+    write_error_element(out, condition, text);
+    out.put_slice(b"</");
+    out.put_slice(name.as_bytes());
+    out.put_u8(b'>');
+}
+
+/// Appends the `<error/>` child of an error stanza: its type, the condition and an optional English
+/// text. The one writer of it, for the router's replies and the IQ handlers' answers alike.
+pub fn write_error_element(
+    out: &mut impl BufMut,
+    condition: StanzaErrorCondition,
+    text: Option<&str>,
+) {
+    out.put_slice(b"<error type='");
     out.put_slice(condition.default_type().as_str().as_bytes());
     out.put_slice(b"'><");
     out.put_slice(condition.as_str().as_bytes());
@@ -342,9 +356,7 @@ fn write_error(
         put_text(out, text);
         out.put_slice(b"</text>");
     }
-    out.put_slice(b"</error></");
-    out.put_slice(name.as_bytes());
-    out.put_u8(b'>');
+    out.put_slice(b"</error>");
 }
 
 fn put_attr(out: &mut impl BufMut, name: &str, value: &str) {
