@@ -277,17 +277,19 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
     // The login phase ends when every thread has started (and finished) its logins.
     let n = args.users;
     let mut last = Instant::now();
+    let progress = Progress::new(n as u64, "logging in");
     while shared.logged_in_threads.load(Ordering::SeqCst) < threads {
         std::thread::sleep(Duration::from_millis(50));
-        if last.elapsed() >= Duration::from_secs(1) {
+        let online = shared.online.load(Ordering::SeqCst);
+        let failed = shared.login_failures.load(Ordering::SeqCst);
+        let rate = online as f64 / login_started.elapsed().as_secs_f64().max(1e-3);
+        let line = format!("{online} / {n} online, {failed} failed, {rate:.0} logins/s");
+        if progress.is_bar() || last.elapsed() >= Duration::from_secs(1) {
             last = Instant::now();
-            eprintln!(
-                "  logging in: {} / {n} online, {} failed",
-                shared.online.load(Ordering::SeqCst),
-                shared.login_failures.load(Ordering::SeqCst)
-            );
+            progress.update((online + failed) as u64, line);
         }
     }
+    progress.finish();
     let login_secs = login_started.elapsed().as_secs_f64();
     let server_cpu_login = server_cpu0
         .zip(cpu_secs(args.server_pid))
@@ -320,15 +322,26 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                 shared.step.fetch_add(1, Ordering::SeqCst);
                 shared.sending.store(true, Ordering::SeqCst);
                 let started = Instant::now();
+                let total_ms = secs(args.duration).as_millis() as u64;
+                let progress = Progress::new(total_ms, &format!("chat at {rate:.0}/s"));
+                let tick = if progress.is_bar() { 100 } else { 1000 };
+                let (mut last_at, mut last_received) = (Instant::now(), 0);
                 while started.elapsed() < secs(args.duration) {
-                    std::thread::sleep(Duration::from_millis(1000).min(secs(args.duration)));
-                    eprintln!(
-                        "  chat at {rate:.0}/s: {:.0} s, sent {}, received {}",
-                        started.elapsed().as_secs_f64(),
-                        shared.sent.load(Ordering::SeqCst) - sent0,
-                        shared.received.load(Ordering::SeqCst) - recv0
+                    std::thread::sleep(Duration::from_millis(tick).min(secs(args.duration)));
+                    let sent = shared.sent.load(Ordering::SeqCst) - sent0;
+                    let received = shared.received.load(Ordering::SeqCst) - recv0;
+                    let now_rate = (received - last_received) as f64
+                        / last_at.elapsed().as_secs_f64().max(1e-3);
+                    (last_at, last_received) = (Instant::now(), received);
+                    progress.update(
+                        started.elapsed().as_millis() as u64,
+                        format!(
+                            "{:.0} s: sent {sent}, received {received}, now {now_rate:.0} msg/s",
+                            started.elapsed().as_secs_f64()
+                        ),
                     );
                 }
+                progress.finish();
                 shared.sending.store(false, Ordering::SeqCst);
                 let secs_run = started.elapsed().as_secs_f64();
                 // A thread may be mid-burst: the step's `sent` is final only once every thread stopped.
@@ -996,4 +1009,53 @@ async fn steady(
     })
     .await;
     let _ = stream.close().await;
+}
+
+/// Live progress: an indicatif bar with current rates when stderr is a terminal, otherwise one plain line
+/// per update (for logs and `perf/compare.sh`).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+}
+
+impl Progress {
+    fn new(len: u64, label: &str) -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(len);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  {prefix} [{bar:30.cyan/blue}] {elapsed_precise} {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        Progress {
+            bar,
+            label: label.to_string(),
+        }
+    }
+
+    fn is_bar(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    fn update(&self, position: u64, message: String) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(position);
+                bar.set_message(message);
+            }
+            None => eprintln!("  {}: {message}", self.label),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
 }
