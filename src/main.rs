@@ -14,6 +14,7 @@ use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::Server;
 use rjabberd::storage::UserDb;
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

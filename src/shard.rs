@@ -482,6 +482,23 @@ impl Server {
     }
 }
 
+/// A listening socket for this shard: SO_REUSEPORT (every shard binds the same address) and our backlog
+/// (glommio's own `bind` fixes it at 1024).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_port(true)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    // SAFETY: the descriptor is a listening TCP socket owned by nothing else from here on.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(sock.into_raw_fd()) })
+}
+
 async fn run_shard(
     id: usize,
     server: Arc<ServerShared>,
@@ -533,7 +550,7 @@ async fn run_shard(
     }
     let mut plan_generation = 0;
     for (addr, tls, kind) in &server.bound {
-        match glommio::net::TcpListener::bind(addr) {
+        match listen(*addr, server.config.limits.listen_backlog) {
             Ok(l) => listeners.push((Rc::new(l), *tls, *kind)),
             Err(e) => {
                 log::error!("shard {id}: cannot bind {addr}: {e}");

@@ -75,7 +75,7 @@ pub struct RunArgs {
     /// Logins in flight per harness thread when `--arrival-rate` is 0.
     #[arg(long, default_value_t = 64)]
     pub login_concurrency: usize,
-    /// Source addresses 127.0.0.1 … 127.0.0.K (0: one per 20,000 connections).
+    /// Source addresses 127.0.0.1 … 127.0.0.K (0: one per 2,000 connections, at least 16, at most 250).
     #[arg(long, default_value_t = 0)]
     pub sources: usize,
     /// Total chat messages per second.
