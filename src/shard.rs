@@ -441,7 +441,30 @@ impl Server {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while shared.ready.load(Ordering::SeqCst) < shards {
             if std::time::Instant::now() > deadline {
-                return Err("shards did not bind their listeners within 10 s".into());
+                // The shards that did start stop at once; those that could not start say why.
+                shared.shutdown.store(true, Ordering::SeqCst);
+                let why: Vec<String> = handles
+                    .join_all()
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| e.to_string()))
+                    .collect();
+                let mut memlock = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: getrlimit writes into the struct it is given.
+                unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut memlock) };
+                return Err(format!(
+                    "shards did not start within 10 s ({}); glommio's io_uring rings need locked \
+                     memory: RLIMIT_MEMLOCK is {} KiB, and less than about 512 KiB fails \
+                     (raise `ulimit -l`, or LimitMEMLOCK= in a systemd unit)",
+                    if why.is_empty() {
+                        "no error reported".to_string()
+                    } else {
+                        why.join("; ")
+                    },
+                    memlock.rlim_cur / 1024
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
