@@ -148,11 +148,18 @@ pub struct Shared {
     pub steps_stopped: AtomicUsize,
     /// The largest per-thread p99 (ns) of the step being closed.
     pub step_p99: AtomicU64,
+    /// Chat messages that came back as errors (a recipient between two sessions, in `mixed`).
+    pub bounced: AtomicU64,
+    /// `mixed`: sessions dropped and logged in again, and logins again that failed.
+    pub relogins: AtomicU64,
+    pub relogin_failures: AtomicU64,
 }
 
 /// What one harness thread measured in one chat step (or in the login phase).
 pub struct ThreadResult {
     pub login: Histogram<u64>,
+    /// `mixed`: latency of the logins after a disconnect.
+    pub relogin: Histogram<u64>,
     pub steps: Vec<StepResult>,
 }
 
@@ -165,6 +172,9 @@ pub struct StepResult {
 /// The whole run, merged.
 pub struct Summary {
     pub login: Histogram<u64>,
+    pub relogin: Histogram<u64>,
+    pub relogins: u64,
+    pub relogin_failures: u64,
     pub login_secs: f64,
     pub online: usize,
     pub login_failures: usize,
@@ -180,6 +190,8 @@ pub struct ChatStep {
     pub secs: f64,
     pub sent: u64,
     pub received: u64,
+    /// Answered with an error instead (not lost: the server said so).
+    pub bounced: u64,
     pub latency: Histogram<u64>,
     pub timeline: Vec<(u64, u64)>,
     pub server_cpu_s: Option<f64>,
@@ -309,7 +321,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
             std::thread::sleep(secs(args.settle));
             rss_after = args.server_pid.and_then(rss_kib);
         }
-        Scenario::Chat => {
+        Scenario::Chat | Scenario::Mixed => {
             let mut rate = args.rate;
             loop {
                 shared
@@ -317,6 +329,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                     .store((rate * 1000.0) as u64, Ordering::SeqCst);
                 let sent0 = shared.sent.load(Ordering::SeqCst);
                 let recv0 = shared.received.load(Ordering::SeqCst);
+                let bounced0 = shared.bounced.load(Ordering::SeqCst);
                 let s0 = cpu_secs(args.server_pid);
                 let h0 = cpu_secs(None).unwrap_or(0.0);
                 shared.step.fetch_add(1, Ordering::SeqCst);
@@ -355,6 +368,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                 // Drain: wait until everything sent arrived, or 3 s.
                 let drain = Instant::now();
                 while shared.received.load(Ordering::SeqCst) - recv0
+                    + (shared.bounced.load(Ordering::SeqCst) - bounced0)
                     < shared.sent.load(Ordering::SeqCst) - sent0
                     && drain.elapsed() < Duration::from_secs(3)
                 {
@@ -362,6 +376,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                 }
                 let sent = shared.sent.load(Ordering::SeqCst) - sent0;
                 let received = shared.received.load(Ordering::SeqCst) - recv0;
+                let bounced = shared.bounced.load(Ordering::SeqCst) - bounced0;
                 let server_cpu = s0.zip(cpu_secs(args.server_pid)).map(|(a, b)| b - a);
                 // Have every thread close its histogram for this step.
                 shared.step_p99.store(0, Ordering::SeqCst);
@@ -375,6 +390,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                     secs_run,
                     sent,
                     received,
+                    bounced,
                     server_cpu,
                     cpu_secs(None).unwrap_or(0.0) - h0,
                 ));
@@ -401,14 +417,16 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
         .map(|r| r.map_err(|e| format!("a harness thread failed: {e}")))
         .collect::<Result<_, _>>()?;
     let mut login = histogram();
+    let mut relogin = histogram();
     for r in &results {
         login.add(&r.login).expect("same bounds");
+        relogin.add(&r.relogin).expect("same bounds");
     }
     let chat_steps = steps
         .into_iter()
         .enumerate()
         .map(
-            |(i, (rate, secs_run, sent, received, server_cpu_s, harness_cpu_s))| {
+            |(i, (rate, secs_run, sent, received, bounced, server_cpu_s, harness_cpu_s))| {
                 let mut latency = histogram();
                 let mut timeline: Vec<(u64, u64)> = Vec::new();
                 for r in &results {
@@ -428,6 +446,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                     secs: secs_run,
                     sent,
                     received,
+                    bounced,
                     latency,
                     timeline,
                     server_cpu_s,
@@ -438,6 +457,9 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
         .collect();
     Ok(Summary {
         login,
+        relogin,
+        relogins: shared.relogins.load(Ordering::SeqCst),
+        relogin_failures: shared.relogin_failures.load(Ordering::SeqCst),
         login_secs,
         online: shared.online.load(Ordering::SeqCst),
         login_failures: shared.login_failures.load(Ordering::SeqCst),
@@ -451,8 +473,11 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
 
 /// One online connection's shared state: what to write, and who to wake.
 struct Online {
+    user: usize,
     out: RefCell<Vec<u8>>,
     waker: RefCell<Option<Waker>>,
+    /// Set to drop the connection once what is queued is written (`mixed`).
+    close: Cell<bool>,
 }
 
 impl Online {
@@ -519,14 +544,22 @@ async fn thread_main(
         second_count: Cell::new(0),
     });
     let login_hist = Rc::new(RefCell::new(histogram()));
-    let online: Rc<RefCell<Vec<Rc<Online>>>> = Rc::default();
-    let salted: Rc<RefCell<Option<SaltedPassword>>> = Rc::default();
+    let relogin_hist = Rc::new(RefCell::new(histogram()));
     let in_flight = Rc::new(glommio::sync::Semaphore::new(
         args.login_concurrency.max(1) as u64
     ));
     let finished = Rc::new(Cell::new(0usize));
-    let rbuf = Rc::new(RefCell::new(vec![0u8; 64 * 1024]));
-    let connector = tls_connector(&args).expect("TLS configuration checked before the run");
+    let ctx = Rc::new(Ctx {
+        connector: tls_connector(&args).expect("TLS configuration checked before the run"),
+        args: args.clone(),
+        shared: shared.clone(),
+        recorder: recorder.clone(),
+        online: Rc::default(),
+        salted: Rc::default(),
+        rbuf: Rc::new(RefCell::new(vec![0u8; 64 * 1024])),
+        sources,
+    });
+    let online = ctx.online.clone();
     let per_thread_rate = args.arrival_rate / threads as f64;
     let started = Instant::now();
     let mut logins = Vec::new();
@@ -542,54 +575,28 @@ async fn thread_main(
             .acquire_static_permit(1)
             .await
             .expect("semaphore open");
-        let args = args.clone();
-        let shared = shared.clone();
-        let recorder = recorder.clone();
-        let login_hist = login_hist.clone();
-        let online = online.clone();
-        let salted = salted.clone();
         let finished = finished.clone();
-        let rbuf = rbuf.clone();
-        let connector = connector.clone();
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (user % sources) as u8);
-        logins.push(
-            glommio::spawn_local(async move {
-                let t0 = Instant::now();
-                // A login that has not finished in 60 s counts as failed (a server that stalls one must
-                // not stall the run).
-                let result = futures_lite::future::or(
-                    login(&args, &connector, user, source, &salted),
-                    async {
-                        glommio::timer::sleep(Duration::from_secs(60)).await;
-                        Err("no answer within 60 s".to_string())
-                    },
-                )
-                .await;
+        let shared = shared.clone();
+        let prefix = args.prefix.clone();
+        logins.push(spawn_session(
+            &ctx,
+            user,
+            login_hist.clone(),
+            move |result: Result<(), &str>| {
+                drop(permit);
                 finished.set(finished.get() + 1);
                 match result {
-                    Ok((stream, parser)) => {
-                        drop(permit);
-                        let _ = login_hist
-                            .borrow_mut()
-                            .record((t0.elapsed().as_nanos() as u64).max(1_000));
+                    Ok(()) => {
                         shared.online.fetch_add(1, Ordering::SeqCst);
-                        let conn = Rc::new(Online {
-                            out: RefCell::new(Vec::with_capacity(256)),
-                            waker: RefCell::new(None),
-                        });
-                        online.borrow_mut().push(conn.clone());
-                        steady(stream, parser, conn, recorder, shared, rbuf).await;
                     }
                     Err(e) => {
-                        drop(permit);
                         if shared.login_failures.fetch_add(1, Ordering::SeqCst) < 5 {
-                            eprintln!("  login of {}{user} failed: {e}", args.prefix);
+                            eprintln!("  login of {prefix}{user} failed: {e}");
                         }
                     }
                 }
-            })
-            .detach(),
-        );
+            },
+        ));
     }
     // Wait for this thread's logins to finish (online or failed).
     let mine = users.len();
@@ -604,7 +611,7 @@ async fn thread_main(
     let mut seen_step = 0;
     let mut rng = Rng::new(id as u64 + 1);
     while !shared.done.load(Ordering::SeqCst) {
-        if args.scenario != Scenario::Chat
+        if !matches!(args.scenario, Scenario::Chat | Scenario::Mixed)
             || !shared.sending.load(Ordering::SeqCst)
             || shared.step.load(Ordering::SeqCst) == seen_step
         {
@@ -619,11 +626,14 @@ async fn thread_main(
         recorder.step_start.set(Instant::now());
         let rate = shared.rate_milli.load(Ordering::SeqCst) as f64 / 1000.0 / threads as f64;
         let interval_ns = (1e9 / rate.max(0.001)) as u64;
-        let senders = online.borrow().clone();
         let start_ns = now_ns();
         let mut k: u64 = 0;
         let mut next_second = Instant::now() + Duration::from_secs(1);
-        while shared.sending.load(Ordering::SeqCst) && !senders.is_empty() {
+        // `mixed`: this thread's share of the churn, as an interval between two disconnects.
+        let churn_ns = (args.scenario == Scenario::Mixed && args.churn > 0.0)
+            .then(|| (1e9 / (args.churn / threads as f64)) as u64);
+        let mut next_churn = start_ns + churn_ns.unwrap_or(0);
+        while shared.sending.load(Ordering::SeqCst) && !online.borrow().is_empty() {
             let intended = start_ns + k * interval_ns;
             let now = now_ns();
             if intended > now {
@@ -636,8 +646,37 @@ async fn thread_main(
             }
             // Every message due by now goes out (open loop: falling behind does not lower the rate).
             let now = now_ns();
+            if let Some(every) = churn_ns {
+                while next_churn <= now {
+                    next_churn += every;
+                    let dropped = {
+                        let mut list = online.borrow_mut();
+                        if list.len() < 2 {
+                            break;
+                        }
+                        let i = rng.below(list.len());
+                        list.swap_remove(i)
+                    };
+                    dropped.close.set(true);
+                    dropped.wake();
+                    let shared = shared.clone();
+                    logins.push(spawn_session(
+                        &ctx,
+                        dropped.user,
+                        relogin_hist.clone(),
+                        move |result: Result<(), &str>| {
+                            let counter = match result {
+                                Ok(()) => &shared.relogins,
+                                Err(_) => &shared.relogin_failures,
+                            };
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        },
+                    ));
+                }
+            }
+            let senders = online.borrow();
             let mut burst = 0;
-            while start_ns + k * interval_ns <= now && burst < 10_000 {
+            while start_ns + k * interval_ns <= now && burst < 10_000 && !senders.is_empty() {
                 let intended = start_ns + k * interval_ns;
                 let from = &senders[rng.below(senders.len())];
                 let to = rng.below(args.users);
@@ -654,6 +693,7 @@ async fn thread_main(
                 k += 1;
                 burst += 1;
             }
+            drop(senders);
             // Let the connections write and read what this burst produced.
             futures_lite::future::yield_now().await;
         }
@@ -680,7 +720,77 @@ async fn thread_main(
     }
     drop(logins);
     let login = login_hist.borrow().clone();
-    ThreadResult { login, steps }
+    let relogin = relogin_hist.borrow().clone();
+    ThreadResult {
+        login,
+        relogin,
+        steps,
+    }
+}
+
+/// What every session task of a harness thread shares.
+struct Ctx {
+    args: RunArgs,
+    shared: Arc<Shared>,
+    recorder: Rc<Recorder>,
+    /// This thread's connections that are logged in and not being dropped.
+    online: Rc<RefCell<Vec<Rc<Online>>>>,
+    salted: Rc<RefCell<Option<SaltedPassword>>>,
+    /// One read buffer per harness thread.
+    rbuf: Rc<RefCell<Vec<u8>>>,
+    connector: futures_rustls::TlsConnector,
+    sources: usize,
+}
+
+/// A task that logs `user` in (its latency into `hist`), calls `done` with the outcome, and then serves
+/// the connection until the run ends or the connection is dropped.
+fn spawn_session(
+    ctx: &Rc<Ctx>,
+    user: usize,
+    hist: Rc<RefCell<Histogram<u64>>>,
+    done: impl FnOnce(Result<(), &str>) + 'static,
+) -> glommio::task::JoinHandle<()> {
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let t0 = Instant::now();
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (user % ctx.sources) as u8);
+        // A login that has not finished in 60 s counts as failed (a server that stalls one must not
+        // stall the run).
+        let result = futures_lite::future::or(
+            login(&ctx.args, &ctx.connector, user, source, &ctx.salted),
+            async {
+                glommio::timer::sleep(Duration::from_secs(60)).await;
+                Err("no answer within 60 s".to_string())
+            },
+        )
+        .await;
+        match result {
+            Ok((stream, parser)) => {
+                done(Ok(()));
+                let _ = hist
+                    .borrow_mut()
+                    .record((t0.elapsed().as_nanos() as u64).max(1_000));
+                let conn = Rc::new(Online {
+                    user,
+                    out: RefCell::new(Vec::with_capacity(256)),
+                    waker: RefCell::new(None),
+                    close: Cell::new(false),
+                });
+                ctx.online.borrow_mut().push(conn.clone());
+                steady(
+                    stream,
+                    parser,
+                    conn,
+                    ctx.recorder.clone(),
+                    ctx.shared.clone(),
+                    ctx.rbuf.clone(),
+                )
+                .await;
+            }
+            Err(e) => done(Err(&e)),
+        }
+    })
+    .detach()
 }
 
 /// xorshift64*: a tiny generator so the send loop draws recipients without allocation or locks.
@@ -961,6 +1071,10 @@ async fn steady(
                     out.clear();
                     wpos = 0;
                 }
+                if conn.close.get() && out.is_empty() {
+                    // Dropped as a mobile client drops: TCP closes without a stream close.
+                    return Poll::Ready(());
+                }
                 // TLS buffers records until flushed; plain TCP flushes at once.
                 if let Poll::Ready(Err(_)) = Pin::new(&mut stream).poll_flush(cx) {
                     return Poll::Ready(());
@@ -981,6 +1095,12 @@ async fn steady(
                             if let Event::Stanza(s) = ev
                                 && s.local_name() == "message"
                             {
+                                if s.type_().as_deref() == Some("error") {
+                                    // The recipient was between sessions; servers that echo the
+                                    // payload would otherwise count it as received.
+                                    shared.bounced.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
                                 let b = s.as_bytes();
                                 if let Some(i) = finder.find(b) {
                                     let digits = &b[i + 6..];

@@ -19,6 +19,9 @@ pub enum Scenario {
     Idle,
     /// Open-loop one-to-one chat between random online users.
     Chat,
+    /// Soak: the chat of `chat` while `--churn` users per second disconnect and log in again (login,
+    /// initial presence, chat and disconnects together).
+    Mixed,
 }
 
 /// How the client connections secure the stream.
@@ -84,6 +87,9 @@ pub struct RunArgs {
     /// Seconds of chat (per step with `--find-max`).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// `mixed`: users per second (all threads) that drop their connection and log in again.
+    #[arg(long, default_value_t = 10.0)]
+    pub churn: f64,
     /// Raise the chat rate step by step until p99 exceeds `--p99-bound-ms` or a message is lost.
     #[arg(long)]
     pub find_max: bool,

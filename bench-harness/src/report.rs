@@ -70,22 +70,37 @@ pub fn finish(args: &RunArgs, s: &Summary) {
         rss_per_session = Some(per);
         println!("server RSS: {b} KiB -> {a} KiB = {per:.2} KiB per idle session");
     }
+    if args.scenario == Scenario::Mixed {
+        println!(
+            "churn: {} sessions dropped and logged in again ({} failed); login again latency: {}",
+            s.relogins,
+            s.relogin_failures,
+            line(&s.relogin)
+        );
+    }
     let mut steps = Vec::new();
     let mut best_rate = None;
     for st in &s.steps {
-        let lost = st.sent.saturating_sub(st.received);
+        // A message answered with an error is accounted for, not lost.
+        let lost = st.sent.saturating_sub(st.received + st.bounced);
         let cpu_per_msg = st.server_cpu_s.map(|c| c * 1e6 / st.received.max(1) as f64);
         println!(
-            "chat at {:.0}/s for {:.1} s: sent {}, received {}, lost {lost}; latency {}",
+            "chat at {:.0}/s for {:.1} s: sent {}, received {}, bounced {}, lost {lost}; latency {}",
             st.rate,
             st.secs,
             st.sent,
             st.received,
+            st.bounced,
             line(&st.latency)
         );
         if let Some(c) = cpu_per_msg {
             println!(
-                "  server CPU per message: {c:.2} µs; harness CPU per message: {:.2} µs",
+                "  server CPU per message{}: {c:.2} µs; harness CPU per message: {:.2} µs",
+                if args.scenario == Scenario::Mixed {
+                    " (the churn's logins included)"
+                } else {
+                    ""
+                },
                 st.harness_cpu_s * 1e6 / st.received.max(1) as f64
             );
         }
@@ -100,6 +115,7 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             "secs": st.secs,
             "sent": st.sent,
             "received": st.received,
+            "bounced": st.bounced,
             "lost": lost,
             "latency": percentiles(&st.latency),
             "server_cpu_us_per_message": cpu_per_msg,
@@ -139,6 +155,9 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             "rss_kib_per_idle_session": rss_per_session,
             "chat": steps,
             "find_max_rate": best_rate,
+            "relogins": s.relogins,
+            "relogin_failures": s.relogin_failures,
+            "relogin_latency": percentiles(&s.relogin),
         });
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&v).expect("JSON")) {
             eprintln!("rjabberd-bench: cannot write {}: {e}", path.display());
@@ -152,7 +171,7 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             .filter(|h| !h.is_empty())
             .unwrap_or(&s.login);
         let title = match args.scenario {
-            Scenario::Chat => format!(
+            Scenario::Chat | Scenario::Mixed => format!(
                 "{} chat latency at {:.0} msg/s",
                 args.label,
                 s.steps.last().map_or(0.0, |x| x.rate)

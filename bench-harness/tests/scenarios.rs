@@ -39,6 +39,7 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         rate: 400.0,
         duration: 2.0,
         find_max: false,
+        churn: 0.0,
         p99_bound_ms: 10.0,
         settle: 0.0,
         server_pid: Some(std::process::id()),
@@ -83,6 +84,29 @@ fn login_and_chat_measure_every_message() {
         std::fs::read_to_string(dir.join("chat.svg"))
             .unwrap()
             .contains("<polyline")
+    );
+
+    // Mixed: chat while sessions drop and log in again; every message is received or bounced.
+    let mut mixed_args = args(Scenario::Mixed, addr, 100);
+    mixed_args.churn = 20.0;
+    let mixed = client::run(&mixed_args).unwrap();
+    assert!(
+        mixed.relogins >= 10,
+        "{} sessions dropped and back",
+        mixed.relogins
+    );
+    assert_eq!(mixed.relogin_failures, 0);
+    assert_eq!(mixed.relogin.len() as u64, mixed.relogins);
+    let step = &mixed.steps[0];
+    assert!(step.sent >= 600, "the schedule sent {} of ~800", step.sent);
+    // A message to a user between sessions may be bounced or, if it was in flight to the dropped
+    // connection, lost; with 20 drops in a second only a handful can be.
+    assert!(
+        step.received + step.bounced + 20 >= step.sent,
+        "sent {}, received {}, bounced {}",
+        step.sent,
+        step.received,
+        step.bounced
     );
 
     shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
