@@ -674,26 +674,27 @@ async fn thread_main(
                     ));
                 }
             }
-            let senders = online.borrow();
-            let mut burst = 0;
-            while start_ns + k * interval_ns <= now && burst < 10_000 && !senders.is_empty() {
-                let intended = start_ns + k * interval_ns;
-                let from = &senders[rng.below(senders.len())];
-                let to = rng.below(args.users);
-                {
-                    let mut out = from.out.borrow_mut();
-                    let _ = write!(
-                        out,
-                        "<message to='{}{to}@{}/b' type='chat'><body>{intended}</body></message>",
-                        args.prefix, args.host
-                    );
+            {
+                let senders = online.borrow();
+                let mut burst = 0;
+                while start_ns + k * interval_ns <= now && burst < 10_000 && !senders.is_empty() {
+                    let intended = start_ns + k * interval_ns;
+                    let from = &senders[rng.below(senders.len())];
+                    let to = rng.below(args.users);
+                    {
+                        let mut out = from.out.borrow_mut();
+                        let _ = write!(
+                            out,
+                            "<message to='{}{to}@{}/b' type='chat'><body>{intended}</body></message>",
+                            args.prefix, args.host
+                        );
+                    }
+                    from.wake();
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    k += 1;
+                    burst += 1;
                 }
-                from.wake();
-                shared.sent.fetch_add(1, Ordering::Relaxed);
-                k += 1;
-                burst += 1;
             }
-            drop(senders);
             // Let the connections write and read what this burst produced.
             futures_lite::future::yield_now().await;
         }
