@@ -6,17 +6,25 @@
 #   perf/compare.sh chat 1000 --rate 1000 --duration 10
 #   perf/compare.sh idle 10000
 #   perf/compare.sh login 5000 --mech scram-sha1
+#   SERVERS="ejabberd prosody" perf/compare.sh presence 1000 --rate 100 --contacts 18
 #
+# For `presence` every server gets the same rosters (user i's contacts are its ring neighbours i±1 …
+# i±K/2, subscription both): Prosody's roster files are written directly, ejabberd's through its HTTP
+# API (add_rosteritem). rjabberd has no rosters yet, so it cannot run `presence`.
 # Each server gets a temporary directory, loopback ports, the domain `localhost` and the same users
 # (`u0`…`u{N-1}`, password `pw`), plaintext c2s with SASL allowed without TLS, and no shapers, rate
 # limits or traffic caps. Servers run on CPU 0 (SERVER_CPUS), the harness on CPU 1 (HARNESS_CPUS).
 # ejabberd and Prosody are installed from Debian when absent. Results: $OUT (default /tmp/rjabberd-compare).
 set -euo pipefail
 
-SCENARIO=${1:?scenario: login, idle or chat}
+SCENARIO=${1:?scenario: login, idle, chat, mixed or presence}
 USERS=${2:?number of users}
 shift 2
 EXTRA=("$@")
+CONTACTS=18
+for ((i = 0; i < ${#EXTRA[@]}; i++)); do
+    if [ "${EXTRA[$i]}" = "--contacts" ]; then CONTACTS=${EXTRA[$((i + 1))]}; fi
+done
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT=${OUT:-/tmp/rjabberd-compare}
 SERVER_CPUS=${SERVER_CPUS:-0}
@@ -121,9 +129,10 @@ api_permissions:
   "bench register":
     from: [mod_http_api]
     who: loopback
-    what: ["register"]
+    what: ["register", "add_rosteritem"]
 modules:
   mod_http_api: {}
+  mod_admin_extra: {}
   mod_disco: {}
   mod_ping: {}
   mod_roster: {}
@@ -145,6 +154,23 @@ for i in range(n):
     if r.status != 200 and i == 0:
         sys.exit(f"ejabberd register: {r.status}")
 PY
+    if [ "$SCENARIO" = presence ]; then
+        python3 - "$USERS" $((PORT + 1)) "$CONTACTS" <<'PY'
+import http.client, json, sys
+n, port, k = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+half = min(k // 2, (n - 1) // 2)
+c = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(n):
+    for d in range(1, half + 1):
+        for j in ((i + d) % n, (i - d) % n):
+            body = {"localuser": f"u{i}", "localhost": "localhost", "user": f"u{j}",
+                    "host": "localhost", "nick": f"u{j}", "group": "bench", "subs": "both"}
+            c.request("POST", "/api/add_rosteritem", json.dumps(body), {"Content-Type": "application/json"})
+            r = c.getresponse(); text = r.read()
+            if r.status != 200:
+                sys.exit(f"ejabberd add_rosteritem: {r.status} {text[:200]}")
+PY
+    fi
     PID=$(pgrep -n -f "beam.smp.*bench@localhost")
 }
 
@@ -178,6 +204,9 @@ for i in range(n):
     with open(f"{d}/u{i}.dat", "w") as f:
         f.write('return {\n\t["password"] = "pw";\n};\n')
 PY
+    if [ "$SCENARIO" = presence ]; then
+        "$BENCH" prosody-rosters --data-dir "$d/data" --users "$USERS" --contacts "$CONTACTS"
+    fi
     chown -R prosody:prosody "$d"
     # Prosody refuses to run as root: it runs as its own user, with the open-file limit raised again
     # (runuser's PAM session resets it to 1,024).

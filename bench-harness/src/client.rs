@@ -321,7 +321,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
             std::thread::sleep(secs(args.settle));
             rss_after = args.server_pid.and_then(rss_kib);
         }
-        Scenario::Chat | Scenario::Mixed => {
+        Scenario::Chat | Scenario::Mixed | Scenario::Presence => {
             let mut rate = args.rate;
             loop {
                 shared
@@ -474,6 +474,8 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
 /// One online connection's shared state: what to write, and who to wake.
 struct Online {
     user: usize,
+    /// `user@host/` of this connection, to tell its own presence echoed back from its contacts'.
+    own: String,
     out: RefCell<Vec<u8>>,
     waker: RefCell<Option<Waker>>,
     /// Set to drop the connection once what is queued is written (`mixed`).
@@ -611,8 +613,10 @@ async fn thread_main(
     let mut seen_step = 0;
     let mut rng = Rng::new(id as u64 + 1);
     while !shared.done.load(Ordering::SeqCst) {
-        if !matches!(args.scenario, Scenario::Chat | Scenario::Mixed)
-            || !shared.sending.load(Ordering::SeqCst)
+        if !matches!(
+            args.scenario,
+            Scenario::Chat | Scenario::Mixed | Scenario::Presence
+        ) || !shared.sending.load(Ordering::SeqCst)
             || shared.step.load(Ordering::SeqCst) == seen_step
         {
             glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -630,6 +634,8 @@ async fn thread_main(
         let mut k: u64 = 0;
         let mut next_second = Instant::now() + Duration::from_secs(1);
         // `mixed`: this thread's share of the churn, as an interval between two disconnects.
+        // `presence`: deliveries one update should cause (every contact is online by now).
+        let fanout = crate::contacts(0, args.users, args.contacts).len() as u64;
         let churn_ns = (args.scenario == Scenario::Mixed && args.churn > 0.0)
             .then(|| (1e9 / (args.churn / threads as f64)) as u64);
         let mut next_churn = start_ns + churn_ns.unwrap_or(0);
@@ -681,16 +687,23 @@ async fn thread_main(
                     let intended = start_ns + k * interval_ns;
                     let from = &senders[rng.below(senders.len())];
                     let to = rng.below(args.users);
-                    {
+                    let expected = {
                         let mut out = from.out.borrow_mut();
-                        let _ = write!(
-                            out,
-                            "<message to='{}{to}@{}/b' type='chat'><body>{intended}</body></message>",
-                            args.prefix, args.host
-                        );
-                    }
+                        if args.scenario == Scenario::Presence {
+                            // A presence update: the server broadcasts it to the sender's contacts.
+                            let _ = write!(out, "<presence><status>{intended}</status></presence>");
+                            fanout
+                        } else {
+                            let _ = write!(
+                                out,
+                                "<message to='{}{to}@{}/b' type='chat'><body>{intended}</body></message>",
+                                args.prefix, args.host
+                            );
+                            1
+                        }
+                    };
                     from.wake();
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    shared.sent.fetch_add(expected, Ordering::Relaxed);
                     k += 1;
                     burst += 1;
                 }
@@ -773,6 +786,7 @@ fn spawn_session(
                     .record((t0.elapsed().as_nanos() as u64).max(1_000));
                 let conn = Rc::new(Online {
                     user,
+                    own: format!("{}{user}@{}/", ctx.args.prefix, ctx.args.host),
                     out: RefCell::new(Vec::with_capacity(256)),
                     waker: RefCell::new(None),
                     close: Cell::new(false),
@@ -792,6 +806,15 @@ fn spawn_session(
         }
     })
     .detach()
+}
+
+/// The decimal number at the start of `b`, if any.
+fn leading_number(b: &[u8]) -> Option<u64> {
+    let end = b
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).ok()?.parse().ok()
 }
 
 /// xorshift64*: a tiny generator so the send loop draws recipients without allocation or locks.
@@ -1050,6 +1073,7 @@ async fn steady(
 ) {
     let mut wpos = 0usize;
     let finder = memchr::memmem::Finder::new(b"<body>");
+    let status_finder = memchr::memmem::Finder::new(b"<status>");
     std::future::poll_fn(|cx: &mut Context<'_>| {
         loop {
             if shared.done.load(Ordering::Relaxed) {
@@ -1093,6 +1117,23 @@ async fn steady(
                         let k = parser.feed(rest);
                         rest = &rest[k..];
                         while let Ok(Some(ev)) = parser.next_event() {
+                            if let Event::Stanza(s) = &ev
+                                && s.local_name() == "presence"
+                            {
+                                // A contact's presence update carries its intended send time; presence
+                                // without one (logins, probes answered) is not timed.
+                                let b = s.as_bytes();
+                                let own = s.from().is_some_and(|f| f.starts_with(&conn.own));
+                                if !own
+                                    && let Some(sent) = status_finder
+                                        .find(b)
+                                        .and_then(|i| leading_number(&b[i + 8..]))
+                                {
+                                    rec.record(now.saturating_sub(sent));
+                                    shared.received.fetch_add(1, Ordering::Relaxed);
+                                }
+                                continue;
+                            }
                             if let Event::Stanza(s) = ev
                                 && s.local_name() == "message"
                             {

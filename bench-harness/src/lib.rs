@@ -22,6 +22,61 @@ pub enum Scenario {
     /// Soak: the chat of `chat` while `--churn` users per second disconnect and log in again (login,
     /// initial presence, chat and disconnects together).
     Mixed,
+    /// Presence fan-out: every user has a roster of `--contacts` K others (ring neighbours, subscription
+    /// both, provisioned on the server beforehand); once all are online, presence updates at `--rate`
+    /// per second each reach K contacts. Needs a server with rosters.
+    Presence,
+}
+
+/// The contacts of user `i` among `n` in the presence scenario: its ring neighbours `i±1 … i±K/2`
+/// (K rounded down to even), so every subscription is mutual.
+pub fn contacts(i: usize, n: usize, k: usize) -> Vec<usize> {
+    let half = (k / 2).min(n.saturating_sub(1) / 2);
+    let mut out = Vec::with_capacity(2 * half);
+    for d in 1..=half {
+        out.push((i + d) % n);
+        out.push((i + n - d) % n);
+    }
+    out
+}
+
+/// Writes Prosody roster files (`DATA/<host>/roster/<user>.dat`, its internal storage format) for the
+/// presence scenario's rings.
+pub fn prosody_rosters(
+    data_dir: &std::path::Path,
+    users: usize,
+    contacts_per_user: usize,
+    host: &str,
+    prefix: &str,
+) -> std::io::Result<()> {
+    // Prosody encodes every byte outside [A-Za-z0-9] in path components as %xx.
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    };
+    let dir = data_dir.join(enc(host)).join("roster");
+    std::fs::create_dir_all(&dir)?;
+    for i in 0..users {
+        let mut lua = String::from("return {\n\t[false] = {\n\t\t[\"version\"] = 1;\n\t};\n");
+        for c in contacts(i, users, contacts_per_user) {
+            lua.push_str(&format!(
+                "\t[\"{prefix}{c}@{host}\"] = {{\n\t\t[\"subscription\"] = \"both\";\n\t\t[\"groups\"] = {{}};\n\t}};\n"
+            ));
+        }
+        lua.push_str("};\n");
+        std::fs::write(
+            dir.join(format!("{}.dat", enc(&format!("{prefix}{i}")))),
+            lua,
+        )?;
+    }
+    Ok(())
 }
 
 /// How the client connections secure the stream.
@@ -87,6 +142,9 @@ pub struct RunArgs {
     /// Seconds of chat (per step with `--find-max`).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// `presence`: contacts per user (ring neighbours; rounded down to even).
+    #[arg(long, default_value_t = 18)]
+    pub contacts: usize,
     /// `mixed`: users per second (all threads) that drop their connection and log in again.
     #[arg(long, default_value_t = 10.0)]
     pub churn: f64,

@@ -44,6 +44,20 @@ enum Command {
         #[arg(long)]
         numbered_passwords: bool,
     },
+    /// Write Prosody roster files for the presence scenario (ring neighbours, subscription both) into
+    /// Prosody's data directory.
+    ProsodyRosters {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 18)]
+        contacts: usize,
+        #[arg(long, default_value = "localhost")]
+        host: String,
+        #[arg(long, default_value = "u")]
+        prefix: String,
+    },
     /// Run a scenario against a server.
     Run(Box<RunArgs>),
 }
@@ -69,6 +83,20 @@ fn main() {
                 iterations,
                 numbered_passwords,
             ) {
+                eprintln!("rjabberd-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::ProsodyRosters {
+            data_dir,
+            users,
+            contacts,
+            host,
+            prefix,
+        } => {
+            if let Err(e) =
+                bench_harness::prosody_rosters(&data_dir, users, contacts, &host, &prefix)
+            {
                 eprintln!("rjabberd-bench: {e}");
                 std::process::exit(1);
             }

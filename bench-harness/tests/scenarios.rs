@@ -40,6 +40,7 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         duration: 2.0,
         find_max: false,
         churn: 0.0,
+        contacts: 18,
         p99_bound_ms: 10.0,
         settle: 0.0,
         server_pid: Some(std::process::id()),
