@@ -7,9 +7,11 @@
 #                             message at 1,000 msg/s among 1,000 users
 #   perf/knobs.sh backlog     limits.listen_backlog 128 / 1024 / 4096 (the accept queue, capped by
 #                             net.core.somaxconn): a storm of 5,000 logins with 2,000 in flight
+#   perf/knobs.sh tls         TLS resumption off / session cache / stateless tickets: 3,000 STARTTLS
+#                             logins (the harness's TLS client resumes whenever the server lets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-knob=${1:?usage: perf/knobs.sh allocator|backlog}
+knob=${1:?usage: perf/knobs.sh allocator|backlog|tls}
 
 cargo build --release -q -p rjabberd -p bench-harness
 bench=target/release/rjabberd-bench
@@ -18,10 +20,10 @@ server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# start BIN NAME [EXTRA]: a fresh server with 6,000 provisioned users on 127.0.0.1:15333, EXTRA appended
-# to [limits]; sets server_pid.
+# start BIN NAME [LIMITS] [TAIL]: a fresh server with 6,000 provisioned users on 127.0.0.1:15333, LIMITS
+# appended to [limits] and TAIL to the file; sets server_pid.
 start() {
-  local bin=$1 dir=$work/$2 extra=${3:-}
+  local bin=$1 dir=$work/$2 extra=${3:-} tail=${4:-}
   mkdir -p "$dir"
   cat > "$dir/rjabberd.toml" <<CONF
 shards = 1
@@ -36,6 +38,7 @@ max_connections_per_shard = 100000
 $extra
 [auth]
 allow_plaintext = true
+$tail
 CONF
   "$bench" provision --data-dir "$dir/data" --users 6000 >/dev/null
   taskset -c 0 "$bin" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
@@ -44,7 +47,7 @@ CONF
   echo "the server did not start" >&2; cat "$dir/server.log" >&2; exit 1
 }
 stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
-run() { taskset -c 1 "$bench" run --server 127.0.0.1:15333 --tls none --server-pid "$server_pid" "$@"; }
+run() { taskset -c 1 "$bench" run --server 127.0.0.1:15333 --server-pid "$server_pid" "$@"; }
 
 case $knob in
   allocator)
@@ -53,8 +56,8 @@ case $knob in
       name=${variant%%:*}
       start "${variant#*:}" "$name"
       echo "== $name"
-      run --scenario idle --users 5000 --settle 12 --label "$name" | grep -E "RSS|online|CPU per login"
-      run --scenario chat --users 1000 --rate 1000 --duration 10 --label "$name" --prefix u \
+      run --tls none --scenario idle --users 5000 --settle 12 --label "$name" | grep -E "RSS|online|CPU per login"
+      run --tls none --scenario chat --users 1000 --rate 1000 --duration 10 --label "$name" --prefix u \
         | grep -E "chat at|CPU per message"
       stop
     done
@@ -64,7 +67,20 @@ case $knob in
     for value in 128 1024 4096; do
       start target/release/rjabberd "backlog-$value" "listen_backlog = $value"
       echo "== listen_backlog $value"
-      run --scenario login --users 5000 --login-concurrency 2000 --label "backlog $value" \
+      run --tls none --scenario login --users 5000 --login-concurrency 2000 --label "backlog $value" \
+        | grep -E "logins:|login latency|CPU per login"
+      stop
+    done
+    ;;
+  tls)
+    for setting in "none:session_cache_size = 0" "cache:session_cache_size = 20000" \
+                   "tickets:session_cache_size = 0
+session_tickets = true"; do
+      name=${setting%%:*}
+      start target/release/rjabberd "tls-$name" "" "[tls]
+${setting#*:}"
+      echo "== TLS resumption: $name"
+      run --scenario login --users 3000 --tls starttls --mech scram-sha256 --label "tls $name" \
         | grep -E "logins:|login latency|CPU per login"
       stop
     done

@@ -28,6 +28,7 @@ pub struct Config {
     pub log_level: LogLevel,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
     /// `[modules]`: module name = true | false | { options }, for every host. Serde only reserves the
     /// key; [`crate::modules::options::plan`] reads it with its spans into `module_plan`.
     #[serde(rename = "modules")]
@@ -149,6 +150,27 @@ impl Default for LimitsConfig {
     }
 }
 
+/// TLS session resumption (what a reconnect wave costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Sessions the server remembers for resumption (TLS 1.3 tickets that name a cached session, TLS 1.2
+    /// session ids); 0 turns stateful resumption off.
+    pub session_cache_size: usize,
+    /// Stateless TLS 1.3 tickets (the session encrypted under a key that rotates every 6 hours) instead
+    /// of the cache: no server memory per session, and no limit on how many can resume.
+    pub session_tickets: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            session_cache_size: 20_000,
+            session_tickets: false,
+        }
+    }
+}
+
 /// Authentication settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,6 +236,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             modules_table: None,
             components: Vec::new(),
             module_plan: crate::modules::options::default_plan(&["localhost".to_string()]),

@@ -393,6 +393,21 @@ impl Server {
             placeholders.push(sock);
         }
         let plan = config.module_plan.clone();
+        let session_cache: Arc<dyn rustls::server::StoresServerSessions> =
+            if config.tls.session_cache_size == 0 {
+                Arc::new(rustls::server::NoServerSessionStorage {})
+            } else {
+                rustls::server::ServerSessionMemoryCache::new(config.tls.session_cache_size)
+            };
+        let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> =
+            if config.tls.session_tickets {
+                Some(
+                    rustls::crypto::ring::Ticketer::new()
+                        .map_err(|e| format!("cannot make a TLS ticket key: {e}"))?,
+                )
+            } else {
+                None
+            };
         let shared = Arc::new(ServerShared {
             components,
             component_owners: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -403,8 +418,8 @@ impl Server {
                 max_stanza_bytes: config.limits.max_stanza_bytes,
                 ..Limits::default()
             },
-            starttls: certs.server_config(false),
-            direct: certs.server_config(true),
+            starttls: certs.server_config(false, &config.tls, &session_cache, &ticketer),
+            direct: certs.server_config(true, &config.tls, &session_cache, &ticketer),
             certs,
             config,
             hosts,

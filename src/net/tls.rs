@@ -74,7 +74,13 @@ impl HostCertificates {
     }
 
     /// The server configuration for STARTTLS (`alpn` false) or direct TLS (`alpn` true).
-    pub fn server_config(self: &Arc<Self>, alpn: bool) -> Arc<rustls::ServerConfig> {
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: bool,
+        resumption: &crate::config::TlsConfig,
+        cache: &Arc<dyn rustls::server::StoresServerSessions>,
+        ticketer: &Option<Arc<dyn rustls::server::ProducesTickets>>,
+    ) -> Arc<rustls::ServerConfig> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -86,7 +92,16 @@ impl HostCertificates {
             cfg.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
         }
         // Channel binding with tls-exporter is only sound with the extended master secret in TLS 1.2,
-        // which rustls requires by default; session tickets are left at rustls' defaults.
+        // which rustls requires by default.
+        // Resumption: one session cache (and ticket key) for both listeners and every shard, so a client
+        // resumes wherever SO_REUSEPORT puts its reconnection.
+        cfg.session_storage = cache.clone();
+        if let Some(t) = ticketer {
+            cfg.ticketer = t.clone();
+        }
+        if resumption.session_cache_size == 0 && ticketer.is_none() {
+            cfg.send_tls13_tickets = 0;
+        }
         Arc::new(cfg)
     }
 
