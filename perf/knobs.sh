@@ -7,11 +7,13 @@
 #                             message at 1,000 msg/s among 1,000 users
 #   perf/knobs.sh backlog     limits.listen_backlog 128 / 1024 / 4096 (the accept queue, capped by
 #                             net.core.somaxconn): a storm of 5,000 logins with 2,000 in flight
+#   perf/knobs.sh shards      1 shard on CPU 0 vs 2 shards on CPUs 0-1 (the second shares CPU 1 with the
+#                             harness): chat among 1,000 users at 1,000 and 10,000 msg/s
 #   perf/knobs.sh tls         TLS resumption off / session cache / stateless tickets: 3,000 STARTTLS
 #                             logins (the harness's TLS client resumes whenever the server lets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-knob=${1:?usage: perf/knobs.sh allocator|backlog|tls}
+knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls}
 
 cargo build --release -q -p rjabberd -p bench-harness
 bench=target/release/rjabberd-bench
@@ -26,7 +28,7 @@ start() {
   local bin=$1 dir=$work/$2 extra=${3:-} tail=${4:-}
   mkdir -p "$dir"
   cat > "$dir/rjabberd.toml" <<CONF
-shards = 1
+shards = ${SHARDS:-1}
 data_dir = "$dir/data"
 log_level = "warn"
 [[host]]
@@ -41,7 +43,7 @@ allow_plaintext = true
 $tail
 CONF
   "$bench" provision --data-dir "$dir/data" --users 6000 >/dev/null
-  taskset -c 0 "$bin" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
+  taskset -c "${SERVER_CPUS:-0}" "$bin" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do grep -q "serving" "$dir/server.log" 2>/dev/null && return; sleep 0.1; done
   echo "the server did not start" >&2; cat "$dir/server.log" >&2; exit 1
@@ -69,6 +71,17 @@ case $knob in
       echo "== listen_backlog $value"
       run --tls none --scenario login --users 5000 --login-concurrency 2000 --label "backlog $value" \
         | grep -E "logins:|login latency|CPU per login"
+      stop
+    done
+    ;;
+  shards)
+    for n in 1 2; do
+      SHARDS=$n SERVER_CPUS=$([ "$n" = 1 ] && echo 0 || echo 0,1) start target/release/rjabberd "shards-$n"
+      echo "== $n shard(s)"
+      for rate in 1000 10000; do
+        run --tls none --scenario chat --users 1000 --rate $rate --duration 10 --label "$n shards" \
+          | grep -E "chat at [0-9]+/s for|CPU per message"
+      done
       stop
     done
     ;;
