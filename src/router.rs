@@ -24,7 +24,7 @@ pub fn route_from_session(shard: &Rc<Shard>, from: &SessionRef, stanza: Stanza) 
     let stanza = if shard.modules.borrow().has_hooks(HookKind::UserSendPacket) {
         let to = stanza.to().map(|t| t.into_owned()).unwrap_or_default();
         match modules::run_packet_hook(
-            shard,
+            &shard.modules,
             HookKind::UserSendPacket,
             domain_of(&from.bare),
             &from.full,
@@ -180,7 +180,14 @@ fn filter(shard: &Rc<Shard>, stanza: Stanza, from: &str) -> Option<Stanza> {
         hosts.push(to_domain);
     }
     for host in hosts {
-        stanza = modules::run_packet_hook(shard, HookKind::FilterPacket, &host, from, &to, stanza)?;
+        stanza = modules::run_packet_hook(
+            &shard.modules,
+            HookKind::FilterPacket,
+            &host,
+            from,
+            &to,
+            stanza,
+        )?;
     }
     Some(stanza)
 }
@@ -398,7 +405,7 @@ fn deliver_to_conn(shard: &Rc<Shard>, key: usize, stanza: &Stanza, from: &str, t
         .has_hooks(HookKind::UserReceivePacket)
     {
         if let Some(s) = modules::run_packet_hook(
-            shard,
+            &shard.modules,
             HookKind::UserReceivePacket,
             domain_of(to),
             from,

@@ -203,38 +203,47 @@ impl Reply {
         out.extend_from_slice(escape(&self.requester).as_bytes());
         out.extend_from_slice(b"' id='");
         out.extend_from_slice(escape(&self.id).as_bytes());
-        match result {
-            Ok(None) => out.extend_from_slice(b"' type='result'/>"),
-            Ok(Some(el)) => {
-                out.extend_from_slice(b"' type='result'>");
-                el.write_to(&mut out);
-                out.extend_from_slice(b"</iq>");
-            }
-            Err(e) => {
-                if e.condition == StanzaErrorCondition::InternalServerError {
-                    log::warn!(
-                        "IQ {} ({}) from {}: internal-server-error",
-                        self.id,
-                        self.ns,
-                        self.requester
-                    );
-                }
-                out.extend_from_slice(b"' type='error'>");
-                if e.echo_payload
-                    && let Some(p) = &self.payload
-                {
-                    p.write_to(&mut out);
-                }
-                write_error_element(&mut out, e.condition, e.text.as_deref());
-                out.extend_from_slice(b"</iq>");
-            }
+        if let Err(e) = &result
+            && e.condition == StanzaErrorCondition::InternalServerError
+        {
+            log::warn!(
+                "IQ {} ({}) from {}: internal-server-error",
+                self.id,
+                self.ns,
+                self.requester
+            );
         }
+        put_answer(&mut out, result, self.payload.as_ref());
         match parse_element(&out, &Limits::default()) {
             Ok(stanza) => crate::router::route(&self.shard, stanza, self.replier.clone()),
             Err(e) => log::error!(
                 "an IQ answer did not parse ({e}): {}",
                 String::from_utf8_lossy(&out)
             ),
+        }
+    }
+}
+
+/// Appends the rest of an IQ answer to its opening tag's attributes (the last one still open, `'…`):
+/// `type`, then the result's payload or the error (after the request's payload when the error echoes
+/// it), and the closing tag. The one writer of IQ answers, for handlers and pre-authentication requests.
+pub fn put_answer(out: &mut Vec<u8>, result: IqResult, request_payload: Option<&Element>) {
+    match result {
+        Ok(None) => out.extend_from_slice(b"' type='result'/>"),
+        Ok(Some(el)) => {
+            out.extend_from_slice(b"' type='result'>");
+            el.write_to(out);
+            out.extend_from_slice(b"</iq>");
+        }
+        Err(e) => {
+            out.extend_from_slice(b"' type='error'>");
+            if e.echo_payload
+                && let Some(p) = request_payload
+            {
+                p.write_to(out);
+            }
+            write_error_element(out, e.condition, e.text.as_deref());
+            out.extend_from_slice(b"</iq>");
         }
     }
 }

@@ -410,21 +410,9 @@ pub fn stop_module(shard: &Rc<Shard>, host: &str, name: &str) {
     log::debug!("shard {}: {name} stopped on {host}", shard.id);
 }
 
-/// Runs a packet hook's handlers for `host` in order. Returns the (possibly replaced) stanza, or `None`
-/// when a handler stopped it.
+/// Runs a packet hook's handlers for `host` in order, over a shard's module table. Returns the (possibly
+/// replaced) stanza, or `None` when a handler stopped it.
 pub fn run_packet_hook(
-    shard: &Rc<Shard>,
-    hook: HookKind,
-    host: &str,
-    from: &str,
-    to: &str,
-    stanza: Stanza,
-) -> Option<Stanza> {
-    run_packet_hooks(&shard.modules, hook, host, from, to, stanza)
-}
-
-/// The packet hook runner over a module table (what [`run_packet_hook`] does for a shard).
-pub fn run_packet_hooks(
     table: &std::cell::RefCell<ModuleTable>,
     hook: HookKind,
     host: &str,
@@ -555,7 +543,7 @@ mod tests {
             Registrations::new().hook(5, marker("C")),
         );
         let run = |body: &str| {
-            run_packet_hooks(
+            run_packet_hook(
                 &table,
                 HookKind::FilterPacket,
                 "example.org",

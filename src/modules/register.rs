@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::iq::async_handler;
 use super::{Component, Iq, IqError, IqResult, IqType, Module, ModuleOpts, OptKind, OptionSpec};
-use crate::proto::errors::{
-    StanzaErrorCondition as Cond, StreamErrorCondition, write_error_element,
-};
+use crate::proto::errors::{StanzaErrorCondition as Cond, StreamErrorCondition};
 use crate::proto::jid::prep_local;
 use crate::proto::sasl::Credentials;
 use crate::proto::xml::{Element, Stanza, escape};
@@ -269,19 +267,7 @@ pub async fn preauth(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> 
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"<iq id='");
     out.extend_from_slice(escape(&id).as_bytes());
-    match result {
-        Ok(None) => out.extend_from_slice(b"' type='result'/>"),
-        Ok(Some(el)) => {
-            out.extend_from_slice(b"' type='result'>");
-            el.write_to(&mut out);
-            out.extend_from_slice(b"</iq>");
-        }
-        Err(e) => {
-            out.extend_from_slice(b"' type='error'>");
-            write_error_element(&mut out, e.condition, e.text.as_deref());
-            out.extend_from_slice(b"</iq>");
-        }
-    }
+    super::iq::put_answer(&mut out, result, None);
     out
 }
 
