@@ -2,7 +2,8 @@
 //! Developers Guide's Python example, corrected, and a Perl one — with 1 and 2 shards: only PLAIN is
 //! offered; `auth` decides logins (passwords with colons included); `isuser` decides whether an offline
 //! account exists; the frames the script receives are checked byte for byte; a script that dies is
-//! restarted and only that request fails; a script that does not answer in time is killed and restarted.
+//! restarted and only that request fails; a script that does not answer in time, or answers garbage, is
+//! killed and restarted.
 
 mod common;
 
@@ -139,6 +140,18 @@ fn a_script_that_does_not_answer_times_out() {
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "{took:?}"
+    );
+    for _ in 0..3 {
+        let (r, _) = plain_login(&server, "alice", "wonderland");
+        assert_eq!(r, "success");
+    }
+    // An answer that is not `00 02 00 0x`: that request fails at once, the instance is replaced.
+    let started = Instant::now();
+    let (r, _) = plain_login(&server, "alice", "garble");
+    assert_eq!(r, "failure");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "no wait for a timeout"
     );
     for _ in 0..3 {
         let (r, _) = plain_login(&server, "alice", "wonderland");

@@ -4,7 +4,8 @@
 # The accounts are a small table so a test can tell success from failure; the commands ejabberd sends
 # today beyond the guide's three (tryregister, removeuser, removeuser3) are answered too. Every request
 # is appended, raw, to requests.log beside this script, so a test can check the frames byte for byte.
-# Test hooks: the password "sleep" never answers (the server's timeout), "die" exits without answering.
+# Test hooks: the password "sleep" never answers (the server's timeout), "die" exits without answering,
+# "garble" answers something that is not a 2-byte result.
 import os
 import sys
 import time
@@ -39,6 +40,10 @@ def auth(username, server, password):
         time.sleep(30)
     if password == "die":
         sys.exit(1)
+    if password == "garble":
+        sys.stdout.buffer.write(pack('>h', 5) + b"hello")
+        sys.stdout.buffer.flush()
+        time.sleep(30)
     return USERS.get(username) == password
 
 
