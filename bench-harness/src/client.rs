@@ -670,12 +670,15 @@ async fn thread_main(
                         &ctx,
                         dropped.user,
                         relogin_hist.clone(),
-                        move |result: Result<(), &str>| {
-                            let counter = match result {
-                                Ok(()) => &shared.relogins,
-                                Err(_) => &shared.relogin_failures,
-                            };
-                            counter.fetch_add(1, Ordering::SeqCst);
+                        move |result: Result<(), &str>| match result {
+                            Ok(()) => {
+                                shared.relogins.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => {
+                                if shared.relogin_failures.fetch_add(1, Ordering::SeqCst) < 5 {
+                                    eprintln!("  login again failed: {e}");
+                                }
+                            }
                         },
                     ));
                 }
@@ -779,7 +782,7 @@ fn spawn_session(
         )
         .await;
         match result {
-            Ok((stream, parser)) => {
+            Ok((stream, parser, early)) => {
                 done(Ok(()));
                 let _ = hist
                     .borrow_mut()
@@ -795,6 +798,7 @@ fn spawn_session(
                 steady(
                     stream,
                     parser,
+                    early,
                     conn,
                     ctx.recorder.clone(),
                     ctx.shared.clone(),
@@ -806,6 +810,41 @@ fn spawn_session(
         }
     })
     .detach()
+}
+
+/// Accounts for one stanza an online connection received: a chat message (timed from the intended send
+/// time in its body), a bounce, or a contact's presence update (timed from its status; presence without
+/// one — logins, probes answered, the user's own echo — is not).
+fn measure(s: &Stanza, own: &str, now: u64, rec: &Recorder, shared: &Shared) {
+    let b = s.as_bytes();
+    match s.local_name() {
+        "presence" => {
+            if s.from().is_some_and(|f| f.starts_with(own)) {
+                return;
+            }
+            if let Some(sent) =
+                memchr::memmem::find(b, b"<status>").and_then(|i| leading_number(&b[i + 8..]))
+            {
+                rec.record(now.saturating_sub(sent));
+                shared.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        "message" => {
+            if s.type_().as_deref() == Some("error") {
+                // The recipient was between sessions; servers that echo the payload would otherwise
+                // count it as received.
+                shared.bounced.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if let Some(sent) =
+                memchr::memmem::find(b, b"<body>").and_then(|i| leading_number(&b[i + 6..]))
+            {
+                rec.record(now.saturating_sub(sent));
+                shared.received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The decimal number at the start of `b`, if any.
@@ -839,7 +878,7 @@ async fn login(
     user: usize,
     source: Ipv4Addr,
     salted: &RefCell<Option<SaltedPassword>>,
-) -> Result<(Stream, StreamParser), String> {
+) -> Result<(Stream, StreamParser, Vec<Stanza>), String> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
     sock.set_reuse_address(true).map_err(|e| e.to_string())?;
@@ -979,14 +1018,20 @@ async fn login(
         ));
     }
     send(&mut stream, b"<presence/>").await?;
-    let echo = element(&mut stream, &mut p, &mut buf).await?;
-    if echo.local_name() != "presence" {
-        return Err(format!(
-            "presence: {}",
-            String::from_utf8_lossy(echo.as_bytes())
-        ));
+    // Once bound, the session can be sent stanzas before its presence comes back (chat to this full
+    // JID while it logs in again): they are kept for the steady state to account for.
+    let mut early = Vec::new();
+    loop {
+        let el = element(&mut stream, &mut p, &mut buf).await?;
+        if el.local_name() == "presence" {
+            break;
+        }
+        if early.len() >= 1000 {
+            return Err("no presence echo after 1,000 other stanzas".into());
+        }
+        early.push(el);
     }
-    Ok((stream, p))
+    Ok((stream, p, early))
 }
 
 async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
@@ -1066,14 +1111,17 @@ async fn element(
 async fn steady(
     mut stream: Stream,
     mut parser: StreamParser,
+    early: Vec<Stanza>,
     conn: Rc<Online>,
     rec: Rc<Recorder>,
     shared: Arc<Shared>,
     rbuf: Rc<RefCell<Vec<u8>>>,
 ) {
+    let now = now_ns();
+    for s in &early {
+        measure(s, &conn.own, now, &rec, &shared);
+    }
     let mut wpos = 0usize;
-    let finder = memchr::memmem::Finder::new(b"<body>");
-    let status_finder = memchr::memmem::Finder::new(b"<status>");
     std::future::poll_fn(|cx: &mut Context<'_>| {
         loop {
             if shared.done.load(Ordering::Relaxed) {
@@ -1117,47 +1165,8 @@ async fn steady(
                         let k = parser.feed(rest);
                         rest = &rest[k..];
                         while let Ok(Some(ev)) = parser.next_event() {
-                            if let Event::Stanza(s) = &ev
-                                && s.local_name() == "presence"
-                            {
-                                // A contact's presence update carries its intended send time; presence
-                                // without one (logins, probes answered) is not timed.
-                                let b = s.as_bytes();
-                                let own = s.from().is_some_and(|f| f.starts_with(&conn.own));
-                                if !own
-                                    && let Some(sent) = status_finder
-                                        .find(b)
-                                        .and_then(|i| leading_number(&b[i + 8..]))
-                                {
-                                    rec.record(now.saturating_sub(sent));
-                                    shared.received.fetch_add(1, Ordering::Relaxed);
-                                }
-                                continue;
-                            }
-                            if let Event::Stanza(s) = ev
-                                && s.local_name() == "message"
-                            {
-                                if s.type_().as_deref() == Some("error") {
-                                    // The recipient was between sessions; servers that echo the
-                                    // payload would otherwise count it as received.
-                                    shared.bounced.fetch_add(1, Ordering::Relaxed);
-                                    continue;
-                                }
-                                let b = s.as_bytes();
-                                if let Some(i) = finder.find(b) {
-                                    let digits = &b[i + 6..];
-                                    let end = digits
-                                        .iter()
-                                        .position(|c| !c.is_ascii_digit())
-                                        .unwrap_or(0);
-                                    if let Some(sent) = std::str::from_utf8(&digits[..end])
-                                        .ok()
-                                        .and_then(|d| d.parse::<u64>().ok())
-                                    {
-                                        rec.record(now.saturating_sub(sent));
-                                        shared.received.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
+                            if let Event::Stanza(s) = ev {
+                                measure(&s, &conn.own, now, &rec, &shared);
                             }
                         }
                         if k == 0 {
