@@ -105,6 +105,9 @@ listen:
   - port: $PORT
     ip: "127.0.0.1"
     module: ejabberd_c2s
+    # Erlang's listen backlog defaults to 5: a login storm would lose SYNs (1 s retransmissions each)
+    # and measure the queue, not ejabberd.
+    backlog: 4096
     max_stanza_size: 262144
     shaper: none
     access: all
