@@ -164,7 +164,7 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             "rss_after_kib": s.rss_after_kib,
             "rss_kib_per_idle_session": rss_per_session,
             "chat": steps,
-            "find_max_rate": best_rate,
+            "find_max_rate": if args.find_max { best_rate } else { None },
             "relogins": s.relogins,
             "relogin_failures": s.relogin_failures,
             "relogin_latency": percentiles(&s.relogin),
