@@ -53,7 +53,9 @@ pub struct ConnShared {
 impl ConnShared {
     pub(crate) fn new(max_out: usize, target: TargetStream<'static>) -> ConnShared {
         ConnShared {
-            out: RefCell::new(BytesMut::with_capacity(4096)),
+            // Grown on demand: a 4 KiB buffer per connection at accept left a 4 KiB hole per session in the
+            // heap once the idle sweep released it (RSS per idle session 10–11 KiB, 4.5 KiB of it live).
+            out: RefCell::new(BytesMut::new()),
             waker: RefCell::new(None),
             kill: Cell::new(None),
             inputs: RefCell::new(VecDeque::new()),
@@ -277,6 +279,7 @@ impl Driver {
             }
             if self.shared.trim.take() {
                 self.parser.release_idle_buffer();
+                self.c2s.release_idle();
                 let mut out = self.shared.out.borrow_mut();
                 if out.is_empty() && out.capacity() > 0 {
                     *out = BytesMut::new();

@@ -186,6 +186,14 @@ impl C2s {
         }
     }
 
+    /// Gives back the action queue's memory when it is empty (an idle connection; it grew during
+    /// negotiation and would otherwise hold several actions' worth for the life of the session).
+    pub fn release_idle(&mut self) {
+        if self.actions.is_empty() && self.actions.capacity() > 0 {
+            self.actions = VecDeque::new();
+        }
+    }
+
     /// The next thing the driver must do.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
