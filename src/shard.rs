@@ -88,6 +88,18 @@ const CAP_REFUSAL: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:c
 /// How often idle connections are asked to release their buffers.
 const IDLE_SWEEP: Duration = Duration::from_secs(10);
 
+/// The hosts whose `mod_register` lets unauthenticated streams create accounts.
+pub fn register_hosts(plan: &[HostModules]) -> Vec<String> {
+    plan.iter()
+        .filter(|h| {
+            h.modules
+                .iter()
+                .any(|(n, o)| *n == "mod_register" && o.bool("allow_preauth"))
+        })
+        .map(|h| h.host.clone())
+        .collect()
+}
+
 /// When the server started (XEP-0012 uptime).
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
@@ -355,16 +367,7 @@ impl Server {
             max_sasl_failures: config.limits.max_sasl_failures,
             auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
             plain_only: config.auth.method == AuthMethod::External,
-            register_hosts: config
-                .module_plan
-                .iter()
-                .filter(|h| {
-                    h.modules
-                        .iter()
-                        .any(|(n, o)| *n == "mod_register" && o.bool("allow_preauth"))
-                })
-                .map(|h| h.host.clone())
-                .collect(),
+            register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&config.module_plan))),
         });
         // Resolve port 0 once, with a socket bound but never listening (so it takes no connections),
         // held until every shard has bound the same address.
@@ -501,6 +504,12 @@ impl Server {
     /// Asks every shard to apply a new module plan (configuration reload): modules no longer planned, or
     /// planned with other options, stop; new ones start.
     pub fn reload_modules(&self, plan: Vec<HostModules>) {
+        *self
+            .shared
+            .settings
+            .register_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = register_hosts(&plan);
         let mut slot = self
             .shared
             .module_plan

@@ -137,3 +137,46 @@ fn register_change_and_remove() {
         assert_eq!(r.child("vCard").unwrap().child_elements().count(), 0, "{r}");
     }
 }
+
+#[test]
+fn a_reload_turns_registration_on_and_off() {
+    for shards in SHARDS {
+        let mut server = TestServer::start(shards, "[modules]\nmod_disco = true\n");
+        assert!(!offers_register(&unauthenticated(&server)));
+        let reload = |server: &mut TestServer, extra: &str, n: usize| {
+            server.set_extra(extra);
+            common::signal(server.pid(), libc::SIGHUP);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while server
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("modules reloaded"))
+                .count()
+                < n
+            {
+                assert!(std::time::Instant::now() < deadline, "no reload reported");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // Every shard applies the plan within its housekeeping tick.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        reload(
+            &mut server,
+            "[modules]\nmod_disco = true\nmod_register = true\n",
+            1,
+        );
+        let mut c = unauthenticated(&server);
+        assert!(offers_register(&c));
+        assert_eq!(
+            register(&mut c, "newcomer", "long enough").attr("type"),
+            Some("result")
+        );
+        reload(&mut server, "[modules]\nmod_disco = true\n", 2);
+        let mut c = unauthenticated(&server);
+        assert!(!offers_register(&c));
+        c.send("<iq type='get' id='r'><query xmlns='jabber:iq:register'/></iq>");
+        assert_eq!(c.stream_error().as_deref(), Some("not-authorized"));
+    }
+}

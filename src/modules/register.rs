@@ -41,7 +41,7 @@ impl Module for Register {
                 name: "allow_preauth",
                 kind: OptKind::Bool,
                 default: "true",
-                doc: "let unauthenticated streams create accounts (read at start; a reload does not change the stream feature)",
+                doc: "let unauthenticated streams create accounts (after TLS, with the stream feature)",
             },
             OptionSpec {
                 name: "registrations_per_ip_per_hour",

@@ -43,8 +43,9 @@ pub struct C2sSettings {
     pub auth_timeout: Duration,
     /// Offer only PLAIN (external authentication needs the password itself).
     pub plain_only: bool,
-    /// Hosts offering in-band registration (XEP-0077) before authentication.
-    pub register_hosts: Vec<String>,
+    /// Hosts offering in-band registration (XEP-0077) before authentication; replaced when a
+    /// configuration reload changes `mod_register`.
+    pub register_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// What the connection driver must do next.
@@ -396,6 +397,14 @@ impl C2s {
         };
     }
 
+    fn offers_registration(&self) -> bool {
+        self.settings
+            .register_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&self.host)
+    }
+
     fn offers_sasl(&self) -> bool {
         self.secure || !self.settings.tls_required
     }
@@ -432,7 +441,7 @@ impl C2s {
                     f.push_str("</mechanism>");
                 }
                 f.push_str("</mechanisms>");
-                if self.settings.register_hosts.contains(&self.host) {
+                if self.offers_registration() {
                     f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
                 }
                 if self.secure && self.bindings.any() {
@@ -496,7 +505,7 @@ impl C2s {
             (Phase::PreAuth, Elem::Client)
                 if stanza.kind() == StanzaKind::Iq
                     && self.offers_sasl()
-                    && self.settings.register_hosts.contains(&self.host)
+                    && self.offers_registration()
                     && is_register_iq(&stanza) =>
             {
                 self.actions.push_back(Action::Register {
@@ -783,7 +792,7 @@ mod tests {
             max_sasl_failures: 2,
             auth_timeout: Duration::from_secs(30),
             plain_only: false,
-            register_hosts: vec!["example.org".into()],
+            register_hosts: std::sync::Arc::new(std::sync::RwLock::new(vec!["example.org".into()])),
         })
     }
 
