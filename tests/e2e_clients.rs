@@ -1,5 +1,6 @@
 //! End to end with clients nobody here wrote: go-sendxmpp (Debian) delivers a message over STARTTLS to a
-//! user logged in with the test client, and slixmpp (PyPI) does the same over STARTTLS with SCRAM. Both
+//! user logged in with the test client, and slixmpp (PyPI) does the same over STARTTLS with SCRAM, after
+//! asking the server for service discovery and pinging it with its own XEP-0030 and XEP-0199 plugins. Both
 //! verify the server's certificate against the one rjabberd generated. `.ci/run` installs both; set
 //! `RJABBERD_SKIP_E2E=1` to skip them on a machine without. With 1 and 2 shards.
 
@@ -98,6 +99,14 @@ fn slixmpp_delivers_over_starttls_with_scram() {
             stdout.contains("MECHANISM SCRAM-SHA-"),
             "SCRAM was used: {stdout}"
         );
+        // slixmpp's own disco and ping plugins understood the server's module answers.
+        assert!(
+            stdout.lines().any(|l| l.starts_with("DISCO ")
+                && l.contains("urn:xmpp:ping")
+                && l.contains("http://jabber.org/protocol/disco#info")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("PING OK"), "{stdout}");
         let m = receive(&mut juliet, &body);
         assert!(
             m.attr("from").unwrap().starts_with("romeo@localhost/"),

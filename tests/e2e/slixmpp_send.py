@@ -1,4 +1,6 @@
 """Sends one message with slixmpp (a client nobody here wrote) over STARTTLS and SCRAM, then exits.
+Before sending, it asks the server for service discovery and pings it, through slixmpp's own XEP-0030
+and XEP-0199 plugins, and prints what they got (`DISCO <features>`, `PING OK`).
 
 Usage: slixmpp_send.py JID PASSWORD HOST PORT CAFILE TO BODY
 Prints the SASL mechanism used, so the test can check it was SCRAM.
@@ -16,6 +18,8 @@ class Sender(slixmpp.ClientXMPP):
         self.ssl_context = ssl.create_default_context(cafile=cafile)
         self.to, self.body = to, body
         self.mechanism = None
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0199")
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("auth_success", self.auth_success)
         self.add_event_handler("failed_auth", lambda _: self.fail("authentication failed"))
@@ -30,6 +34,13 @@ class Sender(slixmpp.ClientXMPP):
 
     async def start(self, _):
         self.send_presence()
+        try:
+            info = await self["xep_0030"].get_info(jid=self.boundjid.domain, timeout=10)
+            print("DISCO", " ".join(sorted(info["disco_info"]["features"])), flush=True)
+            await self["xep_0199"].send_ping(self.boundjid.domain, timeout=10)
+            print("PING OK", flush=True)
+        except Exception as e:  # the test reads stdout; a failure here is reported, the message still goes
+            print("MODULES FAILED", repr(e), flush=True)
         self.send_message(mto=self.to, mbody=self.body, mtype="chat")
         self.ok = True
         await asyncio.sleep(0.3)
