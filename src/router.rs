@@ -319,7 +319,16 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
             let states = table.states(bare);
             decide(kind, ty, true, to.resource, &states)
         };
-        apply(shard, &stanza, &from, to.text, kind, ty, decision);
+        apply(
+            shard,
+            &stanza,
+            &from,
+            to.text,
+            kind,
+            ty,
+            decision,
+            &arrival_key(),
+        );
         return;
     }
     // No session: whether the account exists decides between silence and an error.
@@ -329,6 +338,9 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     );
     let resource = to.resource.map(str::to_string);
     let to_text = to.text.to_string();
+    // Taken now: lookups run on several worker threads and may finish out of order, but what is kept
+    // for an offline account must keep the order the stanzas arrived in.
+    let arrival = arrival_key();
     let shard = shard.clone();
     let store = shard.server.store.clone();
     let extauth = shard.server.extauth.clone();
@@ -344,11 +356,14 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
                 .unwrap_or(false),
         };
         let decision = decide::<usize>(kind, ty, exists, resource.as_deref(), &[]);
-        apply(&shard, &stanza, &from, &to_text, kind, ty, decision);
+        apply(
+            &shard, &stanza, &from, &to_text, kind, ty, decision, &arrival,
+        );
     })
     .detach();
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     shard: &Rc<Shard>,
     stanza: &Stanza,
@@ -357,6 +372,7 @@ fn apply(
     kind: StanzaKind,
     ty: StanzaType,
     decision: Delivery<usize>,
+    arrival: &str,
 ) {
     match decision {
         Delivery::Sessions(conns) => {
@@ -382,16 +398,51 @@ fn apply(
                 );
             }
         }
-        // No offline storage yet: RFC 6121 §8.5.2.2.1 allows an error instead.
-        Delivery::Offline => bounce_to_sender(
-            shard,
-            stanza,
-            from,
-            to_text,
-            StanzaErrorCondition::ServiceUnavailable,
-        ),
+        // Stored by a module (mod_offline) if one keeps it; otherwise RFC 6121 §8.5.2.2.1 allows an error.
+        Delivery::Offline => {
+            let bare = to_text.split_once('/').map_or(to_text, |(b, _)| b);
+            let (user, host) = bare.split_once('@').unwrap_or(("", bare));
+            let kept = modules::run_offline_message(
+                shard,
+                &modules::OfflineMessage {
+                    from,
+                    user,
+                    host,
+                    stanza,
+                    arrival,
+                },
+            );
+            if !kept {
+                bounce_to_sender(
+                    shard,
+                    stanza,
+                    from,
+                    to_text,
+                    StanzaErrorCondition::ServiceUnavailable,
+                );
+            }
+        }
         Delivery::Drop => {}
     }
+}
+
+thread_local! {
+    /// Orders stanzas that arrive within the same nanosecond on this shard.
+    static ARRIVALS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A key that sorts in the order stanzas reached this shard (time, then a per-shard sequence).
+pub fn arrival_key() -> String {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let seq = ARRIVALS.with(|s| {
+        let v = s.get();
+        s.set(v.wrapping_add(1));
+        v
+    });
+    format!("{ns:024}{seq:010}")
 }
 
 /// Writes a stanza to one of this shard's connections, through `user_receive_packet` when a module

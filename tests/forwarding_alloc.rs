@@ -112,7 +112,18 @@ fn a_one_to_one_message_between_shards_allocates_nothing_per_stanza() {
     let mut b = login_plain(addr, &receiver, "in");
     let to = format!("{receiver}@localhost/in");
 
-    // Warm-up: buffers and queues grow to the traffic's size.
+    // Warm-up: buffers and queues grow to the traffic's size — including a backlog far larger than the
+    // measured run's bursts of 50, so that a slow reader under a loaded machine does not make the
+    // recipient's output buffer grow (an amortised growth, not a per-stanza allocation) inside the
+    // counted window.
+    for i in 0..1000 {
+        a.send(&format!(
+            "<message to='{to}' type='chat' id='b{i}'><body>message number {i} of the run</body></message>"
+        ));
+    }
+    for i in 0..1000 {
+        assert_eq!(b.el().attr("id"), Some(format!("b{i}").as_str()));
+    }
     exchange(&mut a, &mut b, &to, 500, "w");
     HOT_ALLOCATIONS.store(0, Ordering::SeqCst);
     let n = 5000;
@@ -139,8 +150,11 @@ fn a_one_to_one_message_between_shards_allocates_nothing_per_stanza() {
         allocations as usize <= SIZES.len(),
         "{allocations} allocations over {n} messages"
     );
+    // Besides the refills' headers, a buffer may reach a new high-water mark once or twice when a loaded
+    // machine lets a reader fall behind (a parser chunk holding a stanza that straddles two reads, an
+    // output buffer): amortised growth, bounded per connection, never per stanza.
     assert!(
-        others <= chunks,
+        others <= chunks + 2,
         "allocations other than read-buffer refills: {sizes:?}"
     );
     assert!(

@@ -103,13 +103,14 @@ fn messages_to_full_and_bare_jids() {
 #[test]
 fn undeliverable_and_unknown() {
     for shards in SHARDS {
-        let server = TestServer::start(shards, "");
+        // Without mod_offline (its storage is tests/xep0160_offline.rs): the RFC's error path.
+        let server = TestServer::start(shards, "[modules]\nmod_disco = true\nmod_ping = true\n");
         let (a, b) = pair(shards);
         server.add_user(&format!("{a}@localhost"), "pw");
         server.add_user(&format!("{b}@localhost"), "pw");
         let mut alice = Client::login(&server, &format!("{a}@localhost"), "pw", "phone");
 
-        // An existing user with no session: no offline storage yet, so service-unavailable.
+        // An existing user with no session and no offline storage: service-unavailable.
         alice.send(&format!(
             "<message to='{b}@localhost' id='o1' type='chat'><body>x</body></message>"
         ));

@@ -30,6 +30,7 @@ pub static ALL: &[&dyn Module] = &[
     &Private,
     &ServerInfo,
     &super::register::Register,
+    &super::offline::Offline,
     &FaultProbe,
 ];
 
@@ -952,7 +953,7 @@ mod tests {
         let plan = super::super::options::plan(
             "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
              mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
-             mod_server_info = true\nmod_fault_probe = true\nmod_register = true\n",
+             mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n",
             &["example.org".to_string()],
         )
         .unwrap();

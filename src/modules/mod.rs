@@ -8,6 +8,7 @@
 
 pub mod builtin;
 pub mod iq;
+pub mod offline;
 pub mod options;
 pub mod register;
 
@@ -96,6 +97,20 @@ pub type PacketHook = Rc<dyn Fn(&mut Packet<'_>) -> Flow>;
 pub type SessionHook = Rc<dyn Fn(&Rc<Shard>, &SessionEvent<'_>) -> Flow>;
 pub type RemoveUserHook = Rc<dyn Fn(&Rc<Shard>, &str, &str) -> Flow>;
 pub type DiscoHook = Rc<dyn Fn(&DiscoQuery<'_>, &mut DiscoExtra) -> Flow>;
+/// `offline_message`: a handler that keeps the message (stores it) returns [`Flow::Stop`]; when none does,
+/// the sender gets `service-unavailable`.
+pub type OfflineHook = Rc<dyn Fn(&Rc<Shard>, &OfflineMessage<'_>) -> Flow>;
+
+/// A message for an account with no available session (RFC 6121 §8.5.2.2.1), before it is bounced.
+pub struct OfflineMessage<'a> {
+    /// The sender's full JID, as stamped.
+    pub from: &'a str,
+    pub user: &'a str,
+    pub host: &'a str,
+    pub stanza: &'a Stanza,
+    /// Sorts in the order the stanza reached its home shard ([`crate::router::arrival_key`]).
+    pub arrival: &'a str,
+}
 /// A service (a subdomain a module owns): receives every stanza routed to it, with the sender's JID.
 pub type ServiceHandler = Rc<dyn Fn(&Rc<Shard>, Stanza, Arc<str>)>;
 
@@ -120,6 +135,8 @@ pub enum Hook {
     RemoveUser(RemoveUserHook),
     /// Features (and forms) for a disco#info answer.
     DiscoFeatures(DiscoHook),
+    /// A message for an account that has no available session.
+    OfflineMessage(OfflineHook),
 }
 
 impl Hook {
@@ -134,11 +151,12 @@ impl Hook {
             Hook::UnsetPresence(_) => 6,
             Hook::RemoveUser(_) => 7,
             Hook::DiscoFeatures(_) => 8,
+            Hook::OfflineMessage(_) => 9,
         }
     }
 }
 
-const HOOK_SLOTS: usize = 9;
+const HOOK_SLOTS: usize = 10;
 
 /// What a module's `start` registers.
 #[derive(Default)]
@@ -359,6 +377,7 @@ pub enum HookKind {
     UnsetPresence = 6,
     RemoveUser = 7,
     DiscoFeatures = 8,
+    OfflineMessage = 9,
 }
 
 /// Starts (on this shard) every module of every host in `plan`, stopping what runs but is no longer
@@ -467,6 +486,25 @@ pub fn run_remove_user(shard: &Rc<Shard>, user: &str, host: &str) {
             return;
         }
     }
+}
+
+/// Runs `offline_message`; true when a handler kept the message.
+pub fn run_offline_message(shard: &Rc<Shard>, msg: &OfflineMessage<'_>) -> bool {
+    if !shard.modules.borrow().has_hooks(HookKind::OfflineMessage) {
+        return false;
+    }
+    let hooks = shard
+        .modules
+        .borrow()
+        .hooks_for(HookKind::OfflineMessage, msg.host);
+    for h in hooks {
+        if let Hook::OfflineMessage(f) = &h
+            && f(shard, msg) == Flow::Stop
+        {
+            return true;
+        }
+    }
+    false
 }
 
 /// Collects `disco_features` for a disco#info answer.

@@ -115,6 +115,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_last",
     "mod_vcard",
     "mod_private",
+    "mod_offline",
 ];
 
 pub type SpanError = (Option<Range<usize>>, String);

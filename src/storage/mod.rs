@@ -191,6 +191,41 @@ impl UserDb {
         Ok(())
     }
 
+    /// A module's values for an account in key order, removed from the store in the same transaction
+    /// (what a queue hands out once).
+    pub fn data_take_all(
+        &self,
+        host: &str,
+        username: &str,
+        module: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let rows = {
+            let mut stmt = tx.prepare(
+                "SELECT key, value FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3 ORDER BY key",
+            )?;
+            let rows = stmt.query_map(params![host, username, module], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<Result<Vec<(String, Vec<u8>)>, _>>()?
+        };
+        tx.execute(
+            "DELETE FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3",
+            params![host, username, module],
+        )?;
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// How many values a module holds for an account.
+    pub fn data_count(&self, host: &str, username: &str, module: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3",
+            params![host, username, module],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// The total size of a module's values for an account (for quotas).
     pub fn data_size(&self, host: &str, username: &str, module: &str) -> Result<u64, StoreError> {
         Ok(self.conn.query_row(

@@ -1,0 +1,170 @@
+//! `mod_offline`: offline message storage (XEP-0160). A `normal` or `chat` message for an account with
+//! no available session (RFC 6121 §8.5.2.2.1) is kept, copied out of the read buffer with a XEP-0203
+//! `<delay/>` stamp, in the account's module data, up to `max_messages` (beyond: `service-unavailable` to
+//! the sender, as XEP-0160 §3 says); the account's first available presence then receives them, in
+//! order, after its presence echo. Built on the `offline_message` and `user_available` hooks.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::builtin::utc_timestamp;
+use super::{
+    Component, DiscoExtra, DiscoQuery, Flow, Hook, Module, ModuleOpts, OfflineMessage, OptKind,
+    OptionSpec, Registrations, SessionEvent,
+};
+use crate::proto::errors::StanzaErrorCondition;
+use crate::proto::xml::{Element, Node, Stanza};
+use crate::shard::Shard;
+
+pub struct Offline;
+
+const MODULE: &str = "offline";
+
+impl Module for Offline {
+    fn name(&self) -> &'static str {
+        "mod_offline"
+    }
+    fn doc(&self) -> &'static str {
+        "XEP-0160 offline messages: kept while an account is offline, delivered at its next presence"
+    }
+    fn options(&self) -> &'static [OptionSpec] {
+        const O: &[OptionSpec] = &[OptionSpec {
+            name: "max_messages",
+            kind: OptKind::Int {
+                min: 1,
+                max: 100_000,
+            },
+            default: "100",
+            doc: "messages kept per account; beyond it the sender gets service-unavailable",
+        }];
+        O
+    }
+    fn start(&self, _host: &str, opts: &ModuleOpts) -> Result<Registrations, String> {
+        let max = opts.int("max_messages") as u64;
+        Ok(Registrations::new()
+            .hook(
+                50,
+                Hook::OfflineMessage(Rc::new(move |shard: &Rc<Shard>, m: &OfflineMessage<'_>| {
+                    keep(shard, m, max);
+                    Flow::Stop
+                })),
+            )
+            .hook(
+                50,
+                Hook::UserAvailable(Rc::new(|shard: &Rc<Shard>, e: &SessionEvent<'_>| {
+                    deliver_stored(shard, e);
+                    Flow::Continue
+                })),
+            )
+            .hook(
+                50,
+                Hook::DiscoFeatures(Rc::new(|q: &DiscoQuery<'_>, extra: &mut DiscoExtra| {
+                    if q.component == Component::Local && q.node.is_none() {
+                        extra.features.push("msgoffline".into());
+                    }
+                    Flow::Continue
+                })),
+            ))
+    }
+}
+
+/// The message as the account will receive it: `from` stamped, in `jabber:client`, with a `<delay/>`.
+fn stored_form(stanza: &Stanza, from: &str, host: &str) -> Vec<u8> {
+    let mut el = stanza.to_element();
+    el.set_attr("from", from);
+    if !el.name.contains(':') {
+        // A component's message is in its own content namespace; the client's stream is jabber:client.
+        el.set_attr("xmlns", "jabber:client");
+    }
+    el.children.push(Node::Element(
+        Element::new("delay")
+            .with_attr("xmlns", "urn:xmpp:delay")
+            .with_attr("from", host)
+            .with_attr("stamp", utc_timestamp(SystemTime::now())),
+    ));
+    el.to_xml_string().into_bytes()
+}
+
+fn keep(shard: &Rc<Shard>, m: &OfflineMessage<'_>, max: u64) {
+    let value = stored_form(m.stanza, m.from, m.host);
+    let (host, user) = (m.host.to_string(), m.user.to_string());
+    let stanza = m.stanza.clone();
+    let from: Arc<str> = m.from.into();
+    let bare = format!("{user}@{host}");
+    let store = shard.server.store.clone();
+    let shard = shard.clone();
+    let k = m.arrival.to_string();
+    glommio::spawn_local(async move {
+        let (h, u) = (host.clone(), user.clone());
+        let kept = store
+            .run(move |db| {
+                if db.data_count(&h, &u, MODULE)? >= max {
+                    return Ok(false);
+                }
+                db.data_put(&h, &u, MODULE, &[(k, Some(value))])?;
+                Ok(true)
+            })
+            .await;
+        let refused = match kept {
+            Ok(true) => return,
+            Ok(false) => {
+                log::debug!("mod_offline: {bare} has {max} messages waiting; refusing more");
+                StanzaErrorCondition::ServiceUnavailable
+            }
+            Err(e) => {
+                log::warn!("mod_offline: cannot keep a message for {bare}: {e}");
+                StanzaErrorCondition::ServiceUnavailable
+            }
+        };
+        crate::router::bounce_to_sender(&shard, &stanza, &from, &bare, refused);
+    })
+    .detach();
+}
+
+fn deliver_stored(shard: &Rc<Shard>, e: &SessionEvent<'_>) {
+    let (host, user, full) = (e.host.to_string(), e.user.to_string(), e.full.to_string());
+    let store = shard.server.store.clone();
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let (h, u) = (host.clone(), user.clone());
+        let stored = match store.run(move |db| db.data_take_all(&h, &u, MODULE)).await {
+            Ok(s) => s,
+            Err(err) => {
+                log::warn!("mod_offline: cannot read the messages of {user}@{host}: {err}");
+                return;
+            }
+        };
+        if stored.is_empty() {
+            return;
+        }
+        let bare = format!("{user}@{host}");
+        let conn = shard
+            .sessions
+            .borrow()
+            .sessions(&bare)
+            .iter()
+            .find(|s| *s.full == full)
+            .map(|s| s.conn);
+        let c = conn.and_then(|k| shard.conns.borrow().get(k).cloned());
+        match c {
+            Some(c) => {
+                for (_, xml) in &stored {
+                    c.send_bytes(xml);
+                }
+            }
+            None => {
+                // The session ended meanwhile: they wait for the next one.
+                let back: Vec<(String, Option<Vec<u8>>)> =
+                    stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                let r = store
+                    .run(move |db| db.data_put(&host, &user, MODULE, &back))
+                    .await;
+                if let Err(err) = r {
+                    log::warn!("mod_offline: messages for {bare} lost: {err}");
+                }
+            }
+        }
+    })
+    .detach();
+}
