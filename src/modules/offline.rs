@@ -4,6 +4,8 @@
 //! the sender, as XEP-0160 §3 says); the account's first available presence then receives them, in
 //! order, after its presence echo. Built on the `offline_message` and `user_available` hooks.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -20,6 +22,55 @@ use crate::shard::Shard;
 pub struct Offline;
 
 const MODULE: &str = "offline";
+
+thread_local! {
+    /// The accounts homed on this shard that may have messages waiting, so that a login costs no store
+    /// round trip when there are none (the common case).
+    static WAITING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    /// Hosts whose waiting accounts this shard has loaded from the store; until then every login looks.
+    static LOADED: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    /// Hosts whose load has started on this shard.
+    static LOADING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// Loads, for `host`, the accounts homed on this shard that have messages kept from an earlier run.
+fn load_waiting(shard: &Rc<Shard>, host: &str) {
+    let store = shard.server.store.clone();
+    let shard = shard.clone();
+    let host = host.to_string();
+    if !LOADING.with(|l| l.borrow_mut().insert(host.clone())) {
+        return;
+    }
+    glommio::spawn_local(async move {
+        let h = host.clone();
+        match store.run(move |db| db.data_accounts(&h, MODULE)).await {
+            Ok(users) => {
+                WAITING.with(|w| {
+                    let mut w = w.borrow_mut();
+                    for u in users {
+                        let bare = format!("{u}@{host}");
+                        if crate::shard::home(&bare, shard.shards()).shard == shard.id {
+                            w.insert(bare);
+                        }
+                    }
+                });
+                LOADED.with(|l| l.borrow_mut().insert(host));
+            }
+            Err(e) => {
+                log::warn!("mod_offline: cannot list waiting messages of {host}: {e}");
+                // The next login tries again.
+                LOADING.with(|l| l.borrow_mut().remove(&host));
+            }
+        }
+    })
+    .detach();
+}
+
+/// Whether `bare` may have messages waiting (and forgets it: they are about to be handed out).
+fn take_waiting(host: &str, bare: &str) -> bool {
+    let removed = WAITING.with(|w| w.borrow_mut().remove(bare));
+    removed || !LOADED.with(|l| l.borrow().contains(host))
+}
 
 impl Module for Offline {
     fn name(&self) -> &'static str {
@@ -89,6 +140,7 @@ fn stored_form(stanza: &Stanza, from: &str, host: &str) -> Vec<u8> {
 fn keep(shard: &Rc<Shard>, m: &OfflineMessage<'_>, max: u64) {
     let value = stored_form(m.stanza, m.from, m.host);
     let (host, user) = (m.host.to_string(), m.user.to_string());
+    WAITING.with(|w| w.borrow_mut().insert(format!("{user}@{host}")));
     let stanza = m.stanza.clone();
     let from: Arc<str> = m.from.into();
     let bare = format!("{user}@{host}");
@@ -123,6 +175,11 @@ fn keep(shard: &Rc<Shard>, m: &OfflineMessage<'_>, max: u64) {
 }
 
 fn deliver_stored(shard: &Rc<Shard>, e: &SessionEvent<'_>) {
+    // The first login on this shard loads who has messages kept from an earlier run.
+    load_waiting(shard, e.host);
+    if !take_waiting(e.host, &format!("{}@{}", e.user, e.host)) {
+        return;
+    }
     let (host, user, full) = (e.host.to_string(), e.user.to_string(), e.full.to_string());
     let store = shard.server.store.clone();
     let shard = shard.clone();
@@ -155,6 +212,7 @@ fn deliver_stored(shard: &Rc<Shard>, e: &SessionEvent<'_>) {
             }
             None => {
                 // The session ended meanwhile: they wait for the next one.
+                WAITING.with(|w| w.borrow_mut().insert(bare.clone()));
                 let back: Vec<(String, Option<Vec<u8>>)> =
                     stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
                 let r = store

@@ -217,6 +217,15 @@ impl UserDb {
         Ok(rows)
     }
 
+    /// The accounts of `host` for which a module holds anything.
+    pub fn data_accounts(&self, host: &str, module: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT username FROM account_data WHERE host = ?1 AND module = ?2",
+        )?;
+        let rows = stmt.query_map(params![host, module], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// How many values a module holds for an account.
     pub fn data_count(&self, host: &str, username: &str, module: &str) -> Result<u64, StoreError> {
         Ok(self.conn.query_row(
