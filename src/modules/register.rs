@@ -144,11 +144,10 @@ async fn authenticated(iq: Iq, opts: Rc<ModuleOpts>) -> IqResult {
     check_password(&password, &opts)?;
     let shard = iq.shard.clone();
     if let Some(ext) = shard.server.extauth.clone() {
-        return match ext.setpass(&user, &host, &password).await {
-            Ok(true) => Ok(None),
-            Ok(false) => Err(IqError::new(Cond::NotAcceptable)),
-            Err(e) => Err(IqError::internal(e)),
-        };
+        return extauth_answer(
+            ext.setpass(&user, &host, &password).await,
+            Cond::NotAcceptable,
+        );
     }
     let iterations = shard.server.config.auth.scram_iterations;
     shard
@@ -161,6 +160,16 @@ async fn authenticated(iq: Iq, opts: Rc<ModuleOpts>) -> IqResult {
         .await
         .map_err(IqError::internal)?;
     Ok(None)
+}
+
+/// The answer to a request the extauth program decided: success, its refusal as `refused`, or its
+/// failure.
+fn extauth_answer(answer: Result<bool, crate::auth::ExtAuthError>, refused: Cond) -> IqResult {
+    match answer {
+        Ok(true) => Ok(None),
+        Ok(false) => Err(IqError::new(refused)),
+        Err(e) => Err(IqError::internal(e)),
+    }
 }
 
 fn check_password(password: &str, opts: &ModuleOpts) -> Result<(), IqError> {
@@ -185,11 +194,7 @@ fn new_credentials(
 /// Removes an account, runs `remove_user`, and closes its sessions once the answer is written.
 async fn remove_account(shard: &Rc<Shard>, user: &str, host: &str) -> Result<(), IqError> {
     if let Some(ext) = shard.server.extauth.clone() {
-        match ext.removeuser(user, host).await {
-            Ok(true) => {}
-            Ok(false) => return Err(IqError::new(Cond::NotAllowed)),
-            Err(e) => return Err(IqError::internal(e)),
-        }
+        extauth_answer(ext.removeuser(user, host).await, Cond::NotAllowed)?;
         let (u, h) = (user.to_string(), host.to_string());
         shard
             .server
@@ -319,11 +324,10 @@ async fn preauth_result(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) 
 async fn create(shard: &Rc<Shard>, host: &str, user: String, password: String) -> IqResult {
     let host = host.to_string();
     if let Some(ext) = shard.server.extauth.clone() {
-        return match ext.tryregister(&user, &host, &password).await {
-            Ok(true) => Ok(None),
-            Ok(false) => Err(IqError::new(Cond::Conflict)),
-            Err(e) => Err(IqError::internal(e)),
-        };
+        return extauth_answer(
+            ext.tryregister(&user, &host, &password).await,
+            Cond::Conflict,
+        );
     }
     let iterations = shard.server.config.auth.scram_iterations;
     let created = shard
