@@ -234,6 +234,11 @@ impl Shard {
         Ok(())
     }
 
+    /// Every connection of this shard, taken out of the slab so their methods may touch it again.
+    pub fn connections(&self) -> Vec<Rc<ConnShared>> {
+        self.conns.borrow().iter().map(|(_, c)| c.clone()).collect()
+    }
+
     /// Whether a spill queue is long enough that connections should stop reading for a moment: the
     /// backpressure that keeps bursts from turning into bounces.
     pub fn backpressured(&self) -> bool {
@@ -673,13 +678,7 @@ async fn run_shard(
         if last_sweep.elapsed() >= IDLE_SWEEP {
             // Idle connections give their buffers back (the memory of an idle session).
             last_sweep = std::time::Instant::now();
-            let conns: Vec<Rc<ConnShared>> = shard
-                .conns
-                .borrow()
-                .iter()
-                .map(|(_, c)| c.clone())
-                .collect();
-            for c in conns {
+            for c in shard.connections() {
                 c.trim();
             }
         }
@@ -704,12 +703,7 @@ async fn run_shard(
         }
     }
     shard.closing.set(true);
-    let conns: Vec<Rc<ConnShared>> = shard
-        .conns
-        .borrow()
-        .iter()
-        .map(|(_, c)| c.clone())
-        .collect();
+    let conns = shard.connections();
     for c in &conns {
         c.kill(crate::proto::errors::StreamErrorCondition::SystemShutdown);
     }

@@ -84,20 +84,15 @@ pub fn finish(args: &RunArgs, s: &Summary) {
         // A message answered with an error is accounted for, not lost.
         let lost = st.sent.saturating_sub(st.received + st.bounced);
         let cpu_per_msg = st.server_cpu_s.map(|c| c * 1e6 / st.received.max(1) as f64);
+        let (what, sent) = if args.scenario == Scenario::Presence {
+            ("presence updates", "deliveries expected")
+        } else {
+            ("chat", "sent")
+        };
         println!(
-            "{} at {:.0}/s for {:.1} s: {} {}, received {}, bounced {}, lost {lost}; latency {}",
-            if args.scenario == Scenario::Presence {
-                "presence updates"
-            } else {
-                "chat"
-            },
+            "{what} at {:.0}/s for {:.1} s: {sent} {}, received {}, bounced {}, lost {lost}; latency {}",
             st.rate,
             st.secs,
-            if args.scenario == Scenario::Presence {
-                "deliveries expected"
-            } else {
-                "sent"
-            },
             st.sent,
             st.received,
             st.bounced,

@@ -306,6 +306,13 @@ mod tests {
             self.out[start..].to_string()
         }
 
+        /// The header and a correct handshake, whole.
+        fn handshake(&mut self) {
+            self.feed(HEADER, 100);
+            let digest = handshake_digest("3BF96D32", "s3cret");
+            self.feed(&format!("<handshake>{digest}</handshake>"), 100);
+        }
+
         fn drain(&mut self) {
             while let Some(a) = self.stream.poll_action() {
                 match a {
@@ -376,27 +383,13 @@ mod tests {
         assert!(out.contains("<invalid-namespace"), "{out}");
 
         let mut p = Peer::new();
-        p.feed(HEADER, 100);
-        p.feed(
-            &format!(
-                "<handshake>{}</handshake>",
-                handshake_digest("3BF96D32", "s3cret")
-            ),
-            100,
-        );
+        p.handshake();
         p.stream.registered(false);
         p.drain();
         assert!(p.out.contains("<conflict"), "{}", p.out);
 
         let mut p = Peer::new();
-        p.feed(HEADER, 100);
-        p.feed(
-            &format!(
-                "<handshake>{}</handshake>",
-                handshake_digest("3BF96D32", "s3cret")
-            ),
-            100,
-        );
+        p.handshake();
         p.stream.registered(true);
         p.drain();
         let out = p.feed("<message from='evil@example.org' to='a@example.org'/>", 5);

@@ -109,18 +109,8 @@ pub fn write_stream_error(
     condition: StreamErrorCondition,
     text: Option<&str>,
 ) {
-    out.put_slice(b"<stream:error><");
-    out.put_slice(condition.as_str().as_bytes());
-    out.put_slice(b" xmlns='");
-    out.put_slice(NS_STREAM_ERRORS.as_bytes());
-    out.put_slice(b"'/>");
-    if let Some(text) = text {
-        out.put_slice(b"<text xmlns='");
-        out.put_slice(NS_STREAM_ERRORS.as_bytes());
-        out.put_slice(b"' xml:lang='en'>");
-        put_text(out, text);
-        out.put_slice(b"</text>");
-    }
+    out.put_slice(b"<stream:error>");
+    put_condition(out, condition.as_str(), NS_STREAM_ERRORS, text);
     out.put_slice(b"</stream:error></stream:stream>");
 }
 
@@ -344,19 +334,26 @@ pub fn write_error_element(
 ) {
     out.put_slice(b"<error type='");
     out.put_slice(condition.default_type().as_str().as_bytes());
-    out.put_slice(b"'><");
-    out.put_slice(condition.as_str().as_bytes());
+    out.put_slice(b"'>");
+    put_condition(out, condition.as_str(), NS_STANZA_ERRORS, text);
+    out.put_slice(b"</error>");
+}
+
+/// A defined condition and its optional English text, in the namespace of stream or stanza errors (the
+/// part RFC 6120 §4.9.2 and §8.3.2 share).
+fn put_condition(out: &mut impl BufMut, condition: &str, ns: &str, text: Option<&str>) {
+    out.put_u8(b'<');
+    out.put_slice(condition.as_bytes());
     out.put_slice(b" xmlns='");
-    out.put_slice(NS_STANZA_ERRORS.as_bytes());
+    out.put_slice(ns.as_bytes());
     out.put_slice(b"'/>");
     if let Some(text) = text {
         out.put_slice(b"<text xmlns='");
-        out.put_slice(NS_STANZA_ERRORS.as_bytes());
+        out.put_slice(ns.as_bytes());
         out.put_slice(b"' xml:lang='en'>");
         put_text(out, text);
         out.put_slice(b"</text>");
     }
-    out.put_slice(b"</error>");
 }
 
 fn put_attr(out: &mut impl BufMut, name: &str, value: &str) {
