@@ -13,9 +13,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Client, TestServer};
+use rjabberd::placement::home;
 use rjabberd::proto::sasl::Credentials;
-use rjabberd::shard::home;
-use rjabberd::storage::UserDb;
+use rjabberd::storage::{Accounts, UserDb};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

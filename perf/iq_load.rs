@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use common::{Client, Got, TestServer};
 use rjabberd::proto::sasl::Credentials;
-use rjabberd::storage::UserDb;
+use rjabberd::storage::{Accounts, UserDb};
 
 const CLIENTS: usize = 20;
 const PER_CLIENT: usize = 20_000;

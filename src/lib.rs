@@ -1,39 +1,49 @@
 //! rjabberd: an XMPP server built as one small "ejabberd node" per core.
 //!
-//! This crate is the server library; `main` (written with the thread-per-core node) only parses arguments,
-//! loads the configuration and starts the shards. The layers, dependencies pointing down, are those of
-//! `DESIGN.md` §3:
+//! This crate is the server library; `main` only parses arguments, loads the configuration and starts the
+//! shards. A stanza's path, and the layers it crosses (DESIGN.md §3; dependencies point down):
 //!
 //! ```text
-//!   socket bytes ──► net (TLS, buffers) ──► proto::xml::StreamParser ──► Event::Stanza (Bytes + header)
-//!                                                                            │
-//!   main / cli ─► shard (one per core) ─► router ─► sm / s2s / modules ◄─────┘
-//!                                           │
-//!                 recipient's write queue ◄─┴─ Stanza::write_to (original bytes, `from` stamped)
+//!  socket ─► net::driver (TLS, StreamParser) ─► c2s / component glue (the stream machines' actions)
+//!                                                   │ Stanza (Bytes + header)
+//!                                                   ▼
+//!                          router::route ── RouteTable: Local │ Service │ Component │ (cluster, s2s)
+//!                           │ server JID              │ account
+//!                           ▼                         ▼ Shard::send_home(placement::home(bare))
+//!                     router::local ─► modules::iq    mesh (local fast path, or one hop, overflow policy)
+//!                                                     ▼
+//!                                  sm::session::deliver_local (RFC 6121 §8.5) ─► sink ─► net::driver
+//!                                         (the recipient's queue: stanzas stay stanzas until written)
 //! ```
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`config`] | the typed configuration, its embedded defaults and its checks (file:line:column errors) |
-//! | [`proto`] | sans-IO protocol code: bytes and `now` in, events and actions out; no sockets, no clock |
-//! | [`proto::xml`] | the stanza engine: resumable checking parser, zero-copy views, forwarding writer, owned tree |
-//! | [`proto::c2s`] | the client stream state machine: headers, features, STARTTLS, SASL, bind |
-//! | [`proto::sasl`], [`proto::jid`] | SASL mechanisms and stored SCRAM credentials; PRECIS-prepared JIDs |
-//! | [`proto::errors`] | stream and stanza error conditions; error replies from a stanza's header |
-//! | [`shard`] | one glommio executor per core, its state, the mesh and its overflow policy, `home()` |
-//! | [`net`] | sockets and TLS: the connection driver, certificates and SNI |
-//! | [`router`] | the router, local router and session manager's delivery, as functions over a shard |
-//! | [`sm`] | the session table and the RFC 6121 §8.5 delivery rules |
-//! | [`modules`] | gen_mod, gen_iq_handler (no_queue / one_queue / parallel), hooks, and the built-in modules |
-//! | [`auth`] | external authentication: ejabberd's extauth program protocol, on worker threads |
-//! | [`storage`] | the embedded store (SQLite: accounts, module data) and the worker threads that query it |
+//! | layer (top to bottom) | module | owns |
+//! | --- | --- | --- |
+//! | start-up | [`shard::pool`] | the shard pool, listeners, accept loops, the mesh consumers, housekeeping; installs the [`shard::Wiring`] |
+//! | stream glue | [`c2s`], [`component`] | what a client's or a component's stream means: carrying out its machine's actions |
+//! | services | [`router`] | the one routing entry point and the per-shard route table; [`router::local`] for the server's own JID |
+//! | | [`sm`] | sessions: bind, unbind, conflict, presence, session hooks, delivery rules and delivery ([`sm::session`]) |
+//! | | [`modules`] | gen_mod, gen_iq_handler, the open hook registry, [`modules::ctx::ModuleCtx`], one file per module |
+//! | state | [`shard`] | one core's mutable state, `send_home` (the local fast path), the router's entry as wired |
+//! | | [`mesh`], [`sink`] | messages between shards and their overflow policy; a connection's output queue, by generational id |
+//! | | [`storage`], [`auth`] | the store behind traits (SQLite embedded) on worker threads; the extauth program pool |
+//! | I/O | [`net`] | the only place with sockets: the generic stream driver, TLS, certificates |
+//! | ground | [`placement`], [`config`], [`probe`] | where an account lives (a specified hash); the configuration; test probes |
+//! | sans-IO | [`proto`] | bytes and `now` in, events and actions out: XML, JIDs, SASL, c2s and component machines, errors |
+//!
+//! `tests/layering.rs` turns the arrows into rules.
 
 pub mod auth;
+pub mod c2s;
+pub mod component;
 pub mod config;
+pub mod mesh;
 pub mod modules;
 pub mod net;
+pub mod placement;
+pub mod probe;
 pub mod proto;
 pub mod router;
 pub mod shard;
+pub mod sink;
 pub mod sm;
 pub mod storage;

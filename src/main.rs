@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use rjabberd::config::Config;
 use rjabberd::proto::jid::Jid;
 use rjabberd::proto::sasl::Credentials;
-use rjabberd::shard::Server;
-use rjabberd::storage::UserDb;
+use rjabberd::shard::pool::Server;
+use rjabberd::storage::{Accounts, UserDb};
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use common::Client;
 use rjabberd::config::Config;
+use rjabberd::placement::home;
+use rjabberd::probe::HOT_PATH;
 use rjabberd::proto::sasl::Credentials;
-use rjabberd::shard::{HOT_PATH, Server, home};
-use rjabberd::storage::UserDb;
+use rjabberd::shard::pool::Server;
+use rjabberd::storage::{Accounts, UserDb};
 
 struct Counting;
 static HOT_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);

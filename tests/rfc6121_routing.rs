@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, Got, SHARDS, TestServer};
+use rjabberd::placement::home;
 use rjabberd::proto::xml::Element;
-use rjabberd::shard::home;
 
 /// Two account names whose home shards differ when there are two shards.
 fn pair(shards: usize) -> (String, String) {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Client, TestServer};
-use rjabberd::shard::home;
+use rjabberd::placement::home;
 
 fn dump(server: &TestServer) -> HashMap<usize, (usize, Vec<String>)> {
     let before = server.stdout.lock().unwrap().len();

@@ -18,7 +18,7 @@ fn the_server_tells_the_time() {
         assert_eq!(t.child("tzo").unwrap().text(), "+00:00");
         let utc = t.child("utc").unwrap().text();
         assert!(utc.ends_with('Z') && utc.len() == 24, "{utc}");
-        let now = rjabberd::modules::builtin::utc_timestamp(SystemTime::now());
+        let now = rjabberd::modules::util::utc_timestamp(SystemTime::now());
         // Same day, hour and minute (allowing a minute boundary between the two readings).
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -193,6 +193,7 @@ pub fn provision_with(
     iterations: u32,
     numbered_passwords: bool,
 ) -> Result<(), String> {
+    use rjabberd::storage::Accounts;
     let db = rjabberd::storage::UserDb::open(data_dir).map_err(|e| e.to_string())?;
     let creds = rjabberd::proto::sasl::Credentials::from_password(
         password,

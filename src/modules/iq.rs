@@ -7,6 +7,8 @@
 //! cancelled) answers `internal-server-error` itself.
 
 use std::cell::Cell;
+
+use super::ctx::ModuleCtx;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -20,7 +22,6 @@ use glommio::channels::local_channel::{LocalSender, new_bounded};
 use crate::proto::errors::{StanzaErrorCondition, write_error_element};
 use crate::proto::jid::Jid;
 use crate::proto::xml::{Element, Limits, Stanza, escape, parse_element};
-use crate::shard::Shard;
 
 /// The two components of the guide that IQ handlers register with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +62,8 @@ pub struct Iq {
     pub lang: Option<String>,
     /// The one child element of the IQ (the `SubEl` of the guide).
     pub payload: Element,
-    pub shard: Rc<Shard>,
+    /// The shard the handler runs on, as modules see it.
+    pub ctx: ModuleCtx,
 }
 
 impl Iq {
@@ -149,40 +151,35 @@ const ONE_QUEUE_CAP: usize = 16 * 1024;
 /// slows its senders through TCP instead of being refused (the mesh's policy, applied to IQ queues).
 pub const ONE_QUEUE_HIGH_WATER: usize = 1024;
 
-thread_local! {
-    /// Requests waiting in the `one_queue` queues of the shard on this thread.
-    static BACKLOG: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Requests waiting in this shard's `one_queue` queues.
-pub fn backlog() -> usize {
-    BACKLOG.with(|b| b.get())
-}
+/// Requests waiting in one shard's `one_queue` queues, shared by the queues' consumers and the shard.
+pub type Backlog = Rc<Cell<usize>>;
 
 /// The ordered queue of one `one_queue` handler on one shard, and its consumer task.
 pub struct OneQueue {
     tx: LocalSender<(Iq, Reply)>,
+    backlog: Backlog,
 }
 
 impl OneQueue {
-    pub(crate) fn start(handler: IqHandler) -> Rc<OneQueue> {
+    pub(crate) fn start(handler: IqHandler, backlog: Backlog) -> Rc<OneQueue> {
         let (tx, rx) = new_bounded::<(Iq, Reply)>(ONE_QUEUE_CAP);
+        let waiting = backlog.clone();
         glommio::spawn_local(async move {
             // Ends when the module stops and the sender is dropped.
             while let Some((iq, reply)) = rx.recv().await {
-                BACKLOG.with(|b| b.set(b.get().saturating_sub(1)));
+                waiting.set(waiting.get().saturating_sub(1));
                 let result = run_guarded(&handler, iq).await;
                 reply.send(result);
             }
         })
         .detach();
-        Rc::new(OneQueue { tx })
+        Rc::new(OneQueue { tx, backlog })
     }
 }
 
 /// The one answer to a request. Dropped unanswered, it answers `internal-server-error`.
 pub struct Reply {
-    shard: Rc<Shard>,
+    ctx: ModuleCtx,
     id: String,
     /// The JID the answer comes from (the request's `to`).
     replier: Arc<str>,
@@ -215,7 +212,7 @@ impl Reply {
         }
         put_answer(&mut out, result, self.payload.as_ref());
         match parse_element(&out, &Limits::default()) {
-            Ok(stanza) => crate::router::route(&self.shard, stanza, self.replier.clone()),
+            Ok(stanza) => self.ctx.route(stanza, self.replier.clone()),
             Err(e) => log::error!(
                 "an IQ answer did not parse ({e}): {}",
                 String::from_utf8_lossy(&out)
@@ -252,7 +249,7 @@ impl Drop for Reply {
     fn drop(&mut self) {
         if !self.answered.get() {
             let unanswered = Reply {
-                shard: self.shard.clone(),
+                ctx: self.ctx.clone(),
                 id: std::mem::take(&mut self.id),
                 replier: self.replier.clone(),
                 requester: std::mem::take(&mut self.requester),
@@ -297,7 +294,7 @@ pub fn namespace_of(el: &Element) -> Option<&str> {
 /// Dispatches an IQ get or set for `component` on `host`. `from` is the requester, `to` the JID the
 /// answer comes from.
 pub fn dispatch(
-    shard: &Rc<Shard>,
+    ctx: &ModuleCtx,
     component: Component,
     host: &str,
     stanza: &Stanza,
@@ -323,7 +320,7 @@ pub fn dispatch(
         .unwrap_or_default()
         .to_string();
     let reply = Reply {
-        shard: shard.clone(),
+        ctx: ctx.clone(),
         id: stanza.id().map(|i| i.into_owned()).unwrap_or_default(),
         replier: to.into(),
         requester: from.to_string(),
@@ -338,7 +335,7 @@ pub fn dispatch(
         )));
         return;
     };
-    let found = shard.modules.borrow().iq_handler(component, host, &ns);
+    let found = ctx.modules().borrow().iq_handler(component, host, &ns);
     let Some((disc, handler, queue)) = found else {
         reply.send(Err(IqError::new(StanzaErrorCondition::ServiceUnavailable)));
         return;
@@ -351,7 +348,7 @@ pub fn dispatch(
         host: host.to_string(),
         lang: stanza.lang().map(|l| l.into_owned()),
         payload,
-        shard: shard.clone(),
+        ctx: ctx.clone(),
     };
     match disc {
         IqDisc::NoQueue => {
@@ -382,7 +379,7 @@ pub fn dispatch(
                 return reply.send(Err(IqError::new(StanzaErrorCondition::InternalServerError)));
             };
             match queue.tx.try_send((iq, reply)) {
-                Ok(()) => BACKLOG.with(|b| b.set(b.get() + 1)),
+                Ok(()) => queue.backlog.set(queue.backlog.get() + 1),
                 Err(e) => {
                     let (_, reply) = match e {
                         glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(item)) => {

@@ -3,14 +3,28 @@
 //! [`Registrations`] — IQ handlers, hooks, service routes — which this file installs in the shard's
 //! [`ModuleTable`] tagged with the module and host, and removes when the module stops, so a stopped
 //! module leaves nothing behind. The table is owned by the shard; the router reads it. Options are
-//! declared and checked in [`options`]; IQ dispatch and the fault barrier are in [`iq`]; the built-in
-//! modules are in [`builtin`].
+//! declared and checked in [`options`]; IQ dispatch and the fault barrier are in [`iq`]. Each built-in
+//! module has a file of its own, named after it and saying in its `PROTOCOLS` which specifications it
+//! implements; [`builtin`] lists them, and [`util`] holds the few helpers they share.
 
-pub mod builtin;
+pub mod cputime;
+pub mod ctx;
+pub mod disco;
+pub mod echo;
+pub mod fault_probe;
+pub mod hooks;
 pub mod iq;
+pub mod last;
 pub mod offline;
 pub mod options;
+pub mod ping;
+pub mod private;
 pub mod register;
+pub mod server_info;
+pub mod time;
+pub mod util;
+pub mod vcard;
+pub mod version;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -19,8 +33,11 @@ use std::sync::Arc;
 pub use iq::{Component, Iq, IqDisc, IqError, IqFuture, IqHandler, IqResult, IqType};
 pub use options::{HostModules, ModuleOpts, OptKind, OptValue, OptionSpec};
 
-use crate::proto::xml::{Element, Stanza};
-use crate::shard::Shard;
+pub use ctx::ModuleCtx;
+pub use hooks::{Flow, HookPoint};
+
+use crate::proto::xml::Stanza;
+use hooks::{HookFn, HookRegistration, HookTable};
 
 /// A server module (`gen_mod`). `start` runs on every shard for every host the module is enabled on and
 /// returns what the module registers; the framework installs it, and removes all of it at stop.
@@ -29,6 +46,8 @@ pub trait Module: Sync {
     fn name(&self) -> &'static str;
     /// One line on what the module does.
     fn doc(&self) -> &'static str;
+    /// The specifications this module implements, e.g. `&["XEP-0199"]` (ejabberd's `-protocol` attribute).
+    fn protocols(&self) -> &'static [&'static str];
     /// Modules that must be enabled (and are started first) on the same host.
     fn depends(&self) -> &'static [&'static str] {
         &[]
@@ -46,124 +65,36 @@ pub trait Module: Sync {
 
 /// The built-in modules.
 pub fn builtin() -> &'static [&'static dyn Module] {
-    builtin::ALL
+    static ALL: &[&dyn Module] = &[
+        &cputime::Cputime,
+        &echo::Echo,
+        &disco::Disco,
+        &version::Version,
+        &ping::Ping,
+        &time::Time,
+        &last::Last,
+        &vcard::Vcard,
+        &private::Private,
+        &server_info::ServerInfo,
+        &register::Register,
+        &offline::Offline,
+        &fault_probe::FaultProbe,
+    ];
+    ALL
 }
 
 pub fn find_module(name: &str) -> Option<&'static dyn Module> {
     builtin().iter().copied().find(|m| m.name() == name)
 }
 
-/// Whether a hook's later handlers (and, for packet hooks, the packet itself) go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    /// Later handlers are skipped; a packet hook also drops the packet.
-    Stop,
-}
-
-/// A stanza passing a packet hook. A handler may replace `stanza` to alter what is routed.
-pub struct Packet<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
-    pub stanza: Stanza,
-}
-
-/// A session event (`sm_register_connection`, `sm_remove_connection`, `user_available`,
-/// `unset_presence`).
-pub struct SessionEvent<'a> {
-    pub full: &'a str,
-    pub user: &'a str,
-    pub host: &'a str,
-    /// The `<status/>` of an unavailable presence, for `unset_presence`.
-    pub status: &'a str,
-}
-
-/// A disco#info request being answered, for `disco_features`.
-pub struct DiscoQuery<'a> {
-    pub component: Component,
-    pub host: &'a str,
-    pub from: &'a str,
-    pub node: Option<&'a str>,
-}
-
-/// What `disco_features` handlers add to: feature vars and XEP-0128 extension forms.
-#[derive(Default)]
-pub struct DiscoExtra {
-    pub features: Vec<String>,
-    pub forms: Vec<Element>,
-}
-
-pub type PacketHook = Rc<dyn Fn(&mut Packet<'_>) -> Flow>;
-pub type SessionHook = Rc<dyn Fn(&Rc<Shard>, &SessionEvent<'_>) -> Flow>;
-pub type RemoveUserHook = Rc<dyn Fn(&Rc<Shard>, &str, &str) -> Flow>;
-pub type DiscoHook = Rc<dyn Fn(&DiscoQuery<'_>, &mut DiscoExtra) -> Flow>;
-/// `offline_message`: a handler that keeps the message (stores it) returns [`Flow::Stop`]; when none does,
-/// the sender gets `service-unavailable`.
-pub type OfflineHook = Rc<dyn Fn(&Rc<Shard>, &OfflineMessage<'_>) -> Flow>;
-
-/// A message for an account with no available session (RFC 6121 §8.5.2.2.1), before it is bounced.
-pub struct OfflineMessage<'a> {
-    /// The sender's full JID, as stamped.
-    pub from: &'a str,
-    pub user: &'a str,
-    pub host: &'a str,
-    pub stanza: &'a Stanza,
-    /// Sorts in the order the stanza reached its home shard ([`crate::router::arrival_key`]).
-    pub arrival: &'a str,
-}
 /// A service (a subdomain a module owns): receives every stanza routed to it, with the sender's JID.
-pub type ServiceHandler = Rc<dyn Fn(&Rc<Shard>, Stanza, Arc<str>)>;
-
-/// The hooks of the Developers Guide that rjabberd runs.
-#[derive(Clone)]
-pub enum Hook {
-    /// Every stanza the router routes to or from the host, before delivery.
-    FilterPacket(PacketHook),
-    /// A stanza a local session sent, before routing.
-    UserSendPacket(PacketHook),
-    /// A stanza about to be written to a local session.
-    UserReceivePacket(PacketHook),
-    /// A resource was bound.
-    SmRegisterConnection(SessionHook),
-    /// A session ended.
-    SmRemoveConnection(SessionHook),
-    /// A session sent its first available presence.
-    UserAvailable(SessionHook),
-    /// A session became unavailable (presence or disconnect), with its status text.
-    UnsetPresence(SessionHook),
-    /// An account was removed (user, host).
-    RemoveUser(RemoveUserHook),
-    /// Features (and forms) for a disco#info answer.
-    DiscoFeatures(DiscoHook),
-    /// A message for an account that has no available session.
-    OfflineMessage(OfflineHook),
-}
-
-impl Hook {
-    fn slot(&self) -> usize {
-        match self {
-            Hook::FilterPacket(_) => 0,
-            Hook::UserSendPacket(_) => 1,
-            Hook::UserReceivePacket(_) => 2,
-            Hook::SmRegisterConnection(_) => 3,
-            Hook::SmRemoveConnection(_) => 4,
-            Hook::UserAvailable(_) => 5,
-            Hook::UnsetPresence(_) => 6,
-            Hook::RemoveUser(_) => 7,
-            Hook::DiscoFeatures(_) => 8,
-            Hook::OfflineMessage(_) => 9,
-        }
-    }
-}
-
-const HOOK_SLOTS: usize = 10;
+pub type ServiceHandler = Rc<dyn Fn(&ModuleCtx, Stanza, Arc<str>)>;
 
 /// What a module's `start` registers.
 #[derive(Default)]
 pub struct Registrations {
     pub iq: Vec<(Component, String, IqDisc, IqHandler)>,
-    /// `(sequence, hook)`: lower sequence numbers run first.
-    pub hooks: Vec<(i32, Hook)>,
+    pub hooks: Vec<HookRegistration>,
     pub services: Vec<(String, ServiceHandler)>,
 }
 
@@ -178,13 +109,25 @@ impl Registrations {
         self
     }
 
-    pub fn hook(mut self, seq: i32, hook: Hook) -> Self {
-        self.hooks.push((seq, hook));
+    /// `ejabberd_hooks:add(Hook, Host, …, Seq)`: lower sequence numbers run first.
+    pub fn hook<E: 'static>(
+        mut self,
+        point: &HookPoint<E>,
+        seq: i32,
+        handler: impl Fn(&ModuleCtx, &mut E) -> Flow + 'static,
+    ) -> Self {
+        let handler: HookFn<E> = Rc::new(handler);
+        self.hooks.push(HookRegistration::new(point, seq, handler));
         self
     }
 
-    pub fn service(mut self, domain: &str, handler: ServiceHandler) -> Self {
-        self.services.push((domain.to_ascii_lowercase(), handler));
+    pub fn service(
+        mut self,
+        domain: &str,
+        handler: impl Fn(&ModuleCtx, Stanza, Arc<str>) + 'static,
+    ) -> Self {
+        self.services
+            .push((domain.to_ascii_lowercase(), Rc::new(handler)));
         self
     }
 }
@@ -195,13 +138,6 @@ pub(crate) struct IqEntry {
     pub handler: IqHandler,
     /// The ordered queue of a `one_queue` handler; its consumer task ends when this is dropped.
     pub queue: Option<Rc<iq::OneQueue>>,
-}
-
-struct HookEntry {
-    seq: i32,
-    host: String,
-    module: &'static str,
-    hook: Hook,
 }
 
 struct ServiceEntry {
@@ -216,7 +152,9 @@ pub struct ModuleTable {
     running: Vec<(String, &'static str, ModuleOpts)>,
     /// host → namespace → [ejabberd_local, ejabberd_sm]
     iq: HashMap<String, HashMap<String, [Option<IqEntry>; 2]>>,
-    hooks: [Vec<HookEntry>; HOOK_SLOTS],
+    /// Requests waiting in this shard's `one_queue` queues.
+    iq_backlog: iq::Backlog,
+    hooks: HookTable,
     services: HashMap<String, ServiceEntry>,
 }
 
@@ -231,7 +169,8 @@ impl ModuleTable {
         regs: Registrations,
     ) {
         for (component, ns, disc, handler) in regs.iq {
-            let queue = (disc == IqDisc::OneQueue).then(|| iq::OneQueue::start(handler.clone()));
+            let queue = (disc == IqDisc::OneQueue)
+                .then(|| iq::OneQueue::start(handler.clone(), self.iq_backlog.clone()));
             let slots = self
                 .iq
                 .entry(host.to_string())
@@ -251,16 +190,8 @@ impl ModuleTable {
                 queue,
             });
         }
-        for (seq, hook) in regs.hooks {
-            let slot = &mut self.hooks[hook.slot()];
-            slot.push(HookEntry {
-                seq,
-                host: host.to_string(),
-                module: name,
-                hook,
-            });
-            // Stable: equal sequence numbers keep registration order.
-            slot.sort_by_key(|e| e.seq);
+        for reg in regs.hooks {
+            self.hooks.install(host, name, reg);
         }
         for (domain, handler) in regs.services {
             self.services.insert(
@@ -287,9 +218,7 @@ impl ModuleTable {
             }
             by_ns.retain(|_, slots| slots.iter().any(Option::is_some));
         }
-        for slot in self.hooks.iter_mut() {
-            slot.retain(|e| !(e.host == host && e.module == name));
-        }
+        self.hooks.remove(host, name);
         self.services
             .retain(|_, s| !(s.host == host && s.module == name));
         self.running.retain(|(h, m, _)| !(h == host && *m == name));
@@ -303,6 +232,11 @@ impl ModuleTable {
     ) -> Option<(IqDisc, IqHandler, Option<Rc<iq::OneQueue>>)> {
         let entry = self.iq.get(host)?.get(ns)?[component as usize].as_ref()?;
         Some((entry.disc, entry.handler.clone(), entry.queue.clone()))
+    }
+
+    /// Whether the `one_queue` queues hold so many requests that connections should pause reading.
+    pub fn iq_backlogged(&self) -> bool {
+        self.iq_backlog.get() >= iq::ONE_QUEUE_HIGH_WATER
     }
 
     /// The namespaces with a handler on `host` for `component` (disco#info features).
@@ -321,8 +255,12 @@ impl ModuleTable {
         out
     }
 
-    pub fn service(&self, domain: &str) -> Option<ServiceHandler> {
-        self.services.get(domain).map(|s| s.handler.clone())
+    /// Every service and its handler (what the route table installs).
+    pub fn services(&self) -> Vec<(String, ServiceHandler)> {
+        self.services
+            .iter()
+            .map(|(d, s)| (d.clone(), s.handler.clone()))
+            .collect()
     }
 
     /// The services of `host` (disco#items of the server).
@@ -337,17 +275,8 @@ impl ModuleTable {
         out
     }
 
-    /// Whether any handler is registered for a hook slot: the check the hot path makes.
-    pub fn has_hooks(&self, hook: HookKind) -> bool {
-        !self.hooks[hook as usize].is_empty()
-    }
-
-    fn hooks_for(&self, hook: HookKind, host: &str) -> Vec<Hook> {
-        self.hooks[hook as usize]
-            .iter()
-            .filter(|e| e.host == host)
-            .map(|e| e.hook.clone())
-            .collect()
+    pub fn hooks(&self) -> &HookTable {
+        &self.hooks
     }
 
     /// The options a running module was started with on `host`.
@@ -365,47 +294,32 @@ impl ModuleTable {
     }
 }
 
-/// The hook slots, for [`ModuleTable::has_hooks`] and the runners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookKind {
-    FilterPacket = 0,
-    UserSendPacket = 1,
-    UserReceivePacket = 2,
-    SmRegisterConnection = 3,
-    SmRemoveConnection = 4,
-    UserAvailable = 5,
-    UnsetPresence = 6,
-    RemoveUser = 7,
-    DiscoFeatures = 8,
-    OfflineMessage = 9,
-}
-
-/// Starts (on this shard) every module of every host in `plan`, stopping what runs but is no longer
-/// planned or is planned with other options. Used at start and at a configuration reload.
-pub fn apply_plan(shard: &Rc<Shard>, plan: &[HostModules]) -> Result<(), String> {
-    let running: Vec<(String, &'static str, ModuleOpts)> = shard.modules.borrow().running.clone();
+/// Starts (on the context's shard) every module of every host in `plan`, stopping what runs but is no
+/// longer planned or is planned with other options. Used at start and at a configuration reload.
+pub fn apply_plan(ctx: &ModuleCtx, plan: &[HostModules]) -> Result<(), String> {
+    let running: Vec<(String, &'static str, ModuleOpts)> = ctx.modules().borrow().running.clone();
     // Stop in reverse start order, so dependants stop before what they depend on.
     for (host, name, opts) in running.iter().rev() {
         let keep = plan
             .iter()
             .any(|h| &h.host == host && h.modules.iter().any(|(n, o)| n == name && o == opts));
         if !keep {
-            stop_module(shard, host, name);
+            stop_module(ctx, host, name);
         }
     }
     for h in plan {
         for (name, opts) in &h.modules {
-            if shard.modules.borrow().is_running(&h.host, name) {
+            if ctx.modules().borrow().is_running(&h.host, name) {
                 continue;
             }
-            start_module(shard, &h.host, name, opts)?;
+            start_module(ctx, &h.host, name, opts)?;
         }
     }
     Ok(())
 }
 
 fn start_module(
-    shard: &Rc<Shard>,
+    ctx: &ModuleCtx,
     host: &str,
     name: &'static str,
     opts: &ModuleOpts,
@@ -414,120 +328,23 @@ fn start_module(
     let regs = module
         .start(host, opts)
         .map_err(|e| format!("module {name} on {host}: {e}"))?;
-    shard.modules.borrow_mut().install(host, name, opts, regs);
-    log::debug!("shard {}: {name} started on {host}", shard.id);
+    ctx.modules().borrow_mut().install(host, name, opts, regs);
+    log::debug!("shard {}: {name} started on {host}", ctx.shard_id());
     Ok(())
 }
 
 /// Removes everything `name` registered on `host` on this shard, then calls its `stop`.
-pub fn stop_module(shard: &Rc<Shard>, host: &str, name: &str) {
-    shard.modules.borrow_mut().remove(host, name);
+pub fn stop_module(ctx: &ModuleCtx, host: &str, name: &str) {
+    ctx.modules().borrow_mut().remove(host, name);
     let module = find_module(name);
     if let Some(m) = module {
         m.stop(host);
     }
-    log::debug!("shard {}: {name} stopped on {host}", shard.id);
-}
-
-/// Runs a packet hook's handlers for `host` in order, over a shard's module table. Returns the (possibly
-/// replaced) stanza, or `None` when a handler stopped it.
-pub fn run_packet_hook(
-    table: &std::cell::RefCell<ModuleTable>,
-    hook: HookKind,
-    host: &str,
-    from: &str,
-    to: &str,
-    stanza: Stanza,
-) -> Option<Stanza> {
-    // Collected first: a handler may read the table (no borrow is held while it runs).
-    let hooks = table.borrow().hooks_for(hook, host);
-    let mut packet = Packet { from, to, stanza };
-    for h in hooks {
-        let flow = match &h {
-            Hook::FilterPacket(f) | Hook::UserSendPacket(f) | Hook::UserReceivePacket(f) => {
-                f(&mut packet)
-            }
-            _ => Flow::Continue,
-        };
-        if flow == Flow::Stop {
-            return None;
-        }
-    }
-    Some(packet.stanza)
-}
-
-/// Runs a session hook's handlers for the event's host in order.
-pub fn run_session_hook(shard: &Rc<Shard>, hook: HookKind, event: &SessionEvent<'_>) {
-    if !shard.modules.borrow().has_hooks(hook) {
-        return;
-    }
-    let hooks = shard.modules.borrow().hooks_for(hook, event.host);
-    for h in hooks {
-        let flow = match &h {
-            Hook::SmRegisterConnection(f)
-            | Hook::SmRemoveConnection(f)
-            | Hook::UserAvailable(f)
-            | Hook::UnsetPresence(f) => f(shard, event),
-            _ => Flow::Continue,
-        };
-        if flow == Flow::Stop {
-            return;
-        }
-    }
-}
-
-/// Runs `remove_user` for an account that was removed.
-pub fn run_remove_user(shard: &Rc<Shard>, user: &str, host: &str) {
-    let hooks = shard.modules.borrow().hooks_for(HookKind::RemoveUser, host);
-    for h in hooks {
-        if let Hook::RemoveUser(f) = &h
-            && f(shard, user, host) == Flow::Stop
-        {
-            return;
-        }
-    }
-}
-
-/// Runs `offline_message`; true when a handler kept the message.
-pub fn run_offline_message(shard: &Rc<Shard>, msg: &OfflineMessage<'_>) -> bool {
-    if !shard.modules.borrow().has_hooks(HookKind::OfflineMessage) {
-        return false;
-    }
-    let hooks = shard
-        .modules
-        .borrow()
-        .hooks_for(HookKind::OfflineMessage, msg.host);
-    for h in hooks {
-        if let Hook::OfflineMessage(f) = &h
-            && f(shard, msg) == Flow::Stop
-        {
-            return true;
-        }
-    }
-    false
-}
-
-/// Collects `disco_features` for a disco#info answer.
-pub fn run_disco_features(shard: &Rc<Shard>, query: &DiscoQuery<'_>) -> DiscoExtra {
-    let hooks = shard
-        .modules
-        .borrow()
-        .hooks_for(HookKind::DiscoFeatures, query.host);
-    let mut extra = DiscoExtra::default();
-    for h in hooks {
-        if let Hook::DiscoFeatures(f) = &h
-            && f(query, &mut extra) == Flow::Stop
-        {
-            break;
-        }
-    }
-    extra
+    log::debug!("shard {}: {name} stopped on {host}", ctx.shard_id());
 }
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-
     use super::*;
     use crate::proto::xml::{Limits, parse_element};
 
@@ -536,8 +353,8 @@ mod tests {
     }
 
     /// A filter that appends its mark to the body, or stops stanzas whose body holds `stop`.
-    fn marker(mark: &'static str) -> Hook {
-        Hook::FilterPacket(Rc::new(move |p: &mut Packet<'_>| {
+    fn marker(mark: &'static str) -> impl Fn(&ModuleCtx, &mut hooks::Packet) -> Flow {
+        move |_, p| {
             let mut el = p.stanza.to_element();
             let body = el
                 .children
@@ -554,48 +371,50 @@ mod tests {
             body.children = vec![crate::proto::xml::Node::Text(format!("{text}{mark}"))];
             p.stanza = stanza(&el.to_xml_string());
             Flow::Continue
-        }))
+        }
     }
 
     #[test]
     fn hooks_run_by_sequence_alter_and_stop_and_go_with_their_module() {
-        let table = RefCell::new(ModuleTable::default());
+        let shard = ctx::testing::TestShard::new();
+        let ctx = shard.ctx();
+        let table = ctx.modules();
         let opts = ModuleOpts::default();
+        let filter = &hooks::FILTER_PACKET;
         // Registered out of order; sequence decides.
         table.borrow_mut().install(
             "example.org",
             "mod_b",
             &opts,
-            Registrations::new().hook(20, marker("B")),
+            Registrations::new().hook(filter, 20, marker("B")),
         );
         table.borrow_mut().install(
             "example.org",
             "mod_a",
             &opts,
-            Registrations::new().hook(10, marker("A")),
+            Registrations::new().hook(filter, 10, marker("A")),
         );
         table.borrow_mut().install(
             "other.example",
             "mod_c",
             &opts,
-            Registrations::new().hook(5, marker("C")),
+            Registrations::new().hook(filter, 5, marker("C")),
         );
         let run = |body: &str| {
-            run_packet_hook(
-                &table,
-                HookKind::FilterPacket,
-                "example.org",
-                "a@example.org/r",
-                "b@example.org",
-                stanza(&format!(
+            let mut packet = hooks::Packet {
+                from: "a@example.org/r".into(),
+                to: "b@example.org".into(),
+                stanza: stanza(&format!(
                     "<message xmlns='jabber:client'><body>{body}</body></message>"
                 )),
-            )
-            .map(|s| s.to_element().child("body").unwrap().text())
+            };
+            (hooks::run(&ctx, filter, "example.org", &mut packet) == Flow::Continue)
+                .then(|| packet.stanza.to_element().child("body").unwrap().text())
         };
         assert_eq!(run("x").as_deref(), Some("xAB"));
         assert_eq!(run("stop"), None);
-        assert!(table.borrow().has_hooks(HookKind::FilterPacket));
+        assert!(table.borrow().hooks().has(filter));
+        assert!(!table.borrow().hooks().has(&hooks::USER_SEND_PACKET));
         table.borrow_mut().remove("example.org", "mod_a");
         assert_eq!(run("x").as_deref(), Some("xB"));
         table.borrow_mut().remove("example.org", "mod_b");
@@ -603,5 +422,120 @@ mod tests {
         assert!(!table.borrow().is_running("example.org", "mod_b"));
         // Another host's module is untouched.
         assert!(table.borrow().is_running("other.example", "mod_c"));
+        table.borrow_mut().remove("other.example", "mod_c");
+        assert!(
+            !table.borrow().hooks().has(filter),
+            "an empty point is gone"
+        );
+    }
+
+    /// A hook point declared outside the framework (as a module would) works without editing it.
+    #[test]
+    fn a_new_hook_point_needs_no_framework_change() {
+        struct Greeting(String);
+        const GREET: HookPoint<Greeting> = HookPoint::new("greet");
+        let shard = ctx::testing::TestShard::new();
+        let ctx = shard.ctx();
+        ctx.modules().borrow_mut().install(
+            "example.org",
+            "mod_greeter",
+            &ModuleOpts::default(),
+            Registrations::new().hook(&GREET, 50, |_, g: &mut Greeting| {
+                g.0.push_str(", world");
+                Flow::Continue
+            }),
+        );
+        let mut g = Greeting("hello".into());
+        hooks::run(&ctx, &GREET, "example.org", &mut g);
+        assert_eq!(g.0, "hello, world");
+    }
+
+    #[test]
+    fn every_module_default_parses() {
+        let plan = super::options::plan(
+            "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
+             mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
+             mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n",
+            &["example.org".to_string()],
+        )
+        .unwrap();
+        assert_eq!(plan[0].modules.len(), builtin().len());
+        let echo = plan[0]
+            .modules
+            .iter()
+            .find(|(n, _)| *n == "mod_echo")
+            .unwrap();
+        assert_eq!(echo.1.str("host"), "echo.example.org");
+        // Dependencies come first.
+        let pos = |n: &str| plan[0].modules.iter().position(|(m, _)| *m == n).unwrap();
+        assert!(pos("mod_disco") < pos("mod_server_info"));
+    }
+
+    #[test]
+    fn bad_module_config_is_located() {
+        let hosts = ["example.org".to_string()];
+        let text = "[modules]\nmod_ping = true\n[modules.mod_cputime]\niqdisc = \"sometimes\"\n";
+        let (span, msg) = super::options::plan(text, &hosts).unwrap_err();
+        assert_eq!(&text[span.unwrap()], "\"sometimes\"");
+        assert!(msg.contains("iqdisc"), "{msg}");
+        let text = "[modules.mod_echo]\nhots = \"x\"\n";
+        let (span, msg) = super::options::plan(text, &hosts).unwrap_err();
+        assert_eq!(&text[span.unwrap()], "hots");
+        assert!(msg.contains("has no option `hots`"), "{msg}");
+        let text = "[modules]\nmod_nope = true\n";
+        let (span, _) = super::options::plan(text, &hosts).unwrap_err();
+        assert_eq!(&text[span.unwrap()], "mod_nope");
+        let text = "[modules]\nmod_server_info = true\n";
+        let (_, msg) = super::options::plan(text, &hosts).unwrap_err();
+        assert!(msg.contains("needs `mod_disco`"), "{msg}");
+        let text = "[modules.mod_vcard]\nmax_size = 12\n";
+        let (_, msg) = super::options::plan(text, &hosts).unwrap_err();
+        assert!(msg.contains("outside"), "{msg}");
+    }
+
+    /// `XEP-NNNN` or `RFC NNNN`, optionally followed by ` v` and a version.
+    fn is_protocol(p: &str) -> bool {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let (spec, version) = match p.split_once(" v") {
+            Some((spec, v)) => (spec, Some(v)),
+            None => (p, None),
+        };
+        let spec_ok = match (spec.strip_prefix("XEP-"), spec.strip_prefix("RFC ")) {
+            (Some(n), _) => n.len() == 4 && digits(n),
+            (_, Some(n)) => digits(n),
+            _ => false,
+        };
+        spec_ok && version.is_none_or(|v| v.split('.').all(digits))
+    }
+
+    #[test]
+    fn protocols_are_named_like_specifications() {
+        for p in ["XEP-0199", "XEP-0030 v2.5", "RFC 6120", "RFC 6121 v1.0.1"] {
+            assert!(is_protocol(p), "{p}");
+        }
+        for p in [
+            "XEP-199",
+            "XEP-0199 2.0",
+            "XEP-0199 v",
+            "rfc 6120",
+            "RFC6120",
+            "XEP-0030 v2.x",
+        ] {
+            assert!(!is_protocol(p), "{p}");
+        }
+        for m in builtin() {
+            for p in m.protocols() {
+                assert!(is_protocol(p), "{}: `{p}`", m.name());
+            }
+        }
+    }
+
+    #[test]
+    fn builtin_module_names_are_unique() {
+        let mut names: Vec<&str> = builtin().iter().map(|m| m.name()).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "{names:?}");
     }
 }

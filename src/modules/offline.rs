@@ -6,60 +6,61 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::builtin::utc_timestamp;
-use super::{
-    Component, DiscoExtra, DiscoQuery, Flow, Hook, Module, ModuleOpts, OfflineMessage, OptKind,
-    OptionSpec, Registrations, SessionEvent,
+use super::hooks::{
+    DISCO_FEATURES, DiscoQuery, OFFLINE_MESSAGE, OfflineMessage, SessionEvent, USER_AVAILABLE,
 };
+use super::util::utc_timestamp;
+use super::{Component, Flow, Module, ModuleCtx, ModuleOpts, OptKind, OptionSpec, Registrations};
 use crate::proto::errors::StanzaErrorCondition;
 use crate::proto::xml::{Element, Node, Stanza};
-use crate::shard::Shard;
+
+pub const PROTOCOLS: &[&str] = &["XEP-0160 v1.0", "XEP-0203 v2.0"];
 
 pub struct Offline;
 
 const MODULE: &str = "offline";
 
-thread_local! {
+/// This shard's knowledge of who has messages waiting.
+#[derive(Default)]
+struct Waiting {
     /// The accounts homed on this shard that may have messages waiting, so that a login costs no store
     /// round trip when there are none (the common case).
-    static WAITING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    accounts: RefCell<HashSet<String>>,
     /// Hosts whose waiting accounts this shard has loaded from the store; until then every login looks.
-    static LOADED: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    loaded: RefCell<HashSet<String>>,
     /// Hosts whose load has started on this shard.
-    static LOADING: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    loading: RefCell<HashSet<String>>,
 }
 
 /// Loads, for `host`, the accounts homed on this shard that have messages kept from an earlier run.
-fn load_waiting(shard: &Rc<Shard>, host: &str) {
-    let store = shard.server.store.clone();
-    let shard = shard.clone();
+fn load_waiting(ctx: &ModuleCtx, host: &str) {
+    let store = ctx.store().clone();
+    let ctx = ctx.clone();
     let host = host.to_string();
-    if !LOADING.with(|l| l.borrow_mut().insert(host.clone())) {
+    let waiting = ctx.state::<Waiting>();
+    if !waiting.loading.borrow_mut().insert(host.clone()) {
         return;
     }
     glommio::spawn_local(async move {
         let h = host.clone();
         match store.run(move |db| db.data_accounts(&h, MODULE)).await {
             Ok(users) => {
-                WAITING.with(|w| {
-                    let mut w = w.borrow_mut();
-                    for u in users {
-                        let bare = format!("{u}@{host}");
-                        if crate::shard::home(&bare, shard.shards()).shard == shard.id {
-                            w.insert(bare);
-                        }
+                let mut w = waiting.accounts.borrow_mut();
+                for u in users {
+                    let bare = format!("{u}@{host}");
+                    if ctx.is_home(&bare) {
+                        w.insert(bare);
                     }
-                });
-                LOADED.with(|l| l.borrow_mut().insert(host));
+                }
+                waiting.loaded.borrow_mut().insert(host);
             }
             Err(e) => {
                 log::warn!("mod_offline: cannot list waiting messages of {host}: {e}");
                 // The next login tries again.
-                LOADING.with(|l| l.borrow_mut().remove(&host));
+                waiting.loading.borrow_mut().remove(&host);
             }
         }
     })
@@ -67,9 +68,10 @@ fn load_waiting(shard: &Rc<Shard>, host: &str) {
 }
 
 /// Whether `bare` may have messages waiting (and forgets it: they are about to be handed out).
-fn take_waiting(host: &str, bare: &str) -> bool {
-    let removed = WAITING.with(|w| w.borrow_mut().remove(bare));
-    removed || !LOADED.with(|l| l.borrow().contains(host))
+fn take_waiting(ctx: &ModuleCtx, host: &str, bare: &str) -> bool {
+    let waiting = ctx.state::<Waiting>();
+    let removed = waiting.accounts.borrow_mut().remove(bare);
+    removed || !waiting.loaded.borrow().contains(host)
 }
 
 impl Module for Offline {
@@ -78,6 +80,9 @@ impl Module for Offline {
     }
     fn doc(&self) -> &'static str {
         "XEP-0160 offline messages: kept while an account is offline, delivered at its next presence"
+    }
+    fn protocols(&self) -> &'static [&'static str] {
+        PROTOCOLS
     }
     fn options(&self) -> &'static [OptionSpec] {
         const O: &[OptionSpec] = &[OptionSpec {
@@ -94,29 +99,20 @@ impl Module for Offline {
     fn start(&self, _host: &str, opts: &ModuleOpts) -> Result<Registrations, String> {
         let max = opts.int("max_messages") as u64;
         Ok(Registrations::new()
-            .hook(
-                50,
-                Hook::OfflineMessage(Rc::new(move |shard: &Rc<Shard>, m: &OfflineMessage<'_>| {
-                    keep(shard, m, max);
-                    Flow::Stop
-                })),
-            )
-            .hook(
-                50,
-                Hook::UserAvailable(Rc::new(|shard: &Rc<Shard>, e: &SessionEvent<'_>| {
-                    deliver_stored(shard, e);
-                    Flow::Continue
-                })),
-            )
-            .hook(
-                50,
-                Hook::DiscoFeatures(Rc::new(|q: &DiscoQuery<'_>, extra: &mut DiscoExtra| {
-                    if q.component == Component::Local && q.node.is_none() {
-                        extra.features.push("msgoffline".into());
-                    }
-                    Flow::Continue
-                })),
-            ))
+            .hook(&OFFLINE_MESSAGE, 50, move |ctx, m: &mut OfflineMessage| {
+                keep(ctx, m, max);
+                Flow::Stop
+            })
+            .hook(&USER_AVAILABLE, 50, |ctx, e: &mut SessionEvent| {
+                deliver_stored(ctx, e);
+                Flow::Continue
+            })
+            .hook(&DISCO_FEATURES, 50, |_, q: &mut DiscoQuery| {
+                if q.component == Component::Local && q.node.is_none() {
+                    q.features.push("msgoffline".into());
+                }
+                Flow::Continue
+            }))
     }
 }
 
@@ -137,16 +133,19 @@ fn stored_form(stanza: &Stanza, from: &str, host: &str) -> Vec<u8> {
     el.to_xml_string().into_bytes()
 }
 
-fn keep(shard: &Rc<Shard>, m: &OfflineMessage<'_>, max: u64) {
-    let value = stored_form(m.stanza, m.from, m.host);
-    let (host, user) = (m.host.to_string(), m.user.to_string());
-    WAITING.with(|w| w.borrow_mut().insert(format!("{user}@{host}")));
+fn keep(ctx: &ModuleCtx, m: &OfflineMessage, max: u64) {
+    let value = stored_form(&m.stanza, &m.from, &m.host);
+    let (host, user) = (m.host.clone(), m.user.clone());
+    ctx.state::<Waiting>()
+        .accounts
+        .borrow_mut()
+        .insert(format!("{user}@{host}"));
     let stanza = m.stanza.clone();
-    let from: Arc<str> = m.from.into();
+    let from: Arc<str> = m.from.clone();
     let bare = format!("{user}@{host}");
-    let store = shard.server.store.clone();
-    let shard = shard.clone();
-    let k = m.arrival.to_string();
+    let store = ctx.store().clone();
+    let ctx = ctx.clone();
+    let k = m.arrival.clone();
     glommio::spawn_local(async move {
         let (h, u) = (host.clone(), user.clone());
         let kept = store
@@ -169,20 +168,20 @@ fn keep(shard: &Rc<Shard>, m: &OfflineMessage<'_>, max: u64) {
                 StanzaErrorCondition::ServiceUnavailable
             }
         };
-        crate::router::bounce_to_sender(&shard, &stanza, &from, &bare, refused);
+        ctx.bounce(&stanza, &from, &bare, refused);
     })
     .detach();
 }
 
-fn deliver_stored(shard: &Rc<Shard>, e: &SessionEvent<'_>) {
+fn deliver_stored(ctx: &ModuleCtx, e: &SessionEvent) {
     // The first login on this shard loads who has messages kept from an earlier run.
-    load_waiting(shard, e.host);
-    if !take_waiting(e.host, &format!("{}@{}", e.user, e.host)) {
+    load_waiting(ctx, &e.host);
+    if !take_waiting(ctx, &e.host, &format!("{}@{}", e.user, e.host)) {
         return;
     }
-    let (host, user, full) = (e.host.to_string(), e.user.to_string(), e.full.to_string());
-    let store = shard.server.store.clone();
-    let shard = shard.clone();
+    let (host, user, full) = (e.host.clone(), e.user.clone(), e.full.to_string());
+    let store = ctx.store().clone();
+    let ctx = ctx.clone();
     glommio::spawn_local(async move {
         let (h, u) = (host.clone(), user.clone());
         let stored = match store.run(move |db| db.data_take_all(&h, &u, MODULE)).await {
@@ -196,31 +195,23 @@ fn deliver_stored(shard: &Rc<Shard>, e: &SessionEvent<'_>) {
             return;
         }
         let bare = format!("{user}@{host}");
-        let conn = shard
-            .sessions
-            .borrow()
-            .sessions(&bare)
+        // All or none: nothing runs on this shard between two of these writes.
+        let delivered = stored
             .iter()
-            .find(|s| *s.full == full)
-            .map(|s| s.conn);
-        let c = conn.and_then(|k| shard.conns.borrow().get(k).cloned());
-        match c {
-            Some(c) => {
-                for (_, xml) in &stored {
-                    c.send_bytes(xml);
-                }
-            }
-            None => {
-                // The session ended meanwhile: they wait for the next one.
-                WAITING.with(|w| w.borrow_mut().insert(bare.clone()));
-                let back: Vec<(String, Option<Vec<u8>>)> =
-                    stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                let r = store
-                    .run(move |db| db.data_put(&host, &user, MODULE, &back))
-                    .await;
-                if let Err(err) = r {
-                    log::warn!("mod_offline: messages for {bare} lost: {err}");
-                }
+            .all(|(_, xml)| ctx.send_to_session(&bare, &full, xml));
+        if !delivered {
+            // The session ended meanwhile: they wait for the next one.
+            ctx.state::<Waiting>()
+                .accounts
+                .borrow_mut()
+                .insert(bare.clone());
+            let back: Vec<(String, Option<Vec<u8>>)> =
+                stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            let r = store
+                .run(move |db| db.data_put(&host, &user, MODULE, &back))
+                .await;
+            if let Err(err) = r {
+                log::warn!("mod_offline: messages for {bare} lost: {err}");
             }
         }
     })

@@ -4,19 +4,24 @@
 //! `remove_user` runs, and its sessions are closed). Accounts live in the embedded store, or with the
 //! extauth program (`tryregister`, `setpass`, `removeuser`) when authentication is external.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::hooks::{self, REMOVE_USER, RemovedUser};
 use super::iq::async_handler;
-use super::{Component, Iq, IqError, IqResult, IqType, Module, ModuleOpts, OptKind, OptionSpec};
+use super::{
+    Component, HostModules, Iq, IqError, IqResult, IqType, Module, ModuleCtx, ModuleOpts, OptKind,
+    OptionSpec,
+};
 use crate::proto::errors::{StanzaErrorCondition as Cond, StreamErrorCondition};
 use crate::proto::jid::prep_local;
 use crate::proto::sasl::Credentials;
 use crate::proto::xml::{Element, Stanza, escape};
-use crate::shard::Shard;
+
+pub const PROTOCOLS: &[&str] = &["XEP-0077 v2.4"];
 
 pub const NS_REGISTER: &str = "jabber:iq:register";
 
@@ -28,6 +33,9 @@ impl Module for Register {
     }
     fn doc(&self) -> &'static str {
         "XEP-0077 in-band registration, password change and account removal"
+    }
+    fn protocols(&self) -> &'static [&'static str] {
+        PROTOCOLS
     }
     fn options(&self) -> &'static [OptionSpec] {
         const O: &[OptionSpec] = &[
@@ -130,7 +138,7 @@ async fn authenticated(iq: Iq, opts: Rc<ModuleOpts>) -> IqResult {
         if !opts.bool("allow_remove") {
             return Err(IqError::new(Cond::NotAllowed));
         }
-        remove_account(&iq.shard, &user, &host).await?;
+        remove_account(&iq.ctx, &user, &host).await?;
         return Ok(None);
     }
     let (Some(username), Some(password)) = (username, password) else {
@@ -142,17 +150,15 @@ async fn authenticated(iq: Iq, opts: Rc<ModuleOpts>) -> IqResult {
         return Err(IqError::new(Cond::NotAllowed).with_text("only your own password"));
     }
     check_password(&password, &opts)?;
-    let shard = iq.shard.clone();
-    if let Some(ext) = shard.server.extauth.clone() {
+    let ctx = iq.ctx.clone();
+    if let Some(ext) = ctx.extauth() {
         return extauth_answer(
             ext.setpass(&user, &host, &password).await,
             Cond::NotAcceptable,
         );
     }
-    let iterations = shard.server.config.auth.scram_iterations;
-    shard
-        .server
-        .store
+    let iterations = ctx.config().auth.scram_iterations;
+    ctx.store()
         .run(move |db| {
             let creds = new_credentials(&password, iterations)?;
             db.set_credentials(&host, &user, &creds)
@@ -192,83 +198,109 @@ fn new_credentials(
 }
 
 /// Removes an account, runs `remove_user`, and closes its sessions once the answer is written.
-async fn remove_account(shard: &Rc<Shard>, user: &str, host: &str) -> Result<(), IqError> {
-    if let Some(ext) = shard.server.extauth.clone() {
+async fn remove_account(ctx: &ModuleCtx, user: &str, host: &str) -> Result<(), IqError> {
+    let (u, h) = (user.to_string(), host.to_string());
+    if let Some(ext) = ctx.extauth() {
         extauth_answer(ext.removeuser(user, host).await, Cond::NotAllowed)?;
-        let (u, h) = (user.to_string(), host.to_string());
-        shard
-            .server
-            .store
+        ctx.store()
             .run(move |db| db.data_remove_account(&h, &u))
             .await
             .map_err(IqError::internal)?;
     } else {
-        let (u, h) = (user.to_string(), host.to_string());
-        shard
-            .server
-            .store
+        ctx.store()
             .run(move |db| db.delete(&h, &u))
             .await
             .map_err(IqError::internal)?;
     }
-    super::run_remove_user(shard, user, host);
+    let mut removed = RemovedUser {
+        user: user.to_string(),
+        host: host.to_string(),
+    };
+    hooks::run(ctx, &REMOVE_USER, host, &mut removed);
     let bare = format!("{user}@{host}");
-    let shard = shard.clone();
+    let ctx = ctx.clone();
     glommio::spawn_local(async move {
         // After the result: it is routed to the session when the handler returns.
         glommio::timer::sleep(Duration::from_millis(20)).await;
-        let conns: Vec<usize> = shard
-            .sessions
-            .borrow()
-            .sessions(&bare)
-            .iter()
-            .map(|s| s.conn)
-            .collect();
-        for key in conns {
-            let c = shard.conns.borrow().get(key).cloned();
-            if let Some(c) = c {
-                c.kill(StreamErrorCondition::NotAuthorized);
-            }
-        }
+        let account = bare.clone();
+        // The sessions live on the account's home shard.
+        ctx.send_home(&bare, move |home| {
+            home.kill_sessions(&account, StreamErrorCondition::NotAuthorized)
+        });
     })
     .detach();
     Ok(())
 }
 
-/// Registrations per source address in the last hour, shared by every shard.
-static RECENT: Mutex<Option<HashMap<IpAddr, Vec<Instant>>>> = Mutex::new(None);
+/// Registrations per source address in the last hour. One instance counts for all shards: the one on
+/// the home shard of the address (the limit is server-wide, and no lock is shared between cores).
+#[derive(Default)]
+struct RecentRegistrations(RefCell<HashMap<IpAddr, Vec<Instant>>>);
 const WINDOW: Duration = Duration::from_secs(3600);
 
-/// Counts a registration from `ip` if it is under `limit` in the last hour.
-fn admit(ip: IpAddr, limit: usize, now: Instant) -> bool {
-    let mut guard = RECENT.lock().unwrap_or_else(|p| p.into_inner());
-    let map = guard.get_or_insert_with(HashMap::new);
-    map.retain(|_, times| {
-        times.retain(|t| now.duration_since(*t) < WINDOW);
-        !times.is_empty()
-    });
-    let times = map.entry(ip).or_default();
-    if times.len() >= limit {
-        return false;
+impl RecentRegistrations {
+    /// Counts a registration from `ip` if it is under `limit` in the last hour.
+    fn admit(&self, ip: IpAddr, limit: usize, now: Instant) -> bool {
+        let mut map = self.0.borrow_mut();
+        map.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < WINDOW);
+            !times.is_empty()
+        });
+        let times = map.entry(ip).or_default();
+        if times.len() >= limit {
+            return false;
+        }
+        times.push(now);
+        true
     }
-    times.push(now);
-    true
+
+    /// Takes back a registration counted by [`RecentRegistrations::admit`] that did not create an
+    /// account.
+    fn forget(&self, ip: IpAddr, at: Instant) {
+        if let Some(times) = self.0.borrow_mut().get_mut(&ip)
+            && let Some(pos) = times.iter().rposition(|t| *t == at)
+        {
+            times.remove(pos);
+        }
+    }
 }
 
-/// Takes back a registration counted by [`admit`] that did not create an account.
-fn forget(ip: IpAddr, at: Instant) {
-    let mut guard = RECENT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(times) = guard.as_mut().and_then(|m| m.get_mut(&ip))
-        && let Some(pos) = times.iter().rposition(|t| *t == at)
-    {
-        times.remove(pos);
-    }
+/// Where the count of `ip` lives.
+fn limiter_key(ip: IpAddr) -> String {
+    format!("registrations from {ip}")
+}
+
+/// Asks the home shard of `ip` to count a registration.
+async fn admit(ctx: &ModuleCtx, ip: IpAddr, limit: usize, now: Instant) -> bool {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    ctx.send_home(&limiter_key(ip), move |home| {
+        let _ = tx.send(home.state::<RecentRegistrations>().admit(ip, limit, now));
+    });
+    rx.await.unwrap_or(false)
+}
+
+fn forget(ctx: &ModuleCtx, ip: IpAddr, at: Instant) {
+    ctx.send_home(&limiter_key(ip), move |home| {
+        home.state::<RecentRegistrations>().forget(ip, at)
+    });
+}
+
+/// The hosts whose `mod_register` lets unauthenticated streams create accounts.
+pub fn register_hosts(plan: &[HostModules]) -> Vec<String> {
+    plan.iter()
+        .filter(|h| {
+            h.modules
+                .iter()
+                .any(|(n, o)| *n == "mod_register" && o.bool("allow_preauth"))
+        })
+        .map(|h| h.host.clone())
+        .collect()
 }
 
 /// Answers an in-band registration request on an unauthenticated stream: the serialised IQ answer.
-pub async fn preauth(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> Vec<u8> {
+pub async fn preauth(ctx: &ModuleCtx, host: &str, ip: IpAddr, iq: &Stanza) -> Vec<u8> {
     let id = iq.id().map(|i| i.into_owned()).unwrap_or_default();
-    let result = preauth_result(shard, host, ip, iq).await;
+    let result = preauth_result(ctx, host, ip, iq).await;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"<iq id='");
     out.extend_from_slice(escape(&id).as_bytes());
@@ -276,8 +308,8 @@ pub async fn preauth(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> 
     out
 }
 
-async fn preauth_result(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) -> IqResult {
-    let Some(opts) = shard.modules.borrow().opts(host, "mod_register") else {
+async fn preauth_result(ctx: &ModuleCtx, host: &str, ip: IpAddr, iq: &Stanza) -> IqResult {
+    let Some(opts) = ctx.module_opts(host, "mod_register") else {
         return Err(IqError::new(Cond::ServiceUnavailable));
     };
     if !opts.bool("allow_preauth") {
@@ -308,31 +340,30 @@ async fn preauth_result(shard: &Rc<Shard>, host: &str, ip: IpAddr, iq: &Stanza) 
     check_password(&password, &opts)?;
     let limit = opts.int("registrations_per_ip_per_hour") as usize;
     let now = Instant::now();
-    if !admit(ip, limit, now) {
+    if !admit(ctx, ip, limit, now).await {
         log::info!("mod_register: {ip} is over its registration limit");
         return Err(IqError::new(Cond::ResourceConstraint)
             .with_text("too many registrations from your address; try later"));
     }
-    let result = create(shard, host, user, password).await;
+    let result = create(ctx, host, user, password).await;
     if result.is_err() {
         // Only accounts actually created count against the address.
-        forget(ip, now);
+        forget(ctx, ip, now);
     }
     result
 }
 
-async fn create(shard: &Rc<Shard>, host: &str, user: String, password: String) -> IqResult {
+async fn create(ctx: &ModuleCtx, host: &str, user: String, password: String) -> IqResult {
     let host = host.to_string();
-    if let Some(ext) = shard.server.extauth.clone() {
+    if let Some(ext) = ctx.extauth() {
         return extauth_answer(
             ext.tryregister(&user, &host, &password).await,
             Cond::Conflict,
         );
     }
-    let iterations = shard.server.config.auth.scram_iterations;
-    let created = shard
-        .server
-        .store
+    let iterations = ctx.config().auth.scram_iterations;
+    let created = ctx
+        .store()
         .run(move |db| {
             if db.exists(&host, &user)? {
                 return Ok(false);
@@ -359,10 +390,16 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
-        assert!(admit(a, 2, t0));
-        assert!(admit(a, 2, t0));
-        assert!(!admit(a, 2, t0));
-        assert!(admit(b, 2, t0));
-        assert!(admit(a, 2, t0 + WINDOW + Duration::from_secs(1)));
+        let recent = RecentRegistrations::default();
+        assert!(recent.admit(a, 2, t0));
+        assert!(recent.admit(a, 2, t0));
+        assert!(!recent.admit(a, 2, t0));
+        assert!(recent.admit(b, 2, t0));
+        recent.forget(b, t0);
+        assert!(
+            recent.admit(b, 1, t0),
+            "a forgotten registration does not count"
+        );
+        assert!(recent.admit(a, 2, t0 + WINDOW + Duration::from_secs(1)));
     }
 }

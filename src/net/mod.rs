@@ -1,8 +1,11 @@
-//! The only place with sockets: TLS configuration and certificates ([`tls`]) and the client connection
-//! driver ([`conn`]) that joins a socket, rustls and the c2s state machine on a shard.
+//! The only place with sockets: the stream driver ([`driver`]) that joins a socket, rustls, the stream
+//! parser and a write loop under any stream's protocol glue, TLS configuration and certificates ([`tls`]),
+//! the listening sockets and the guard against a second server on the same address ([`listener`]), and
+//! the file-descriptor limit. Nothing here knows what a stream means: `net` imports neither the
+//! router, the session manager, the shard nor the modules.
 
-pub mod component;
-pub mod conn;
+pub mod driver;
+pub mod listener;
 pub mod tls;
 
 /// Raises the open-file limit as far as the system allows: every connection is a descriptor, and the

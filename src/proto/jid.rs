@@ -365,6 +365,12 @@ pub fn prep_domain(s: &str) -> Result<String, JidError> {
     Ok(prepared)
 }
 
+/// The domain part of a JID string, without preparing it: for JIDs the server stamped or prepared.
+pub fn domain_of(jid: &str) -> &str {
+    let rest = jid.split_once('@').map_or(jid, |(_, d)| d);
+    rest.split_once('/').map_or(rest, |(d, _)| d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

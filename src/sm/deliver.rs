@@ -1,5 +1,5 @@
 //! The delivery rules of RFC 6121 §8.5 as one pure function: given what a stanza is and what the home shard
-//! knows of the addressed account, decide where it goes. No I/O, no table: the session table asks this
+//! knows of the addressed account, decide where it goes. No I/O, no table: the session manager's work (`sm::session`) asks this
 //! function and carries out the answer, so every rule is tested here without sockets.
 
 use crate::proto::errors::StanzaErrorCondition;
@@ -24,8 +24,8 @@ pub enum Delivery<Id> {
     Sessions(Vec<Id>),
     /// The server answers on the account's behalf (an IQ to a bare JID, a presence probe).
     HandleForAccount,
-    /// The message would be stored for later delivery; until offline storage exists the caller bounces it
-    /// with `service-unavailable`, which §8.5.2.2.1 also allows.
+    /// The message is offered for storage (the `offline_message` hook, `mod_offline`); when nobody keeps
+    /// it the caller bounces it with `service-unavailable`, which §8.5.2.2.1 also allows.
     Offline,
     /// Answer the sender with this stanza error (the caller skips it when the stanza is itself an error).
     Bounce(StanzaErrorCondition),
@@ -54,6 +54,11 @@ pub enum StanzaType {
     Result,
     /// A type the RFC does not define for this kind: the stanza is answered with `bad-request`.
     Unknown,
+}
+
+/// Whether a stanza is an IQ request (`get` or `set`), which must be answered exactly once.
+pub fn is_request(stanza: &crate::proto::xml::Stanza) -> bool {
+    stanza.kind() == StanzaKind::Iq && matches!(stanza.type_().as_deref(), Some("get" | "set"))
 }
 
 impl StanzaType {

@@ -1,60 +1,67 @@
 //! The session table of one shard: for every account whose home is this shard, its bound resources with
 //! the connection that serves each, its priority and whether it is available. The shard owns the one
-//! instance; the router asks it where a stanza goes and the connection layer binds and unbinds. Lookups
-//! take the bare JID as a borrowed string, so delivering a stanza does not allocate.
+//! instance; only the session manager's work (`sm::session`) changes it. Lookups take the bare JID as a
+//! borrowed string, so delivering a stanza does not allocate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::deliver::ResourceState;
 use crate::proto::c2s::BindError;
+use crate::sink::SinkId;
 
-/// A connection of this shard, as its index in the shard's connection slab.
-pub type ConnKey = usize;
-
-/// One bound resource.
+/// One bound resource, served by the connection `Id` names (a [`SinkId`] on a shard; later a detached
+/// XEP-0198 session or a session on another host).
 #[derive(Debug, Clone)]
-pub struct Session {
+pub struct Session<Id = SinkId> {
     pub resource: Box<str>,
     /// The full JID, shared with the connection and stamped as `from` on everything it sends.
     pub full: Arc<str>,
-    pub conn: ConnKey,
+    pub sink: Id,
     pub priority: i8,
     pub available: bool,
 }
 
 /// What a successful bind did.
 #[derive(Debug)]
-pub struct Bound {
+pub struct Bound<Id = SinkId> {
     pub full: Arc<str>,
     /// The connection whose session had the same full JID and was replaced; it gets a `conflict` error.
-    pub replaced: Option<ConnKey>,
+    pub replaced: Option<Id>,
 }
 
-#[derive(Default)]
-pub struct SessionTable {
-    users: HashMap<Box<str>, Vec<Session>>,
+pub struct SessionTable<Id = SinkId> {
+    users: HashMap<Box<str>, Vec<Session<Id>>>,
     count: usize,
 }
 
-impl SessionTable {
+impl<Id> Default for SessionTable<Id> {
+    fn default() -> Self {
+        SessionTable {
+            users: HashMap::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<Id: Copy + PartialEq> SessionTable<Id> {
     /// Binds `resource` of `bare` to `conn`. A session with the same full JID is replaced (RFC 6120
     /// §7.7.2.2, the policy of most servers); otherwise the account may hold `max` sessions.
     pub fn bind(
         &mut self,
         bare: &str,
         resource: &str,
-        conn: ConnKey,
+        conn: Id,
         max: usize,
-    ) -> Result<Bound, BindError> {
+    ) -> Result<Bound<Id>, BindError> {
         let sessions = self.users.entry(bare.into()).or_default();
         let full: Arc<str> = format!("{bare}/{resource}").into();
         if let Some(s) = sessions.iter_mut().find(|s| &*s.resource == resource) {
-            let replaced = s.conn;
+            let replaced = s.sink;
             *s = Session {
                 resource: resource.into(),
                 full: full.clone(),
-                conn,
+                sink: conn,
                 priority: 0,
                 available: false,
             };
@@ -72,7 +79,7 @@ impl SessionTable {
         sessions.push(Session {
             resource: resource.into(),
             full: full.clone(),
-            conn,
+            sink: conn,
             priority: 0,
             available: false,
         });
@@ -84,9 +91,9 @@ impl SessionTable {
     }
 
     /// Removes the session of `conn` (if it is still the one bound: a replaced connection is not).
-    pub fn unbind(&mut self, bare: &str, conn: ConnKey) -> Option<Session> {
+    pub fn unbind(&mut self, bare: &str, conn: Id) -> Option<Session<Id>> {
         let sessions = self.users.get_mut(bare)?;
-        let i = sessions.iter().position(|s| s.conn == conn)?;
+        let i = sessions.iter().position(|s| s.sink == conn)?;
         let removed = sessions.swap_remove(i);
         self.count -= 1;
         if sessions.is_empty() {
@@ -95,7 +102,7 @@ impl SessionTable {
         Some(removed)
     }
 
-    pub fn sessions(&self, bare: &str) -> &[Session] {
+    pub fn sessions(&self, bare: &str) -> &[Session<Id>] {
         self.users.get(bare).map_or(&[], |v| v.as_slice())
     }
 
@@ -103,7 +110,7 @@ impl SessionTable {
     pub fn set_presence(
         &mut self,
         bare: &str,
-        conn: ConnKey,
+        conn: Id,
         available: bool,
         priority: i8,
     ) -> Option<bool> {
@@ -111,7 +118,7 @@ impl SessionTable {
             .users
             .get_mut(bare)?
             .iter_mut()
-            .find(|s| s.conn == conn)?;
+            .find(|s| s.sink == conn)?;
         let was = s.available;
         s.available = available;
         s.priority = priority;
@@ -119,11 +126,11 @@ impl SessionTable {
     }
 
     /// The account's sessions as the delivery rules see them.
-    pub fn states(&self, bare: &str) -> Vec<ResourceState<'_, ConnKey>> {
+    pub fn states(&self, bare: &str) -> Vec<ResourceState<'_, Id>> {
         self.sessions(bare)
             .iter()
             .map(|s| ResourceState {
-                id: s.conn,
+                id: s.sink,
                 resource: &s.resource,
                 priority: s.priority,
                 available: s.available,
@@ -152,7 +159,7 @@ mod tests {
 
     #[test]
     fn bind_replace_cap_unbind() {
-        let mut t = SessionTable::default();
+        let mut t = SessionTable::<usize>::default();
         let a = t.bind("a@x", "r1", 1, 2).unwrap();
         assert_eq!(&*a.full, "a@x/r1");
         assert!(a.replaced.is_none());

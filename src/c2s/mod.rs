@@ -1,0 +1,301 @@
+//! The client session glue (ejabberd_c2s): one per client connection, on top of the stream driver. It
+//! feeds the driver's events to the [`C2s`] state machine and carries out its actions: credentials are
+//! looked up on the store's worker threads (or asked of the extauth program) while reading waits; after
+//! SASL success the connection moves to the account's home shard; the session is bound and unbound with
+//! the session manager; established stanzas go to the router; pre-authentication registration goes to
+//! `mod_register`. The driver owns the socket; this file owns what the stream means.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use glommio::net::TcpStream;
+
+use crate::mesh::{MovedConnection, Overflow, ShardMsg};
+use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
+use crate::placement::Home;
+use crate::proto::c2s::{Action, C2s};
+use crate::proto::errors::StreamErrorCondition;
+use crate::proto::sasl::{ChannelBindings, Credentials};
+use crate::proto::xml::{Event, TargetStream, XmlError};
+use crate::router::{self, Origin};
+use crate::shard::Shard;
+use crate::sink::{Sink, SinkId};
+use crate::sm::session::{self, SessionRef};
+
+/// Results of work done by other tasks for a connection.
+enum Input {
+    Credentials(Option<Credentials>),
+    PlainChecked(bool),
+}
+
+/// Serves a newly accepted client connection on `shard`.
+pub fn accept(shard: Rc<Shard>, stream: TcpStream, direct_tls: bool) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let tls = direct_tls.then(|| {
+        Box::new(
+            rustls::ServerConnection::new(shard.server().direct.clone())
+                .expect("valid TLS configuration"),
+        )
+    });
+    let now = Instant::now();
+    let c2s = C2s::new(
+        shard.server().settings.clone(),
+        direct_tls,
+        ChannelBindings::default(),
+        now,
+        Box::new(random),
+    );
+    let deadline = Some(now + shard.server().settings.auth_timeout);
+    let transport = Transport {
+        stream,
+        peer,
+        tls,
+        tls_up: false,
+        unparsed: BytesMut::new(),
+    };
+    start(shard, c2s, transport, deadline);
+}
+
+/// Takes over a client connection that moved here from another shard.
+pub fn adopt(shard: Rc<Shard>, moved: MovedConnection) {
+    // SAFETY: the descriptor was duplicated for this transfer and is owned by `moved.fd` alone.
+    let stream = unsafe { TcpStream::from_raw_fd(moved.fd.into_raw_fd()) };
+    let transport = Transport {
+        stream,
+        peer: moved.peer,
+        tls_up: moved.tls.is_some(),
+        tls: moved.tls,
+        unparsed: moved.unparsed,
+    };
+    start(shard, moved.c2s, transport, None);
+}
+
+fn start(shard: Rc<Shard>, c2s: C2s, transport: Transport, auth_deadline: Option<Instant>) {
+    let sink = Rc::new(Sink::new(
+        shard.config().limits.max_output_queue_bytes,
+        TargetStream::CLIENT,
+    ));
+    let id = shard.sinks().borrow_mut().insert(sink.clone());
+    let env = DriverEnv {
+        limits: shard.server().limits,
+        starttls: shard.server().starttls.clone(),
+        read_buf: shard.read_buf().clone(),
+    };
+    let glue = C2sGlue {
+        peer: transport.peer,
+        shard,
+        id,
+        c2s,
+        inputs: Rc::new(RefCell::new(VecDeque::new())),
+        session: None,
+        auth_deadline,
+    };
+    driver::spawn(glue, sink, transport, env);
+}
+
+fn random(buf: &mut [u8]) {
+    getrandom::fill(buf).expect("the OS random source works");
+}
+
+struct C2sGlue {
+    shard: Rc<Shard>,
+    id: SinkId,
+    peer: SocketAddr,
+    c2s: C2s,
+    /// Filled by lookup tasks; they wake the connection through its sink.
+    inputs: Rc<RefCell<VecDeque<Input>>>,
+    session: Option<SessionRef>,
+    auth_deadline: Option<Instant>,
+}
+
+impl C2sGlue {
+    fn do_actions(&mut self, ctl: &mut Control) -> bool {
+        let mut any = false;
+        while let Some(action) = self.c2s.poll_action() {
+            any = true;
+            match action {
+                Action::Send(bytes) => ctl.sink().send_own(bytes),
+                Action::StartTls => ctl.start_tls(),
+                Action::ResetParser => ctl.reset_parser(),
+                Action::LookupCredentials {
+                    host,
+                    username,
+                    plain_password,
+                } => {
+                    ctl.hold_reading(true);
+                    self.lookup(ctl.sink().clone(), host, username, plain_password);
+                }
+                Action::Authenticated(jid) => {
+                    self.auth_deadline = None;
+                    let home = self.shard.home(jid.bare_str());
+                    if home.shard() != self.shard.id() {
+                        ctl.move_to(home.shard());
+                    }
+                }
+                Action::Bind { resource, iq } => {
+                    let user = self.c2s.user().expect("bound after SASL").clone();
+                    match session::bind(&self.shard, &user, resource, self.id) {
+                        Ok((full, s)) => {
+                            self.c2s.bound(&iq, Ok(full));
+                            self.session = Some(s);
+                        }
+                        Err(e) => self.c2s.bound(&iq, Err(e)),
+                    }
+                }
+                Action::Route(stanza) => {
+                    if let Some(s) = &self.session {
+                        router::route(&self.shard, Origin::Session(s), stanza, s.full.clone());
+                    }
+                }
+                Action::Register { host, iq } => {
+                    let ctx = self.shard.ctx();
+                    let sink = ctl.sink().clone();
+                    let ip = self.peer.ip();
+                    glommio::spawn_local(async move {
+                        let answer = crate::modules::register::preauth(&ctx, &host, ip, &iq).await;
+                        sink.send_bytes(&answer);
+                    })
+                    .detach();
+                }
+                Action::Close => ctl.close(),
+            }
+        }
+        any
+    }
+
+    /// Looks up credentials (and, for PLAIN, checks the password) off the reactor; the result comes back
+    /// as an input.
+    fn lookup(
+        &self,
+        sink: Rc<Sink>,
+        host: String,
+        username: String,
+        plain_password: Option<String>,
+    ) {
+        let inputs = self.inputs.clone();
+        let give = move |input: Input| {
+            inputs.borrow_mut().push_back(input);
+            sink.wake();
+        };
+        if let Some(extauth) = self.shard.server().extauth.clone() {
+            // Only PLAIN is offered with external authentication.
+            glommio::spawn_local(async move {
+                let ok = match plain_password {
+                    Some(p) => extauth.auth(&username, &host, &p).await,
+                    None => Ok(false),
+                };
+                give(Input::PlainChecked(ok.unwrap_or_else(|e| {
+                    log::warn!("{e}");
+                    false
+                })));
+            })
+            .detach();
+            return;
+        }
+        let store = self.shard.server().store.clone();
+        glommio::spawn_local(async move {
+            // The lookup, and for PLAIN the PBKDF2 check, run on a store worker thread.
+            let result = store
+                .run(move |db| {
+                    let found = db.credentials(&host, &username)?;
+                    Ok(match plain_password {
+                        Some(p) => {
+                            Input::PlainChecked(found.is_some_and(|c| c.sha256.verify_password(&p)))
+                        }
+                        None => Input::Credentials(found),
+                    })
+                })
+                .await;
+            give(result.unwrap_or_else(|e| {
+                log::error!("credentials lookup failed: {e}");
+                Input::Credentials(None)
+            }));
+        })
+        .detach();
+    }
+}
+
+impl StreamGlue for C2sGlue {
+    fn event(&mut self, event: Event, ctl: &mut Control) {
+        self.c2s.handle_event(event);
+        self.do_actions(ctl);
+    }
+
+    fn parse_error(&mut self, error: XmlError, ctl: &mut Control) {
+        self.c2s.handle_parse_error(error);
+        self.do_actions(ctl);
+    }
+
+    fn poll(&mut self, ctl: &mut Control) -> bool {
+        let mut progress = false;
+        loop {
+            let input = self.inputs.borrow_mut().pop_front();
+            let Some(input) = input else { break };
+            progress = true;
+            ctl.hold_reading(false);
+            match input {
+                Input::Credentials(c) => self.c2s.credentials(c.as_ref()),
+                Input::PlainChecked(ok) => self.c2s.plain_checked(ok),
+            }
+        }
+        progress | self.do_actions(ctl)
+    }
+
+    fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
+        self.c2s.stream_error(condition, None);
+        self.do_actions(ctl);
+    }
+
+    fn tls_established(&mut self, tls: &rustls::ServerConnection, ctl: &mut Control) {
+        let bindings = self.shard.server().certs.bindings(tls);
+        self.c2s.tls_established(bindings);
+        self.do_actions(ctl);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.auth_deadline.filter(|_| self.c2s.user().is_none())
+    }
+
+    fn timeout(&mut self, now: Instant, ctl: &mut Control) {
+        self.auth_deadline = None;
+        self.c2s.tick(now);
+        self.do_actions(ctl);
+    }
+
+    fn backpressured(&self) -> bool {
+        self.shard.backpressured()
+    }
+
+    fn release_idle(&mut self) {
+        self.c2s.release_idle();
+    }
+
+    fn finish(mut self, ending: Ending) {
+        self.shard.sinks().borrow_mut().remove(self.id);
+        if let Some(s) = self.session.take() {
+            session::unbind(&self.shard, &s);
+        }
+        if let Ending::Moving { shard, detached } = ending {
+            let moved = MovedConnection {
+                fd: detached.fd,
+                peer: detached.peer,
+                tls: detached.tls,
+                c2s: self.c2s,
+                unparsed: detached.unparsed,
+            };
+            let home = Home { host: 0, shard };
+            // A moving connection always waits (its number is bounded by the connection cap).
+            let _ = self
+                .shard
+                .send_home(home, ShardMsg::Adopt(Box::new(moved)), Overflow::Spill);
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The module context: the whole surface a module sees of the server (STYLE: modules reach the world
+//! through `ModuleCtx` only). It routes stanzas, sends work to the shard that owns a piece of state,
+//! reaches the store and the extauth program, reads the session manager's view of an account, reads the
+//! clock, and keeps each module's own per-shard state. It is implemented by the shard ([`ShardServices`]),
+//! so modules import nothing of the shard, the router or the connections, and a test can hand them a
+//! context of its own.
+
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::ModuleTable;
+use crate::auth::ExtAuth;
+use crate::config::Config;
+use crate::proto::errors::{StanzaErrorCondition, StreamErrorCondition};
+use crate::proto::xml::Stanza;
+use crate::storage::StoreWorkers;
+
+/// Work sent to another shard ([`ModuleCtx::send_home`]): it runs there with that shard's context.
+pub type ModuleJob = Box<dyn FnOnce(&ModuleCtx) + Send>;
+
+/// One session of an account, as the session manager reports it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub full: Arc<str>,
+    pub available: bool,
+    pub priority: i8,
+}
+
+/// What a shard does for its modules.
+pub trait ShardServices {
+    fn shard_id(&self) -> usize;
+    /// Whether this shard is the home of `key` (a bare JID, or any key placed like one).
+    fn is_home(&self, key: &str) -> bool;
+    fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>);
+    fn bounce(
+        self: Rc<Self>,
+        stanza: &Stanza,
+        sender: &str,
+        replier: &str,
+        condition: StanzaErrorCondition,
+    );
+    fn send_home(self: Rc<Self>, key: &str, job: ModuleJob);
+    fn store(&self) -> &StoreWorkers;
+    fn extauth(&self) -> Option<Arc<ExtAuth>>;
+    fn config(&self) -> &Config;
+    fn modules(&self) -> &RefCell<ModuleTable>;
+    /// The sessions of `bare` (on its home shard; elsewhere none).
+    fn sessions(&self, bare: &str) -> Vec<SessionInfo>;
+    /// Writes `bytes` to the session `full` of `bare`; false when it is not (or no longer) there.
+    fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
+    /// Ends every session of `bare` with `condition`.
+    fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition);
+    /// The components connected under `host` (disco#items).
+    fn components_under(&self, host: &str) -> Vec<String>;
+    fn state_map(&self) -> &RefCell<HashMap<TypeId, Rc<dyn Any>>>;
+    /// When the server started.
+    fn started(&self) -> Instant;
+}
+
+/// A module's handle on its shard. Cheap to clone.
+#[derive(Clone)]
+pub struct ModuleCtx {
+    shard: Rc<dyn ShardServices>,
+}
+
+impl ModuleCtx {
+    pub fn new(shard: Rc<dyn ShardServices>) -> ModuleCtx {
+        ModuleCtx { shard }
+    }
+
+    pub fn shard_id(&self) -> usize {
+        self.shard.shard_id()
+    }
+
+    pub fn is_home(&self, key: &str) -> bool {
+        self.shard.is_home(key)
+    }
+
+    /// Routes a stanza the module generated; `from` is stamped on delivery. A full mesh makes it wait
+    /// rather than lose it.
+    pub fn route(&self, stanza: Stanza, from: Arc<str>) {
+        self.shard.clone().route(stanza, from)
+    }
+
+    /// Answers `stanza` from `sender` with an error from `replier` (never an error with an error).
+    pub fn bounce(
+        &self,
+        stanza: &Stanza,
+        sender: &str,
+        replier: &str,
+        condition: StanzaErrorCondition,
+    ) {
+        self.shard
+            .clone()
+            .bounce(stanza, sender, replier, condition)
+    }
+
+    /// Runs `job` on the home shard of `key` (at once when that is this shard).
+    pub fn send_home(&self, key: &str, job: impl FnOnce(&ModuleCtx) + Send + 'static) {
+        self.shard.clone().send_home(key, Box::new(job))
+    }
+
+    pub fn store(&self) -> &StoreWorkers {
+        self.shard.store()
+    }
+
+    pub fn extauth(&self) -> Option<Arc<ExtAuth>> {
+        self.shard.extauth()
+    }
+
+    pub fn config(&self) -> &Config {
+        self.shard.config()
+    }
+
+    pub fn modules(&self) -> &RefCell<ModuleTable> {
+        self.shard.modules()
+    }
+
+    pub fn sessions(&self, bare: &str) -> Vec<SessionInfo> {
+        self.shard.sessions(bare)
+    }
+
+    pub fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool {
+        self.shard.send_to_session(bare, full, bytes)
+    }
+
+    pub fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
+        self.shard.kill_sessions(bare, condition)
+    }
+
+    pub fn components_under(&self, host: &str) -> Vec<String> {
+        self.shard.components_under(host)
+    }
+
+    /// The wall clock (XEP-0082 stamps, last activity).
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    pub fn started(&self) -> Instant {
+        self.shard.started()
+    }
+
+    /// This shard's instance of a module's state of type `T`, created on first use. Each shard has its
+    /// own: no locks, no `thread_local!`.
+    pub fn state<T: Default + 'static>(&self) -> Rc<T> {
+        let mut map = self.shard.state_map().borrow_mut();
+        map.entry(TypeId::of::<T>())
+            .or_insert_with(|| Rc::new(T::default()))
+            .clone()
+            .downcast::<T>()
+            .expect("keyed by its type")
+    }
+
+    /// The options a running module was started with on `host`.
+    pub fn module_opts(&self, host: &str, module: &str) -> Option<super::ModuleOpts> {
+        self.modules().borrow().opts(host, module)
+    }
+}
+
+/// A context without a server, for testing modules and the framework: it records what a module routes
+/// and keeps a session list that the test sets.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) struct TestShard {
+        pub modules: RefCell<ModuleTable>,
+        pub routed: RefCell<Vec<(Stanza, Arc<str>)>>,
+        pub sessions: RefCell<HashMap<String, Vec<SessionInfo>>>,
+        config: Config,
+        store: StoreWorkers,
+        state: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+        started: Instant,
+    }
+
+    impl TestShard {
+        pub(crate) fn new() -> Rc<TestShard> {
+            Rc::new(TestShard {
+                modules: RefCell::new(ModuleTable::default()),
+                routed: RefCell::new(Vec::new()),
+                sessions: RefCell::new(HashMap::new()),
+                config: Config::default(),
+                store: StoreWorkers::with_backends(Vec::new()).expect("no workers to start"),
+                state: RefCell::new(HashMap::new()),
+                started: Instant::now(),
+            })
+        }
+
+        pub(crate) fn ctx(self: &Rc<Self>) -> ModuleCtx {
+            ModuleCtx::new(self.clone())
+        }
+    }
+
+    impl ShardServices for TestShard {
+        fn shard_id(&self) -> usize {
+            0
+        }
+        fn is_home(&self, _key: &str) -> bool {
+            true
+        }
+        fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>) {
+            self.routed.borrow_mut().push((stanza, from));
+        }
+        fn bounce(
+            self: Rc<Self>,
+            stanza: &Stanza,
+            sender: &str,
+            replier: &str,
+            condition: StanzaErrorCondition,
+        ) {
+            let mut bytes = Vec::new();
+            if crate::proto::errors::write_error_between(
+                &mut bytes, stanza, replier, sender, condition,
+            ) {
+                let reply =
+                    crate::proto::xml::parse_element(&bytes, &crate::proto::xml::Limits::default())
+                        .expect("an error reply parses");
+                self.routed.borrow_mut().push((reply, replier.into()));
+            }
+        }
+        fn send_home(self: Rc<Self>, _key: &str, job: ModuleJob) {
+            job(&ModuleCtx::new(self));
+        }
+        fn store(&self) -> &StoreWorkers {
+            &self.store
+        }
+        fn extauth(&self) -> Option<Arc<ExtAuth>> {
+            None
+        }
+        fn config(&self) -> &Config {
+            &self.config
+        }
+        fn modules(&self) -> &RefCell<ModuleTable> {
+            &self.modules
+        }
+        fn sessions(&self, bare: &str) -> Vec<SessionInfo> {
+            self.sessions
+                .borrow()
+                .get(bare)
+                .cloned()
+                .unwrap_or_default()
+        }
+        fn send_to_session(&self, _bare: &str, _full: &str, _bytes: &[u8]) -> bool {
+            false
+        }
+        fn kill_sessions(&self, bare: &str, _condition: StreamErrorCondition) {
+            self.sessions.borrow_mut().remove(bare);
+        }
+        fn components_under(&self, _host: &str) -> Vec<String> {
+            Vec::new()
+        }
+        fn state_map(&self) -> &RefCell<HashMap<TypeId, Rc<dyn Any>>> {
+            &self.state
+        }
+        fn started(&self) -> Instant {
+            self.started
+        }
+    }
+}

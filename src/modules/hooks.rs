@@ -1,0 +1,221 @@
+//! Hooks (ejabberd_hooks): named points where modules run handlers in sequence-number order, per virtual
+//! host, each able to stop the run (and, for a packet hook, drop the packet) or alter the event. The
+//! registry is open: a hook point is a typed constant ([`HookPoint`]) that any file may declare next to
+//! the code that runs it — adding one edits nothing here. The hooks the server itself runs are declared
+//! below. With no handler registered for a point, asking costs a short scan of the points that have one.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::ctx::ModuleCtx;
+use super::iq::Component;
+use crate::proto::xml::{Element, Stanza};
+
+/// Whether a hook's later handlers (and, for packet hooks, the packet itself) go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Later handlers are skipped; a packet hook also drops the packet.
+    Stop,
+}
+
+/// A hook point whose handlers receive `&mut E`.
+pub struct HookPoint<E: 'static> {
+    pub name: &'static str,
+    _event: PhantomData<fn(&mut E)>,
+}
+
+impl<E: 'static> HookPoint<E> {
+    pub const fn new(name: &'static str) -> HookPoint<E> {
+        HookPoint {
+            name,
+            _event: PhantomData,
+        }
+    }
+}
+
+/// A handler of a hook point with events `E`.
+pub type HookFn<E> = Rc<dyn Fn(&ModuleCtx, &mut E) -> Flow>;
+
+/// A stanza passing a packet hook. A handler may replace `stanza` to alter what is routed.
+pub struct Packet {
+    pub from: String,
+    pub to: String,
+    pub stanza: Stanza,
+}
+
+/// A session event (`sm_register_connection`, `sm_remove_connection`, `user_available`,
+/// `unset_presence`).
+pub struct SessionEvent {
+    pub full: Arc<str>,
+    pub user: String,
+    pub host: String,
+    /// The `<status/>` of an unavailable presence, for `unset_presence`.
+    pub status: String,
+}
+
+/// An account was removed.
+pub struct RemovedUser {
+    pub user: String,
+    pub host: String,
+}
+
+/// A disco#info request being answered, for `disco_features`; handlers add features and XEP-0128 forms.
+pub struct DiscoQuery {
+    pub component: Component,
+    pub host: String,
+    pub from: String,
+    pub node: Option<String>,
+    pub features: Vec<String>,
+    pub forms: Vec<Element>,
+}
+
+/// A message for an account with no available session (RFC 6121 §8.5.2.2.1), before it is bounced. A
+/// handler that keeps it (stores it) returns [`Flow::Stop`]; when none does, the sender gets
+/// `service-unavailable`.
+pub struct OfflineMessage {
+    /// The sender's full JID, as stamped.
+    pub from: Arc<str>,
+    pub user: String,
+    pub host: String,
+    pub stanza: Stanza,
+    /// Sorts in the order the stanza reached its home shard.
+    pub arrival: String,
+}
+
+/// Every stanza the router routes to or from the host, before delivery.
+pub const FILTER_PACKET: HookPoint<Packet> = HookPoint::new("filter_packet");
+/// A stanza a local session sent, before routing.
+pub const USER_SEND_PACKET: HookPoint<Packet> = HookPoint::new("user_send_packet");
+/// A stanza about to be written to a local session.
+pub const USER_RECEIVE_PACKET: HookPoint<Packet> = HookPoint::new("user_receive_packet");
+/// A resource was bound.
+pub const SM_REGISTER_CONNECTION: HookPoint<SessionEvent> =
+    HookPoint::new("sm_register_connection");
+/// A session ended.
+pub const SM_REMOVE_CONNECTION: HookPoint<SessionEvent> = HookPoint::new("sm_remove_connection");
+/// A session sent its first available presence.
+pub const USER_AVAILABLE: HookPoint<SessionEvent> = HookPoint::new("user_available");
+/// A session became unavailable (presence or disconnect), with its status text.
+pub const UNSET_PRESENCE: HookPoint<SessionEvent> = HookPoint::new("unset_presence");
+/// An account was removed.
+pub const REMOVE_USER: HookPoint<RemovedUser> = HookPoint::new("remove_user");
+/// Features (and forms) for a disco#info answer.
+pub const DISCO_FEATURES: HookPoint<DiscoQuery> = HookPoint::new("disco_features");
+/// A message for an account that has no available session.
+pub const OFFLINE_MESSAGE: HookPoint<OfflineMessage> = HookPoint::new("offline_message");
+
+/// A handler as a module registers it, before the framework installs it.
+pub struct HookRegistration {
+    pub(super) name: &'static str,
+    pub(super) seq: i32,
+    pub(super) handler: Rc<dyn Any>,
+}
+
+impl HookRegistration {
+    pub fn new<E: 'static>(point: &HookPoint<E>, seq: i32, handler: HookFn<E>) -> Self {
+        HookRegistration {
+            name: point.name,
+            seq,
+            handler: Rc::new(handler),
+        }
+    }
+}
+
+struct Entry {
+    seq: i32,
+    host: String,
+    module: &'static str,
+    /// A `HookFn<E>` for the point's `E`.
+    handler: Rc<dyn Any>,
+}
+
+/// The handlers registered on one shard, by hook point. Only points with handlers are present.
+#[derive(Default)]
+pub struct HookTable {
+    points: Vec<(&'static str, Vec<Entry>)>,
+}
+
+impl HookTable {
+    fn point(&self, name: &str) -> Option<&Vec<Entry>> {
+        self.points
+            .iter()
+            .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
+            .map(|(_, e)| e)
+    }
+
+    /// Whether any handler is registered for `point`: the check the hot path makes.
+    pub fn has<E>(&self, point: &HookPoint<E>) -> bool {
+        self.point(point.name).is_some()
+    }
+
+    pub(super) fn install(&mut self, host: &str, module: &'static str, reg: HookRegistration) {
+        let i = match self.points.iter().position(|(n, _)| *n == reg.name) {
+            Some(i) => i,
+            None => {
+                self.points.push((reg.name, Vec::new()));
+                self.points.len() - 1
+            }
+        };
+        let entries = &mut self.points[i].1;
+        entries.push(Entry {
+            seq: reg.seq,
+            host: host.to_string(),
+            module,
+            handler: reg.handler,
+        });
+        // Stable: equal sequence numbers keep registration order.
+        entries.sort_by_key(|e| e.seq);
+    }
+
+    pub(super) fn remove(&mut self, host: &str, module: &str) {
+        for (_, entries) in self.points.iter_mut() {
+            entries.retain(|e| !(e.host == host && e.module == module));
+        }
+        self.points.retain(|(_, e)| !e.is_empty());
+    }
+
+    /// The handlers of `point` for `host`, in order, collected so that none runs with the table borrowed.
+    pub fn handlers<E: 'static>(&self, point: &HookPoint<E>, host: &str) -> Vec<HookFn<E>> {
+        self.point(point.name)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e.host == host)
+                    .filter_map(|e| e.handler.downcast_ref::<HookFn<E>>().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Runs the handlers of `point` for `host` in order over `event`; [`Flow::Stop`] when one stopped it.
+pub fn run<E: 'static>(ctx: &ModuleCtx, point: &HookPoint<E>, host: &str, event: &mut E) -> Flow {
+    let handlers = ctx.modules().borrow().hooks().handlers(point, host);
+    for h in handlers {
+        if h(ctx, event) == Flow::Stop {
+            return Flow::Stop;
+        }
+    }
+    Flow::Continue
+}
+
+/// Runs a packet hook for `host` over a stanza from `from`: the stanza as the handlers left it, or
+/// `None` when one stopped it.
+pub fn run_packet(
+    ctx: &ModuleCtx,
+    point: &HookPoint<Packet>,
+    host: &str,
+    from: &str,
+    stanza: Stanza,
+) -> Option<Stanza> {
+    let to = stanza.to().map(|t| t.into_owned()).unwrap_or_default();
+    let mut packet = Packet {
+        from: from.to_string(),
+        to,
+        stanza,
+    };
+    (run(ctx, point, host, &mut packet) == Flow::Continue).then_some(packet.stanza)
+}

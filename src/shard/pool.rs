@@ -1,0 +1,425 @@
+//! Start-up and wiring: builds the shard pool ([`Server::start`]), installs in every shard what connects
+//! its state to the services above it ([`Wiring`]: the mesh handler and the router's entry), binds the
+//! listeners and accepts connections, consumes the mesh, applies module plans (at start and at a reload),
+//! and runs each shard's housekeeping (spill queues, idle sweep, state dumps, shutdown). The one file that
+//! sees every layer.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+use super::{ServerShared, Shard, Wiring};
+use crate::auth::ExtAuth;
+use crate::config::{AuthMethod, Config, ListenerKind, TlsMode};
+use crate::mesh::ShardMsg;
+use crate::modules::HostModules;
+use crate::modules::register::register_hosts;
+use crate::net::tls::HostCertificates;
+use crate::placement::Placement;
+use crate::probe::{CURRENT_SHARD, hot_path};
+use crate::proto::c2s::C2sSettings;
+use crate::proto::component::ComponentSettings;
+use crate::proto::xml::Limits;
+use crate::storage::StoreWorkers;
+
+/// What a connection over the per-shard cap receives before the close.
+const CAP_REFUSAL: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' version='1.0'><stream:error>\
+    <resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+
+/// How often idle connections are asked to release their buffers.
+const IDLE_SWEEP: Duration = Duration::from_secs(10);
+
+/// The wiring every shard gets.
+pub(crate) const WIRING: Wiring = Wiring {
+    handle,
+    route: crate::router::route_generated,
+};
+
+/// Handles a message from the mesh (or from this shard's own fast path).
+fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Deliver { stanza, from } => {
+            hot_path(|| crate::sm::session::deliver_local(shard, stanza, from))
+        }
+        ShardMsg::Adopt(moved) => crate::c2s::adopt(shard.clone(), *moved),
+        ShardMsg::ToComponent {
+            domain,
+            stanza,
+            from,
+        } => crate::router::to_component(shard, &domain, stanza, from),
+        ShardMsg::ComponentRoute { domain, route } => {
+            shard.routes().borrow_mut().set_component(&domain, route)
+        }
+        ShardMsg::Module(job) => job(&shard.ctx()),
+    }
+}
+
+/// Starts, on this shard, the modules of `plan` (stopping what is no longer planned) and points the
+/// route table at the services they registered.
+pub(crate) fn apply_plan(shard: &Rc<Shard>, plan: &[HostModules]) -> Result<(), String> {
+    let result = crate::modules::apply_plan(&shard.ctx(), plan);
+    let services = shard.modules().borrow().services();
+    shard.routes().borrow_mut().set_services(services);
+    result
+}
+
+/// A running server: its threads and the addresses it listens on.
+pub struct Server {
+    pub shared: Arc<ServerShared>,
+    handles: glommio::PoolThreadHandles<()>,
+}
+
+impl Server {
+    /// Starts the shards and returns once every listener is bound on every shard.
+    pub fn start(config: Config, shutdown: Arc<AtomicBool>) -> Result<Server, String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = config.shard_count(cores);
+        // Each address checked free of other processes (another rjabberd too), port 0 resolved, and held
+        // until every shard listens on it: see net::listener.
+        let mut placeholders = Vec::new();
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let addr: SocketAddr = l.address.get_ref().parse().map_err(|e| format!("{e}"))?;
+            let reserved = crate::net::listener::reserve(addr).map_err(|e| e.to_string())?;
+            bound.push((reserved.addr(), l.tls, l.kind));
+            placeholders.push(reserved);
+        }
+        let shared = Arc::new(shared_state(config, shutdown, shards, bound)?);
+        let placement = if shards <= cores {
+            PoolPlacement::MaxSpread(shards, None)
+        } else {
+            PoolPlacement::Unbound(shards)
+        };
+        let mesh = (shards > 1).then(|| MeshBuilder::<ShardMsg, _>::full(shards, 1024));
+        let for_shards = shared.clone();
+        let handles = LocalExecutorPoolBuilder::new(placement)
+            .name("rjabberd-shard")
+            .on_all_shards(move || async move {
+                let joined = match mesh {
+                    Some(m) => Some(m.join().await.expect("mesh join")),
+                    None => None,
+                };
+                let (senders, receivers) = match joined {
+                    Some((s, r)) => (Some(s), Some(r)),
+                    None => (None, None),
+                };
+                let id = senders.as_ref().map_or(0, |s| s.peer_id());
+                run_shard(id, for_shards, senders, receivers).await;
+            })
+            .map_err(|e| format!("cannot start the shards: {e}"))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while shared.ready.load(Ordering::SeqCst) < shards {
+            if std::time::Instant::now() > deadline {
+                // The shards that did start stop at once; those that could not start say why.
+                shared.shutdown.store(true, Ordering::SeqCst);
+                let why: Vec<String> = handles
+                    .join_all()
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| e.to_string()))
+                    .collect();
+                let mut memlock = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: getrlimit writes into the struct it is given.
+                unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut memlock) };
+                return Err(format!(
+                    "shards did not start within 10 s ({}); glommio's io_uring rings need locked \
+                     memory: RLIMIT_MEMLOCK is {} KiB, and less than about 512 KiB fails \
+                     (raise `ulimit -l`, or LimitMEMLOCK= in a systemd unit)",
+                    if why.is_empty() {
+                        "no error reported".to_string()
+                    } else {
+                        why.join("; ")
+                    },
+                    memlock.rlim_cur / 1024
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(placeholders);
+        let failed = shared
+            .start_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(e) = failed {
+            shared.shutdown.store(true, Ordering::SeqCst);
+            let server = Server { shared, handles };
+            server.join();
+            return Err(e);
+        }
+        Ok(Server { shared, handles })
+    }
+
+    /// Asks every shard to apply a new module plan (configuration reload): modules no longer planned, or
+    /// planned with other options, stop; new ones start.
+    pub fn reload_modules(&self, plan: Vec<HostModules>) {
+        *self
+            .shared
+            .settings
+            .register_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = register_hosts(&plan);
+        let mut slot = self
+            .shared
+            .module_plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slot.0 += 1;
+        slot.1 = plan;
+    }
+
+    /// Waits for every shard to finish (after the shutdown flag is set).
+    pub fn join(self) {
+        for r in self.handles.join_all() {
+            if let Err(e) = r {
+                log::error!("a shard ended with an error: {e}");
+            }
+        }
+    }
+}
+
+/// What every shard of a server will share, built from its configuration: certificates and TLS
+/// configurations, the store's workers, the extauth pool, the c2s and component settings, placement.
+pub(crate) fn shared_state(
+    config: Config,
+    shutdown: Arc<AtomicBool>,
+    shards: usize,
+    bound: Vec<(SocketAddr, TlsMode, ListenerKind)>,
+) -> Result<ServerShared, String> {
+    let certs = Arc::new(HostCertificates::load(&config)?);
+    let store = StoreWorkers::start(&config.data_dir, 2).map_err(|e| e.to_string())?;
+    let extauth = match (&config.auth.method, &config.auth.extauth_program) {
+        (AuthMethod::External, Some(program)) => Some(Arc::new(
+            ExtAuth::start(
+                program.get_ref(),
+                config.auth.extauth_pool_size,
+                Duration::from_secs(config.auth.extauth_timeout_secs),
+            )
+            .map_err(|e| e.to_string())?,
+        )),
+        _ => None,
+    };
+    let components = Arc::new(ComponentSettings {
+        secrets: config
+            .components
+            .iter()
+            .map(|c| (c.domain.get_ref().to_ascii_lowercase(), c.secret.clone()))
+            .collect(),
+        handshake_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
+    });
+    let hosts: Vec<String> = config
+        .hosts
+        .iter()
+        .map(|h| h.name.get_ref().to_ascii_lowercase())
+        .collect();
+    let settings = Arc::new(C2sSettings {
+        hosts: hosts.clone(),
+        starttls: true,
+        tls_required: !config.auth.allow_plaintext,
+        max_sasl_failures: config.limits.max_sasl_failures,
+        auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
+        plain_only: config.auth.method == AuthMethod::External,
+        register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&config.module_plan))),
+    });
+    let plan = config.module_plan.clone();
+    let session_cache: Arc<dyn rustls::server::StoresServerSessions> =
+        if config.tls.session_cache_size == 0 {
+            Arc::new(rustls::server::NoServerSessionStorage {})
+        } else {
+            rustls::server::ServerSessionMemoryCache::new(config.tls.session_cache_size)
+        };
+    let ticketer: Option<Arc<dyn rustls::server::ProducesTickets>> = if config.tls.session_tickets {
+        Some(
+            rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| format!("cannot make a TLS ticket key: {e}"))?,
+        )
+    } else {
+        None
+    };
+    Ok(ServerShared {
+        placement: Arc::new(Placement::single_host(shards)),
+        started: std::time::Instant::now(),
+        components,
+        component_owners: std::sync::Mutex::new(std::collections::HashMap::new()),
+        extauth,
+        start_error: std::sync::Mutex::new(None),
+        module_plan: std::sync::Mutex::new((0, plan)),
+        limits: Limits {
+            max_stanza_bytes: config.limits.max_stanza_bytes,
+            ..Limits::default()
+        },
+        starttls: certs.server_config(false, &config.tls, &session_cache, &ticketer),
+        direct: certs.server_config(true, &config.tls, &session_cache, &ticketer),
+        certs,
+        config,
+        hosts,
+        settings,
+        store,
+        shutdown,
+        bound,
+        shards,
+        ready: AtomicUsize::new(0),
+        dump_generation: AtomicUsize::new(0),
+    })
+}
+
+async fn run_shard(
+    id: usize,
+    server: Arc<ServerShared>,
+    senders: Option<Senders<ShardMsg>>,
+    receivers: Option<glommio::channels::channel_mesh::Receivers<ShardMsg>>,
+) {
+    CURRENT_SHARD.with(|c| c.set(Some(id)));
+    let mesh = senders.map(|s| Box::new(s) as Box<dyn crate::mesh::Peers<ShardMsg>>);
+    let shard = Rc::new(Shard::new(id, server.clone(), mesh, WIRING));
+    // Mesh consumers: one task per peer, each handling messages synchronously.
+    if let Some(mut receivers) = receivers {
+        for (_, rx) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    handle(&shard, msg);
+                }
+            })
+            .detach();
+        }
+    }
+    let mut listeners = Vec::new();
+    // Modules start before the listeners open, so the first client finds them.
+    let plan = server
+        .module_plan
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .1
+        .clone();
+    if let Err(e) = apply_plan(&shard, &plan) {
+        log::error!("shard {id}: {e}");
+        server
+            .start_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        server.ready.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let mut plan_generation = 0;
+    for (addr, tls, kind) in &server.bound {
+        match crate::net::listener::listen(*addr, server.config.limits.listen_backlog) {
+            Ok(l) => listeners.push((Rc::new(l), *tls, *kind)),
+            Err(e) => {
+                log::error!("shard {id}: cannot bind {addr}: {e}");
+                server.shutdown.store(true, Ordering::SeqCst);
+                server.ready.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+    for (listener, tls, kind) in &listeners {
+        let listener = listener.clone();
+        let shard = shard.clone();
+        let tls = *tls;
+        let kind = *kind;
+        glommio::spawn_local(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if shard.closing() {
+                            return;
+                        }
+                        log::warn!("shard {}: accept failed: {e}", shard.id());
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if shard.closing() {
+                    return;
+                }
+                if shard.sinks().borrow().len() >= shard.config().limits.max_connections_per_shard {
+                    // The cap: refuse before any state is allocated, with `resource-constraint` on a
+                    // plain listener (RFC 6120 §4.9.3.17); a direct-TLS client just sees the close.
+                    log::warn!(
+                        "shard {}: connection cap reached, refusing a connection",
+                        shard.id()
+                    );
+                    if tls == TlsMode::Starttls {
+                        glommio::spawn_local(async move {
+                            use futures_lite::AsyncWriteExt;
+                            let mut stream = stream;
+                            let _ = stream.write_all(CAP_REFUSAL).await;
+                            let _ = stream.close().await;
+                        })
+                        .detach();
+                    }
+                    continue;
+                }
+                match kind {
+                    ListenerKind::C2s => {
+                        crate::c2s::accept(shard.clone(), stream, tls == TlsMode::Direct)
+                    }
+                    ListenerKind::Component => crate::component::accept(shard.clone(), stream),
+                }
+            }
+        })
+        .detach();
+    }
+    server.ready.fetch_add(1, Ordering::SeqCst);
+    log::debug!("shard {id} ready");
+
+    // The housekeeping loop: spill queues, state dumps, the shutdown flag.
+    let mut dumped = 0;
+    let mut spilled = false;
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        // A millisecond while anything is spilled, otherwise a relaxed tick: an idle shard should cost
+        // nothing measurable.
+        glommio::timer::sleep(Duration::from_millis(if spilled { 1 } else { 20 })).await;
+        spilled = shard.flush_outbox();
+        if last_sweep.elapsed() >= IDLE_SWEEP {
+            // Idle connections give their buffers back (the memory of an idle session).
+            last_sweep = std::time::Instant::now();
+            for c in shard.sinks().borrow().all() {
+                c.trim();
+            }
+        }
+        let reload = {
+            let slot = server.module_plan.lock().unwrap_or_else(|p| p.into_inner());
+            (slot.0 != plan_generation).then(|| (slot.0, slot.1.clone()))
+        };
+        if let Some((generation, plan)) = reload {
+            plan_generation = generation;
+            match apply_plan(&shard, &plan) {
+                Ok(()) => log::info!("shard {id}: modules reloaded"),
+                Err(e) => log::error!("shard {id}: module reload: {e}"),
+            }
+        }
+        let generation = server.dump_generation.load(Ordering::SeqCst);
+        if generation != dumped {
+            dumped = generation;
+            shard.dump();
+        }
+        if server.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    shard.set_closing();
+    let conns = shard.sinks().borrow().all();
+    for c in &conns {
+        c.kill(crate::proto::errors::StreamErrorCondition::SystemShutdown);
+    }
+    // Give connections a moment to write their `system-shutdown` errors.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !shard.sinks().borrow().is_empty() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    drop(listeners);
+    log::debug!("shard {id} stopped");
+}

@@ -1,0 +1,379 @@
+//! The session manager's work on the home shard (ejabberd_sm): binding a resource (and replacing one with
+//! the same full JID: `conflict`), unbinding it when its connection ends, the presence state of each
+//! session and its broadcast, the session hooks, and delivery to an account: a stanza that reached the
+//! account's home is decided by the RFC 6121 §8.5 rules of [`super::deliver`] and carried out — written to
+//! the chosen sessions' sinks, answered for the account (IQs to the bare JID go to the `ejabberd_sm`
+//! handlers), offered to `offline_message`, or bounced. Only this file changes the session table.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::deliver::{Delivery, StanzaType, decide, is_request};
+use crate::modules::hooks::{
+    self, OFFLINE_MESSAGE, OfflineMessage, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION,
+    SessionEvent, UNSET_PRESENCE, USER_AVAILABLE, USER_RECEIVE_PACKET, run_packet,
+};
+use crate::modules::iq::{self, Component};
+use crate::proto::c2s::BindError;
+use crate::proto::errors::{StanzaErrorCondition, StreamErrorCondition};
+use crate::proto::jid::{Jid, JidView, domain_of};
+use crate::proto::xml::{Limits, Stanza, StanzaKind, parse_element};
+use crate::shard::Shard;
+use crate::sink::SinkId;
+
+/// A bound session as its connection and the router see it.
+#[derive(Clone)]
+pub struct SessionRef {
+    pub bare: Box<str>,
+    pub full: Arc<str>,
+    pub sink: SinkId,
+}
+
+/// Binds `resource` (a random one when the client asked for none) of the authenticated `user` to the
+/// connection `sink`. A session with the same full JID is replaced and its connection ends with
+/// `conflict`; `sm_register_connection` runs.
+pub fn bind(
+    shard: &Rc<Shard>,
+    user: &Jid,
+    resource: Option<String>,
+    sink: SinkId,
+) -> Result<(Jid, SessionRef), BindError> {
+    let resource = resource.unwrap_or_else(|| {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).expect("the OS random source works");
+        r.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let full = user
+        .with_resource(&resource)
+        .map_err(|_| BindError::BadResource)?;
+    let max = shard.config().limits.max_sessions_per_user;
+    let bound = shard.sessions().borrow_mut().bind(
+        user.bare_str(),
+        full.resource().expect("full JID"),
+        sink,
+        max,
+    )?;
+    if let Some(old) = bound.replaced
+        && let Some(s) = shard.sink(old)
+    {
+        s.kill(StreamErrorCondition::Conflict);
+    }
+    let session = SessionRef {
+        bare: user.bare_str().into(),
+        full: bound.full,
+        sink,
+    };
+    session_hook(shard, &SM_REGISTER_CONNECTION, &session, "");
+    Ok((full, session))
+}
+
+/// The connection of `session` ended: the session goes, its other available resources are told when it
+/// left without unavailable presence, and the session hooks run.
+pub fn unbind(shard: &Rc<Shard>, session: &SessionRef) {
+    let removed = shard
+        .sessions()
+        .borrow_mut()
+        .unbind(&session.bare, session.sink);
+    if let Some(s) = removed
+        && s.available
+    {
+        broadcast_unavailable(shard, session);
+        session_hook(shard, &UNSET_PRESENCE, session, "");
+    }
+    session_hook(shard, &SM_REMOVE_CONNECTION, session, "");
+}
+
+/// A stanza without `to` from a session: presence is the session's own (broadcast), a message is for the
+/// sender's bare JID (RFC 6120 §10.3.1), an IQ is answered by the server for the account (§10.3.3).
+pub fn without_to(shard: &Rc<Shard>, from: &SessionRef, stanza: Stanza) {
+    match stanza.kind() {
+        StanzaKind::Presence => self_presence(shard, from, &stanza),
+        StanzaKind::Message => deliver_local(shard, stanza, from.full.clone()),
+        StanzaKind::Iq if is_request(&stanza) => iq::dispatch(
+            &shard.ctx(),
+            Component::Sm,
+            domain_of(&from.bare),
+            &stanza,
+            &from.full,
+            &from.bare,
+        ),
+        _ => {}
+    }
+}
+
+/// On the home shard of the stanza's `to` account: decide delivery and carry it out.
+pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
+    let to_attr = stanza.to();
+    let owned;
+    let to = match to_attr.as_deref() {
+        None => match JidView::canonical(&from) {
+            // A message without `to` is for the sender's own bare JID.
+            Some(v) => JidView {
+                text: v.bare(),
+                local: v.local,
+                domain: v.domain,
+                resource: None,
+            },
+            None => match Jid::parse(&from) {
+                Ok(j) => {
+                    owned = j.bare();
+                    owned.view()
+                }
+                Err(_) => return,
+            },
+        },
+        Some(t) => match JidView::canonical(t) {
+            Some(v) => v,
+            None => match Jid::parse(t) {
+                Ok(j) => {
+                    owned = j;
+                    owned.view()
+                }
+                Err(_) => return,
+            },
+        },
+    };
+    let kind = stanza.kind();
+    let ty = StanzaType::classify(kind, stanza.type_().as_deref());
+    let bare = to.bare();
+    // The common case first, without allocating: a full JID whose session exists.
+    if let Some(resource) = to.resource
+        && ty != StanzaType::Probe
+        && ty != StanzaType::Unknown
+    {
+        let sink = {
+            let table = shard.sessions().borrow();
+            table
+                .sessions(bare)
+                .iter()
+                .find(|s| &*s.resource == resource)
+                .map(|s| s.sink)
+        };
+        if let Some(sink) = sink {
+            deliver_to_session(shard, sink, &stanza, &from, to.text);
+            return;
+        }
+    }
+    let has_sessions = !shard.sessions().borrow().sessions(bare).is_empty();
+    if has_sessions {
+        let decision = {
+            let table = shard.sessions().borrow();
+            let states = table.states(bare);
+            decide(kind, ty, true, to.resource, &states)
+        };
+        let arrival = shard.arrival_key();
+        apply(shard, &stanza, &from, to.text, kind, ty, decision, &arrival);
+        return;
+    }
+    // No session: whether the account exists decides between silence and an error.
+    let (host, user) = (
+        to.domain.to_string(),
+        to.local.unwrap_or_default().to_string(),
+    );
+    let resource = to.resource.map(str::to_string);
+    let to_text = to.text.to_string();
+    // Taken now: lookups run on several worker threads and may finish out of order, but what is kept
+    // for an offline account must keep the order the stanzas arrived in.
+    let arrival = shard.arrival_key();
+    drop(to_attr);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let exists = match shard.server().extauth.clone() {
+            Some(ext) => ext.isuser(&user, &host).await.unwrap_or_else(|e| {
+                log::warn!("{e}");
+                false
+            }),
+            None => shard
+                .server()
+                .store
+                .run(move |db| db.exists(&host, &user))
+                .await
+                .unwrap_or(false),
+        };
+        let decision = decide::<SinkId>(kind, ty, exists, resource.as_deref(), &[]);
+        apply(
+            &shard, &stanza, &from, &to_text, kind, ty, decision, &arrival,
+        );
+    })
+    .detach();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    shard: &Rc<Shard>,
+    stanza: &Stanza,
+    from: &Arc<str>,
+    to_text: &str,
+    kind: StanzaKind,
+    ty: StanzaType,
+    decision: Delivery<SinkId>,
+    arrival: &str,
+) {
+    match decision {
+        Delivery::Sessions(sinks) => {
+            for sink in sinks {
+                deliver_to_session(shard, sink, stanza, from, to_text);
+            }
+        }
+        Delivery::Bounce(condition) => shard.bounce(stanza, from, to_text, condition),
+        Delivery::HandleForAccount => {
+            // IQs go to the `ejabberd_sm` handlers; probes wait for rosters.
+            if kind == StanzaKind::Iq && ty == StanzaType::Request {
+                let bare = match Jid::parse(to_text) {
+                    Ok(j) => j.bare(),
+                    Err(_) => return,
+                };
+                iq::dispatch(
+                    &shard.ctx(),
+                    Component::Sm,
+                    bare.domain(),
+                    stanza,
+                    from,
+                    bare.as_str(),
+                );
+            }
+        }
+        // Kept by a module (mod_offline) if one keeps it; otherwise RFC 6121 §8.5.2.2.1 allows an error.
+        Delivery::Offline => {
+            let bare = to_text.split_once('/').map_or(to_text, |(b, _)| b);
+            let (user, host) = bare.split_once('@').unwrap_or(("", bare));
+            let mut msg = OfflineMessage {
+                from: from.clone(),
+                user: user.to_string(),
+                host: host.to_string(),
+                stanza: stanza.clone(),
+                arrival: arrival.to_string(),
+            };
+            let kept = shard.modules().borrow().hooks().has(&OFFLINE_MESSAGE)
+                && hooks::run(&shard.ctx(), &OFFLINE_MESSAGE, host, &mut msg) == hooks::Flow::Stop;
+            if !kept {
+                shard.bounce(
+                    stanza,
+                    from,
+                    to_text,
+                    StanzaErrorCondition::ServiceUnavailable,
+                );
+            }
+        }
+        Delivery::Drop => {}
+    }
+}
+
+/// Writes a stanza to a session of this shard, through `user_receive_packet` when a module registered it.
+fn deliver_to_session(shard: &Rc<Shard>, sink: SinkId, stanza: &Stanza, from: &Arc<str>, to: &str) {
+    let Some(s) = shard.sink(sink) else { return };
+    if shard.modules().borrow().hooks().has(&USER_RECEIVE_PACKET) {
+        let host = domain_of(to);
+        if let Some(st) = run_packet(
+            &shard.ctx(),
+            &USER_RECEIVE_PACKET,
+            host,
+            from,
+            stanza.clone(),
+        ) {
+            s.deliver(&st, from);
+        }
+        return;
+    }
+    s.deliver(stanza, from);
+}
+
+/// Presence without `to`: records availability and priority, and broadcasts it to the account's
+/// available resources (RFC 6121 §4.2.2 and §4.5.2; contacts come with rosters).
+fn self_presence(shard: &Rc<Shard>, from: &SessionRef, stanza: &Stanza) {
+    let ty = StanzaType::classify(StanzaKind::Presence, stanza.type_().as_deref());
+    let available = match ty {
+        StanzaType::Available => true,
+        StanzaType::Unavailable => false,
+        _ => return,
+    };
+    let priority = if available {
+        stanza
+            .to_element()
+            .child("priority")
+            .and_then(|p| p.text().trim().parse::<i32>().ok())
+            .map_or(0, |p| p.clamp(-128, 127) as i8)
+    } else {
+        0
+    };
+    let (was_available, recipients): (bool, Vec<SinkId>) = {
+        let mut table = shard.sessions().borrow_mut();
+        let was = table
+            .sessions(&from.bare)
+            .iter()
+            .any(|s| s.sink == from.sink && s.available);
+        table.set_presence(&from.bare, from.sink, available, priority);
+        let recipients = table
+            .sessions(&from.bare)
+            .iter()
+            .filter(|s| s.available || (available && s.sink == from.sink))
+            .map(|s| s.sink)
+            .collect();
+        (was, recipients)
+    };
+    for id in recipients {
+        if let Some(s) = shard.sink(id) {
+            s.deliver(stanza, &from.full);
+        }
+    }
+    if available != was_available {
+        let status = if available {
+            String::new()
+        } else {
+            stanza
+                .to_element()
+                .child("status")
+                .map(|s| s.text())
+                .unwrap_or_default()
+        };
+        let hook = if available {
+            &USER_AVAILABLE
+        } else {
+            &UNSET_PRESENCE
+        };
+        session_hook(shard, hook, from, &status);
+    }
+}
+
+/// Runs a session hook for `session`.
+fn session_hook(
+    shard: &Rc<Shard>,
+    hook: &hooks::HookPoint<SessionEvent>,
+    session: &SessionRef,
+    status: &str,
+) {
+    if !shard.modules().borrow().hooks().has(hook) {
+        return;
+    }
+    let (user, host) = session.bare.split_once('@').unwrap_or(("", &session.bare));
+    let mut event = SessionEvent {
+        full: session.full.clone(),
+        user: user.to_string(),
+        host: host.to_string(),
+        status: status.to_string(),
+    };
+    hooks::run(&shard.ctx(), hook, host, &mut event);
+}
+
+/// A session ended without unavailable presence: its other available resources are told.
+fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
+    let Ok(presence) = parse_element(
+        b"<presence xmlns='jabber:client' type='unavailable'/>",
+        &Limits::default(),
+    ) else {
+        return;
+    };
+    let recipients: Vec<SinkId> = shard
+        .sessions()
+        .borrow()
+        .sessions(&session.bare)
+        .iter()
+        .filter(|s| s.available)
+        .map(|s| s.sink)
+        .collect();
+    for id in recipients {
+        if let Some(s) = shard.sink(id) {
+            s.deliver(&presence, &session.full);
+        }
+    }
+}
