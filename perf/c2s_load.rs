@@ -98,7 +98,11 @@ fn main() {
 
 fn one_to_one(server: &TestServer, batch_size: usize) {
     let pairs = 20;
-    let per_pair = 5000;
+    // Messages per sender-receiver pair; more make the rate steadier on a noisy machine.
+    let per_pair: usize = std::env::var("C2S_LOAD_PER_PAIR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     let mut i = 0;

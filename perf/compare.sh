@@ -14,6 +14,9 @@
 # Each server gets a temporary directory, loopback ports, the domain `localhost` and the same users
 # (`u0`…`u{N-1}`, password `pw`), plaintext c2s with SASL allowed without TLS, and no shapers, rate
 # limits or traffic caps. Servers run on CPU 0 (SERVER_CPUS), the harness on CPU 1 (HARNESS_CPUS).
+# An A/B of a change in one sitting: RJABBERD_BASELINE=/path/to/an/older/rjabberd and the server name
+# `baseline` in SERVERS run that binary with rjabberd's configuration and users, e.g.
+#   RJABBERD_BASELINE=../old/target/release/rjabberd SERVERS="baseline rjabberd" perf/compare.sh chat 1000
 # ejabberd and Prosody are installed from Debian when absent. Results: $OUT (default /tmp/rjabberd-compare).
 set -euo pipefail
 
@@ -58,8 +61,12 @@ run_harness() { # name pid
         --json "$OUT/$1.json" --svg "$OUT/$1.svg" "${EXTRA[@]}" | tee "$OUT/$1.txt"
 }
 
-start_rjabberd() {
-    local d="$OUT/rjabberd"
+start_rjabberd() { start_rjabberd_binary rjabberd "$RJABBERD"; }
+start_baseline() { start_rjabberd_binary baseline "${RJABBERD_BASELINE:?RJABBERD_BASELINE names the binary to compare}"; }
+stop_baseline() { stop_rjabberd; }
+
+start_rjabberd_binary() { # name binary
+    local d="$OUT/$1"
     mkdir -p "$d"
     cat >"$d/rjabberd.toml" <<EOF
 shards = $NCPUS
@@ -77,7 +84,7 @@ max_output_queue_bytes = 16777216
 allow_plaintext = true
 EOF
     "$BENCH" provision --data-dir "$d/data" --users "$USERS" >/dev/null
-    taskset -c "$SERVER_CPUS" "$RJABBERD" --config "$d/rjabberd.toml" >"$d/server.log" 2>&1 &
+    taskset -c "$SERVER_CPUS" "$2" --config "$d/rjabberd.toml" >"$d/server.log" 2>&1 &
     wait_port $PORT
     PID=$(pgrep -n -x rjabberd)
 }

@@ -30,15 +30,20 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     /// `[modules]`: module name = true | false | { options }, for every host. Serde only reserves the
-    /// key; [`crate::modules::options::plan`] reads it with its spans into `module_plan`.
+    /// key; the module framework reads it with its spans from [`Config::source`] (the configuration
+    /// is the ground floor: it knows no module).
     #[serde(rename = "modules")]
     pub modules_table: Option<toml::Value>,
     /// External components (XEP-0114) the component listeners accept.
     #[serde(rename = "component")]
     pub components: Vec<ComponentConfig>,
-    /// Each host's modules, checked and in start order (the embedded default set without `[modules]`).
+    /// The text the configuration was read from (empty for the embedded defaults), for the checks made
+    /// above this layer (module options) to name their line and column.
     #[serde(skip)]
-    pub module_plan: Vec<crate::modules::HostModules>,
+    pub source: String,
+    /// The file it was read from.
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 /// One external component (XEP-0114).
@@ -239,7 +244,8 @@ impl Default for Config {
             tls: TlsConfig::default(),
             modules_table: None,
             components: Vec::new(),
-            module_plan: crate::modules::options::default_plan(&["localhost".to_string()]),
+            source: String::new(),
+            file: PathBuf::new(),
         }
     }
 }
@@ -301,9 +307,20 @@ impl Config {
         config
             .check()
             .map_err(|(span, message)| at(span, message))?;
-        config.module_plan = crate::modules::options::plan(text, &config.host_names())
-            .map_err(|(span, message)| at(span, message))?;
+        config.source = text.to_string();
+        config.file = file.to_path_buf();
         Ok(config)
+    }
+
+    /// An error about the configuration's text at `span` (as a layer above found it).
+    pub fn error_at(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
+        let (line, column) = span.map_or((0, 0), |s| line_col(&self.source, s.start));
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            message,
+        }
     }
 
     /// Checks what the types alone cannot: addresses parse, names are unique, values are in range.

@@ -20,15 +20,17 @@
 //! | --- | --- | --- |
 //! | start-up | [`shard::pool`] | the shard pool, listeners, accept loops, the mesh consumers, housekeeping; installs the [`shard::Wiring`] |
 //! | stream glue | [`c2s`], [`component`] | what a client's or a component's stream means: carrying out its machine's actions |
-//! | services | [`router`] | the one routing entry point and the per-shard route table; [`router::local`] for the server's own JID |
-//! | | [`sm`] | sessions: bind, unbind, conflict, presence, session hooks, delivery rules and delivery ([`sm::session`]) |
-//! | | [`modules`] | gen_mod, gen_iq_handler, the open hook registry, [`modules::ctx::ModuleCtx`], one file per module |
-//! | state | [`shard`] | one core's mutable state, `send_home` (the local fast path), the router's entry as wired |
-//! | | [`mesh`], [`sink`] | messages between shards and their overflow policy; a connection's output queue, by generational id |
-//! | | [`storage`], [`auth`] | the store behind traits (SQLite embedded) on worker threads; the extauth program pool |
-//! | I/O | [`net`] | the only place with sockets: the generic stream driver, TLS, certificates |
+//! | router | [`router`] | the one routing entry point; [`router::local`] for the server's own JID |
+//! | session manager | [`sm::session`] | bind, unbind, conflict, presence, session hooks, delivery ([`sm::deliver`]: the RFC 6121 §8.5 rules) |
+//! | state | [`shard`] | one core's mutable state (the session, route and module tables), `send_home` with the local fast path, the router's entry as wired |
+//! | | [`mesh`] | messages between shards and their overflow policy |
+//! | modules | [`modules`] | gen_mod, gen_iq_handler, the open hook registry, [`modules::ctx::ModuleCtx`] (the trait the shard implements), one file per module |
+//! | below | [`sink`], [`storage`], [`auth`], [`net`] | a connection's output queue by generational id; the store behind traits on worker threads; the extauth pool; the only sockets: the generic stream driver, TLS |
 //! | ground | [`placement`], [`config`], [`probe`] | where an account lives (a specified hash); the configuration; test probes |
 //! | sans-IO | [`proto`] | bytes and `now` in, events and actions out: XML, JIDs, SASL, c2s and component machines, errors |
+//!
+//! The full map, with who owns what and the journeys of a message, a login and an IQ, is
+//! `docs/architecture.md`.
 //!
 //! `tests/layering.rs` turns the arrows into rules.
 

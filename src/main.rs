@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use rjabberd::config::Config;
+use rjabberd::modules::options::plan_of;
 use rjabberd::proto::jid::Jid;
 use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::pool::Server;
@@ -71,6 +72,11 @@ fn main() -> ExitCode {
         },
         None => Config::default(),
     };
+    // The module options are checked here too, so that every configuration error exits alike.
+    if let Err(e) = plan_of(&config) {
+        eprintln!("rjabberd: {e}");
+        return ExitCode::from(2);
+    }
     let level = format!("{:?}", config.log_level).to_lowercase();
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(format!("rjabberd={level}")),
@@ -153,14 +159,14 @@ fn reload_modules(server: &Server, path: Option<&std::path::Path>) {
         eprintln!("rjabberd: SIGHUP: started without --config, nothing to reload");
         return;
     };
-    match Config::load(path) {
-        Ok(new) => {
+    match Config::load(path).and_then(|new| plan_of(&new).map(|plan| (new, plan))) {
+        Ok((new, plan)) => {
             if new.host_names() != server.shared.hosts {
                 eprintln!(
                     "rjabberd: SIGHUP: hosts changed; that needs a restart (modules reloaded)"
                 );
             }
-            server.reload_modules(new.module_plan);
+            server.reload_modules(plan);
             println!("rjabberd: modules reloaded from {}", path.display());
         }
         Err(e) => eprintln!("rjabberd: SIGHUP: {e}; configuration unchanged"),

@@ -79,15 +79,20 @@ impl Sink {
         true
     }
 
-    /// Queues `stanza`, to be written with `from` stamped, without copying it or allocating.
+    /// Queues `stanza`, to be written with `from` stamped, without copying its bytes or allocating.
     pub fn deliver(&self, stanza: &Stanza, from: &Arc<str>) {
+        self.deliver_owned(stanza.clone(), from.clone())
+    }
+
+    /// [`Sink::deliver`] for a stanza the caller hands over (one recipient): not even a reference
+    /// count changes.
+    pub fn deliver_owned(&self, stanza: Stanza, from: Arc<str>) {
         if !self.admit(stanza.as_bytes().len() + from.len() + STAMP_ALLOWANCE) {
             return;
         }
-        self.queue.borrow_mut().push_back(Outgoing::Stanza {
-            stanza: stanza.clone(),
-            from: from.clone(),
-        });
+        self.queue
+            .borrow_mut()
+            .push_back(Outgoing::Stanza { stanza, from });
         self.wake();
     }
 

@@ -1,5 +1,9 @@
-//! The layering rules of DESIGN.md §3 as a test: code under `src/proto` is sans-IO, so it must not name
-//! an executor, a socket type, the wall clock or a thread. A violation names the file and line.
+//! The layering rules of DESIGN.md §3 as tests. Code under `src/proto` is sans-IO, so it must not name
+//! an executor, a socket type, the wall clock or a thread. And dependencies point down: each layer below
+//! names (as `crate::…` paths) none of the layers above it — `net` is the I/O floor and knows no router,
+//! session manager, shard or module; modules reach the world through their context and know no shard,
+//! router or connection; the configuration knows no module; the session manager knows no socket. A
+//! violation names the file, the line and the rule.
 
 use std::path::Path;
 
@@ -55,6 +59,161 @@ fn proto_is_sans_io() {
     assert!(
         violations.is_empty(),
         "layering violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// `(files under this path, paths they must not name, why)`.
+const DOWNWARD_ONLY: &[(&str, &[&str], &str)] = &[
+    (
+        "src/net",
+        &[
+            "crate::router",
+            "crate::modules",
+            "crate::sm",
+            "crate::shard",
+            "crate::c2s",
+            "crate::component",
+            "crate::mesh",
+            "crate::storage",
+            "crate::auth",
+        ],
+        "net is the I/O floor: stream glue above it gives it meaning",
+    ),
+    (
+        "src/modules",
+        &[
+            "crate::shard",
+            "crate::router",
+            "crate::net",
+            "crate::c2s",
+            "crate::component",
+            "crate::sm",
+            "crate::mesh",
+            "crate::sink",
+        ],
+        "modules reach the world through ModuleCtx only",
+    ),
+    (
+        "src/config.rs",
+        &["crate::"],
+        "the configuration is the ground floor: it names no other part of the server",
+    ),
+    (
+        "src/sm",
+        &[
+            "crate::net",
+            "crate::router",
+            "crate::c2s",
+            "crate::component",
+            "crate::shard::pool",
+        ],
+        "the session manager is a service on the shard's state, below routing and sockets",
+    ),
+    (
+        "src/router",
+        &[
+            "crate::net",
+            "crate::c2s",
+            "crate::component",
+            "crate::shard::pool",
+        ],
+        "the router is reached by the stream glue, not the other way round",
+    ),
+    (
+        "src/shard/mod.rs",
+        &[
+            "crate::router::route",
+            "crate::router::local",
+            "crate::router::Origin",
+            "crate::sm::session",
+            "crate::c2s",
+            "crate::component",
+            "crate::net::driver",
+            "crate::shard::pool",
+        ],
+        "shard state sits low: what is above it is wired in from shard::pool",
+    ),
+    (
+        "src/mesh.rs",
+        &[
+            "crate::router",
+            "crate::sm",
+            "crate::shard",
+            "crate::net",
+            "crate::c2s",
+            "crate::component",
+        ],
+        "the mesh carries messages; it handles none",
+    ),
+    (
+        "src/sink.rs",
+        &[
+            "crate::router",
+            "crate::sm",
+            "crate::shard",
+            "crate::net",
+            "crate::modules",
+            "crate::mesh",
+        ],
+        "a sink is a queue below everything that writes to it",
+    ),
+    (
+        "src/placement.rs",
+        &["crate::"],
+        "placement is a pure function of a name",
+    ),
+];
+
+#[test]
+fn dependencies_point_down() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut violations = Vec::new();
+    let mut checked = 0;
+    for (under, forbidden, why) in DOWNWARD_ONLY {
+        let path = root.join(under);
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path.clone());
+        }
+        assert!(
+            files.iter().all(|f| f.exists()) && !files.is_empty(),
+            "{under} is gone: the rule would check nothing"
+        );
+        for file in &files {
+            checked += 1;
+            let text = std::fs::read_to_string(file).expect("readable source file");
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("#[cfg(test)]") {
+                    break;
+                }
+                let code = line.split("//").next().unwrap_or_default();
+                if code.contains("crate::{") || code.contains("super::super") {
+                    violations.push(format!(
+                        "{}:{}: a grouped or climbing path hides what the file names; write each \
+                         `crate::` path out",
+                        file.strip_prefix(root).unwrap_or(file).display(),
+                        n + 1
+                    ));
+                }
+                for needle in *forbidden {
+                    if code.contains(needle) {
+                        violations.push(format!(
+                            "{}:{}: names `{needle}`: {why}",
+                            file.strip_prefix(root).unwrap_or(file).display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} files checked");
+    assert!(
+        violations.is_empty(),
+        "arrows that run back up:\n{}",
         violations.join("\n")
     );
 }

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{Client, SHARDS, TestServer};
 
+/// Long and unlikely enough that finding its bytes in the database file means it is stored there (a
+/// three-letter password could match a page or schema byte by chance).
+const NEW_PASSWORD: &str = "qu1nce-Wh1stle-7hr0ugh-L4ntern";
+
 #[test]
 fn users_survive_a_restart_and_the_cli_works_while_running() {
     for shards in SHARDS {
@@ -35,7 +39,7 @@ fn users_survive_a_restart_and_the_cli_works_while_running() {
         // Password change and deletion take effect for the next login.
         assert!(
             server
-                .user(&["passwd", "juliet@localhost", "--password", "new"])
+                .user(&["passwd", "juliet@localhost", "--password", NEW_PASSWORD])
                 .status
                 .success()
         );
@@ -45,7 +49,7 @@ fn users_survive_a_restart_and_the_cli_works_while_running() {
             c.sasl("SCRAM-SHA-256", "juliet", "pencil", None).name,
             "failure"
         );
-        let _ = Client::login(&server, "juliet@localhost", "new", "r");
+        let _ = Client::login(&server, "juliet@localhost", NEW_PASSWORD, "r");
         assert!(server.user(&["del", "romeo@example.net"]).status.success());
         let mut c = Client::connect_direct(server.direct, server.cert_path());
         c.open("example.net");
@@ -53,7 +57,8 @@ fn users_survive_a_restart_and_the_cli_works_while_running() {
         // Only SCRAM keys are stored: the password is nowhere in the database.
         let db = std::fs::read(server.dir.join("data/rjabberd.sqlite3")).unwrap();
         assert!(
-            !db.windows(3).any(|w| w == b"new"),
+            !db.windows(NEW_PASSWORD.len())
+                .any(|w| w == NEW_PASSWORD.as_bytes()),
             "a plaintext password in the store"
         );
     }

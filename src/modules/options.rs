@@ -180,6 +180,18 @@ pub fn plan(text: &str, hosts: &[String]) -> Result<Vec<HostModules>, SpanError>
     Ok(out)
 }
 
+/// The module plan of a loaded configuration: its `[modules]` sections checked, with file, line and
+/// column on error; the embedded default set for the embedded configuration.
+pub fn plan_of(
+    config: &crate::config::Config,
+) -> Result<Vec<HostModules>, crate::config::ConfigError> {
+    let hosts = config.host_names();
+    if config.source.is_empty() {
+        return Ok(default_plan(&hosts));
+    }
+    plan(&config.source, &hosts).map_err(|(span, message)| config.error_at(span, message))
+}
+
 /// The plan of the embedded defaults.
 pub fn default_plan(hosts: &[String]) -> Vec<HostModules> {
     plan("", hosts).expect("the default modules are valid")

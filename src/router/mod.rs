@@ -53,7 +53,7 @@ impl Origin<'_> {
 /// server's address).
 pub fn route(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<str>) {
     let stanza = match origin {
-        Origin::Session(s) if shard.modules().borrow().hooks().has(&USER_SEND_PACKET) => {
+        Origin::Session(s) if shard.has_hook(&USER_SEND_PACKET) => {
             match run_packet(
                 &shard.ctx(),
                 &USER_SEND_PACKET,
@@ -196,7 +196,7 @@ pub fn to_component(shard: &Rc<Shard>, domain: &str, stanza: Stanza, from: Arc<s
 
 /// Runs `filter_packet` when a module registered it, for the hosts of the sender and the recipient.
 fn filter(shard: &Rc<Shard>, stanza: Stanza, from: &str) -> Option<Stanza> {
-    if !shard.modules().borrow().hooks().has(&FILTER_PACKET) {
+    if !shard.has_hook(&FILTER_PACKET) {
         return Some(stanza);
     }
     let to = stanza.to().map(|t| t.into_owned()).unwrap_or_default();

@@ -26,7 +26,7 @@ use crate::auth::ExtAuth;
 use crate::config::{Config, ListenerKind, TlsMode};
 use crate::mesh::{Outbox, Overflow, Peers, ShardMsg};
 use crate::modules::ctx::{ModuleCtx, ModuleJob, SessionInfo, ShardServices};
-use crate::modules::{HostModules, ModuleTable};
+use crate::modules::{HookPoint, HostModules, ModuleTable};
 use crate::net::tls::HostCertificates;
 use crate::placement::{Home, Placement};
 use crate::proto::c2s::C2sSettings;
@@ -289,6 +289,12 @@ impl Shard {
             table.len(),
             accounts.join(" ")
         );
+    }
+
+    /// Whether a module registered a handler for `point` on this shard: the check the hot path makes
+    /// before building a hook's event.
+    pub fn has_hook<E>(&self, point: &HookPoint<E>) -> bool {
+        self.modules.borrow().hooks().has(point)
     }
 
     /// The sink of a connection of this shard.

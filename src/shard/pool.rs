@@ -194,6 +194,7 @@ pub(crate) fn shared_state(
     shards: usize,
     bound: Vec<(SocketAddr, TlsMode, ListenerKind)>,
 ) -> Result<ServerShared, String> {
+    let plan = crate::modules::options::plan_of(&config).map_err(|e| e.to_string())?;
     let certs = Arc::new(HostCertificates::load(&config)?);
     let store = StoreWorkers::start(&config.data_dir, 2).map_err(|e| e.to_string())?;
     let extauth = match (&config.auth.method, &config.auth.extauth_program) {
@@ -227,9 +228,8 @@ pub(crate) fn shared_state(
         max_sasl_failures: config.limits.max_sasl_failures,
         auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
         plain_only: config.auth.method == AuthMethod::External,
-        register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&config.module_plan))),
+        register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&plan))),
     });
-    let plan = config.module_plan.clone();
     let session_cache: Arc<dyn rustls::server::StoresServerSessions> =
         if config.tls.session_cache_size == 0 {
             Arc::new(rustls::server::NoServerSessionStorage {})

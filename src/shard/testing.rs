@@ -71,7 +71,7 @@ impl Harness {
                     .expect("credentials");
             db.add(host, local, &creds).expect("a new account");
         }
-        let plan = shared.config.module_plan.clone();
+        let plan = crate::modules::options::plan_of(&shared.config).expect("a valid module plan");
         let shard = Rc::new(Shard::new(0, shared, mesh, WIRING));
         super::pool::apply_plan(&shard, &plan).expect("the modules start");
         Harness { shard, dir }

@@ -103,6 +103,16 @@ pub fn without_to(shard: &Rc<Shard>, from: &SessionRef, stanza: Stanza) {
 
 /// On the home shard of the stanza's `to` account: decide delivery and carry it out.
 pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
+    // The common case first, without allocating or touching a reference count: a full JID whose session
+    // exists, and no hook to run; the stanza is handed over.
+    if let Some(sink) = full_jid_session(shard, &stanza)
+        && !shard.has_hook(&USER_RECEIVE_PACKET)
+    {
+        if let Some(s) = shard.sink(sink) {
+            s.deliver_owned(stanza, from);
+        }
+        return;
+    }
     let to_attr = stanza.to();
     let owned;
     let to = match to_attr.as_deref() {
@@ -136,7 +146,7 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     let kind = stanza.kind();
     let ty = StanzaType::classify(kind, stanza.type_().as_deref());
     let bare = to.bare();
-    // The common case first, without allocating: a full JID whose session exists.
+    // A full JID whose session exists, with `user_receive_packet` to run.
     if let Some(resource) = to.resource
         && ty != StanzaType::Probe
         && ty != StanzaType::Unknown
@@ -198,6 +208,24 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     .detach();
 }
 
+/// The session a stanza to a full JID goes to, when the JID is canonical, the session exists and the
+/// stanza's type is one delivered to a full JID as is.
+fn full_jid_session(shard: &Shard, stanza: &Stanza) -> Option<SinkId> {
+    let to_attr = stanza.to()?;
+    let to = JidView::canonical(&to_attr)?;
+    let resource = to.resource?;
+    let ty = StanzaType::classify(stanza.kind(), stanza.type_().as_deref());
+    if ty == StanzaType::Probe || ty == StanzaType::Unknown {
+        return None;
+    }
+    let table = shard.sessions().borrow();
+    table
+        .sessions(to.bare())
+        .iter()
+        .find(|s| &*s.resource == resource)
+        .map(|s| s.sink)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply(
     shard: &Rc<Shard>,
@@ -244,7 +272,7 @@ fn apply(
                 stanza: stanza.clone(),
                 arrival: arrival.to_string(),
             };
-            let kept = shard.modules().borrow().hooks().has(&OFFLINE_MESSAGE)
+            let kept = shard.has_hook(&OFFLINE_MESSAGE)
                 && hooks::run(&shard.ctx(), &OFFLINE_MESSAGE, host, &mut msg) == hooks::Flow::Stop;
             if !kept {
                 shard.bounce(
@@ -262,7 +290,7 @@ fn apply(
 /// Writes a stanza to a session of this shard, through `user_receive_packet` when a module registered it.
 fn deliver_to_session(shard: &Rc<Shard>, sink: SinkId, stanza: &Stanza, from: &Arc<str>, to: &str) {
     let Some(s) = shard.sink(sink) else { return };
-    if shard.modules().borrow().hooks().has(&USER_RECEIVE_PACKET) {
+    if shard.has_hook(&USER_RECEIVE_PACKET) {
         let host = domain_of(to);
         if let Some(st) = run_packet(
             &shard.ctx(),
@@ -342,7 +370,7 @@ fn session_hook(
     session: &SessionRef,
     status: &str,
 ) {
-    if !shard.modules().borrow().hooks().has(hook) {
+    if !shard.has_hook(hook) {
         return;
     }
     let (user, host) = session.bare.split_once('@').unwrap_or(("", &session.bare));
