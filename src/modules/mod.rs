@@ -20,6 +20,7 @@ pub mod options;
 pub mod ping;
 pub mod private;
 pub mod register;
+pub mod roster;
 pub mod server_info;
 pub mod time;
 pub mod util;
@@ -78,6 +79,7 @@ pub fn builtin() -> &'static [&'static dyn Module] {
         &server_info::ServerInfo,
         &register::Register,
         &offline::Offline,
+        &roster::Roster,
         &fault_probe::FaultProbe,
     ];
     ALL
@@ -455,7 +457,8 @@ mod tests {
         let plan = super::options::plan(
             "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
              mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
-             mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n",
+             mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n\
+             mod_roster = true\n",
             &["example.org".to_string()],
         )
         .unwrap();

@@ -116,6 +116,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_vcard",
     "mod_private",
     "mod_offline",
+    "mod_roster",
 ];
 
 pub type SpanError = (Option<Range<usize>>, String);

@@ -46,6 +46,8 @@ pub struct C2sSettings {
     /// Hosts offering in-band registration (XEP-0077) before authentication; replaced when a
     /// configuration reload changes `mod_register`.
     pub register_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    /// The hosts whose rosters are versioned (XEP-0237): their streams offer `<ver/>`.
+    pub rosterver_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// What the connection driver must do next.
@@ -405,6 +407,14 @@ impl C2s {
             .contains(&self.host)
     }
 
+    fn offers_roster_versioning(&self) -> bool {
+        self.settings
+            .rosterver_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&self.host)
+    }
+
     fn offers_sasl(&self) -> bool {
         self.secure || !self.settings.tls_required
     }
@@ -425,6 +435,9 @@ impl C2s {
             f.push_str(
                 "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
             );
+            if self.offers_roster_versioning() {
+                f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
+            }
         } else {
             if !self.secure && self.settings.starttls {
                 f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
@@ -443,6 +456,9 @@ impl C2s {
                 f.push_str("</mechanisms>");
                 if self.offers_registration() {
                     f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
+                }
+                if self.offers_roster_versioning() {
+                    f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
                 }
                 if self.secure && self.bindings.any() {
                     f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
@@ -793,6 +809,7 @@ mod tests {
             auth_timeout: Duration::from_secs(30),
             plain_only: false,
             register_hosts: std::sync::Arc::new(std::sync::RwLock::new(vec!["example.org".into()])),
+            rosterver_hosts: std::sync::Arc::default(),
         })
     }
 

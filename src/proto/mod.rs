@@ -7,5 +7,6 @@ pub mod c2s;
 pub mod component;
 pub mod errors;
 pub mod jid;
+pub mod roster;
 pub mod sasl;
 pub mod xml;

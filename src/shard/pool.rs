@@ -19,6 +19,7 @@ use crate::config::{AuthMethod, Config, ListenerKind, TlsMode};
 use crate::mesh::ShardMsg;
 use crate::modules::HostModules;
 use crate::modules::register::register_hosts;
+use crate::modules::roster::rosterver_hosts;
 use crate::net::tls::HostCertificates;
 use crate::placement::Placement;
 use crate::probe::{CURRENT_SHARD, hot_path};
@@ -167,6 +168,12 @@ impl Server {
             .register_hosts
             .write()
             .unwrap_or_else(|p| p.into_inner()) = register_hosts(&plan);
+        *self
+            .shared
+            .settings
+            .rosterver_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = rosterver_hosts(&plan);
         let mut slot = self
             .shared
             .module_plan
@@ -229,6 +236,7 @@ pub(crate) fn shared_state(
         auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
         plain_only: config.auth.method == AuthMethod::External,
         register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&plan))),
+        rosterver_hosts: Arc::new(std::sync::RwLock::new(rosterver_hosts(&plan))),
     });
     let session_cache: Arc<dyn rustls::server::StoresServerSessions> =
         if config.tls.session_cache_size == 0 {

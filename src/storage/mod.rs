@@ -10,6 +10,7 @@ pub mod sqlite;
 
 use std::path::Path;
 
+use crate::proto::roster::RosterItem;
 use crate::proto::sasl::Credentials;
 
 pub use sqlite::UserDb;
@@ -82,10 +83,33 @@ pub trait AccountData {
     fn data_size(&self, host: &str, username: &str, module: &str) -> Result<u64, StoreError>;
 }
 
-/// A whole backend, as one worker thread owns it.
-pub trait Store: Accounts + AccountData + Send {}
+/// Rosters (RFC 6121 §2): each account's items and the roster's version (XEP-0237), which every change
+/// advances.
+pub trait Rosters {
+    /// The roster in contact order and its version (0 for a roster never written).
+    fn roster(&self, host: &str, username: &str) -> Result<(u64, Vec<RosterItem>), StoreError>;
+    fn roster_item(
+        &self,
+        host: &str,
+        username: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StoreError>;
+    /// Writes an item (replacing the one for its contact); returns the new version.
+    fn roster_put(&self, host: &str, username: &str, item: &RosterItem) -> Result<u64, StoreError>;
+    /// Removes the item for `contact`; the new version, or `None` when there was none.
+    fn roster_remove(
+        &self,
+        host: &str,
+        username: &str,
+        contact: &str,
+    ) -> Result<Option<u64>, StoreError>;
+    fn roster_count(&self, host: &str, username: &str) -> Result<u64, StoreError>;
+}
 
-impl<T: Accounts + AccountData + Send> Store for T {}
+/// A whole backend, as one worker thread owns it.
+pub trait Store: Accounts + AccountData + Rosters + Send {}
+
+impl<T: Accounts + AccountData + Rosters + Send> Store for T {}
 
 type Job = Box<dyn FnOnce(&dyn Store) + Send>;
 
@@ -207,11 +231,47 @@ pub(crate) mod tests {
             None,
             "module data goes with the account"
         );
+        // Rosters: versions advance, items round-trip, removal with the account.
+        let mut item = RosterItem::new("nurse@example.org");
+        item.name = Some("Nurse".into());
+        item.groups = vec!["Servants".into(), "Kin".into()];
+        item.subscription = crate::proto::roster::Subscription::Both;
+        item.pending_in = true;
+        assert_eq!(db.roster("other.example", "romeo").unwrap(), (0, vec![]));
+        let v1 = db.roster_put("other.example", "romeo", &item).unwrap();
+        let v2 = db
+            .roster_put("other.example", "romeo", &RosterItem::new("a@example.org"))
+            .unwrap();
+        assert!(v2 > v1 && v1 > 0);
+        let (ver, items) = db.roster("other.example", "romeo").unwrap();
+        assert_eq!(ver, v2);
+        assert_eq!(items, vec![RosterItem::new("a@example.org"), item.clone()]);
+        assert_eq!(
+            db.roster_item("other.example", "romeo", "nurse@example.org")
+                .unwrap(),
+            Some(item)
+        );
+        assert_eq!(db.roster_count("other.example", "romeo").unwrap(), 2);
+        assert_eq!(
+            db.roster_remove("other.example", "romeo", "nobody@example.org")
+                .unwrap(),
+            None
+        );
+        let v3 = db
+            .roster_remove("other.example", "romeo", "a@example.org")
+            .unwrap()
+            .unwrap();
+        assert!(v3 > v2);
         db.data_put("other.example", "romeo", "m", &[put("k", b"v")])
             .unwrap();
         db.data_remove_account("other.example", "romeo").unwrap();
         assert_eq!(db.data_count("other.example", "romeo", "m").unwrap(), 0);
+        assert_eq!(db.roster_count("other.example", "romeo").unwrap(), 0);
         assert!(db.exists("other.example", "romeo").unwrap());
+        db.roster_put("other.example", "romeo", &RosterItem::new("b@example.org"))
+            .unwrap();
+        db.delete("other.example", "romeo").unwrap();
+        assert_eq!(db.roster("other.example", "romeo").unwrap(), (0, vec![]));
     }
 
     #[test]

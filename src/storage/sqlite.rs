@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AccountData, Accounts, StoreError};
+use super::{AccountData, Accounts, Rosters, StoreError};
+use crate::proto::roster::{RosterItem, Subscription};
 use crate::proto::sasl::{Credentials, Hash, ScramCredential};
 
 impl From<rusqlite::Error> for StoreError {
@@ -56,6 +57,25 @@ impl UserDb {
                  key TEXT NOT NULL,
                  value BLOB NOT NULL,
                  PRIMARY KEY (host, username, module, key)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS roster_items (
+                 host TEXT NOT NULL,
+                 username TEXT NOT NULL,
+                 contact TEXT NOT NULL,
+                 name TEXT,
+                 -- joined with U+001F, which XML 1.0 character data cannot hold
+                 groups TEXT NOT NULL,
+                 subscription TEXT NOT NULL,
+                 ask INTEGER NOT NULL,
+                 pending_in INTEGER NOT NULL,
+                 approved INTEGER NOT NULL,
+                 PRIMARY KEY (host, username, contact)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS roster_versions (
+                 host TEXT NOT NULL,
+                 username TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 PRIMARY KEY (host, username)
              ) WITHOUT ROWID;",
         )?;
         Ok(UserDb { conn })
@@ -121,10 +141,7 @@ impl Accounts for UserDb {
         if n == 0 {
             return Err(StoreError(format!("{username}@{host} does not exist")));
         }
-        tx.execute(
-            "DELETE FROM account_data WHERE host = ?1 AND username = ?2",
-            params![host, username],
-        )?;
+        remove_account_data(&tx, host, username)?;
         tx.commit()?;
         Ok(())
     }
@@ -229,10 +246,9 @@ impl AccountData for UserDb {
     /// Removes every module's data for an account (when the account itself lives elsewhere, e.g. with
     /// external authentication).
     fn data_remove_account(&self, host: &str, username: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM account_data WHERE host = ?1 AND username = ?2",
-            params![host, username],
-        )?;
+        let tx = self.conn.unchecked_transaction()?;
+        remove_account_data(&tx, host, username)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -285,6 +301,150 @@ impl AccountData for UserDb {
         Ok(self.conn.query_row(
             "SELECT COALESCE(SUM(LENGTH(value)), 0) FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3",
             params![host, username, module],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+}
+
+/// Everything stored for an account besides its credentials: module data and the roster.
+fn remove_account_data(
+    tx: &rusqlite::Transaction<'_>,
+    host: &str,
+    username: &str,
+) -> Result<(), StoreError> {
+    for table in ["account_data", "roster_items", "roster_versions"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE host = ?1 AND username = ?2"),
+            params![host, username],
+        )?;
+    }
+    Ok(())
+}
+
+const GROUP_SEPARATOR: char = '\u{1f}';
+
+fn roster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RosterItem> {
+    let groups: String = r.get(2)?;
+    let subscription: String = r.get(3)?;
+    Ok(RosterItem {
+        jid: r.get(0)?,
+        name: r.get(1)?,
+        groups: if groups.is_empty() {
+            Vec::new()
+        } else {
+            groups.split(GROUP_SEPARATOR).map(str::to_string).collect()
+        },
+        subscription: Subscription::parse(&subscription).unwrap_or_default(),
+        ask: r.get(4)?,
+        pending_in: r.get(5)?,
+        approved: r.get(6)?,
+    })
+}
+
+const ROSTER_COLUMNS: &str = "contact, name, groups, subscription, ask, pending_in, approved";
+
+/// Advances the roster's version in `tx`; returns the new one.
+fn bump_version(
+    tx: &rusqlite::Transaction<'_>,
+    host: &str,
+    username: &str,
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO roster_versions VALUES (?1, ?2, 1)
+         ON CONFLICT (host, username) DO UPDATE SET version = version + 1",
+        params![host, username],
+    )?;
+    Ok(tx.query_row(
+        "SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2",
+        params![host, username],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
+impl Rosters for UserDb {
+    fn roster(&self, host: &str, username: &str) -> Result<(u64, Vec<RosterItem>), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let version: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM roster_versions WHERE host = ?1 AND username = ?2",
+                params![host, username],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let items = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {ROSTER_COLUMNS} FROM roster_items WHERE host = ?1 AND username = ?2 ORDER BY contact"
+            ))?;
+            let rows = stmt.query_map(params![host, username], roster_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok((version.unwrap_or(0) as u64, items))
+    }
+
+    fn roster_item(
+        &self,
+        host: &str,
+        username: &str,
+        contact: &str,
+    ) -> Result<Option<RosterItem>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {ROSTER_COLUMNS} FROM roster_items WHERE host = ?1 AND username = ?2 AND contact = ?3"
+                ),
+                params![host, username, contact],
+                roster_row,
+            )
+            .optional()?)
+    }
+
+    fn roster_put(&self, host: &str, username: &str, item: &RosterItem) -> Result<u64, StoreError> {
+        let sep = GROUP_SEPARATOR.to_string();
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO roster_items VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                host,
+                username,
+                item.jid,
+                item.name,
+                item.groups.join(&sep),
+                item.subscription.as_str(),
+                item.ask,
+                item.pending_in,
+                item.approved
+            ],
+        )?;
+        let version = bump_version(&tx, host, username)?;
+        tx.commit()?;
+        Ok(version)
+    }
+
+    fn roster_remove(
+        &self,
+        host: &str,
+        username: &str,
+        contact: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let n = tx.execute(
+            "DELETE FROM roster_items WHERE host = ?1 AND username = ?2 AND contact = ?3",
+            params![host, username, contact],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let version = bump_version(&tx, host, username)?;
+        tx.commit()?;
+        Ok(Some(version))
+    }
+
+    fn roster_count(&self, host: &str, username: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM roster_items WHERE host = ?1 AND username = ?2",
+            params![host, username],
             |r| r.get::<_, i64>(0),
         )? as u64)
     }
