@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 use rjabberd::config::Config;
 use rjabberd::modules::options::plan_of;
 use rjabberd::proto::jid::Jid;
+use rjabberd::proto::roster::{RosterItem, Subscription};
 use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::pool::Server;
-use rjabberd::storage::{Accounts, UserDb};
+use rjabberd::storage::{Accounts, Rosters, UserDb};
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
@@ -38,6 +39,33 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Manage rosters (ejabberdctl's add_rosteritem / get_roster / delete_rosteritem). Sessions online
+    /// see the change at their next roster request.
+    Roster {
+        #[command(subcommand)]
+        action: RosterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RosterAction {
+    /// Add or update an item: `roster add alice@localhost bob@localhost --name Bob --group Friends`.
+    Add {
+        owner: String,
+        contact: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// A group (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// none, to, from or both.
+        #[arg(long, default_value = "none")]
+        subscription: String,
+    },
+    /// Print an account's roster: contact, subscription, name, groups.
+    List { owner: String },
+    /// Remove an item.
+    Del { owner: String, contact: String },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.config.clone()),
         Command::User { action } => user(&config, action),
+        Command::Roster { action } => roster(&config, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -239,6 +268,66 @@ fn user(config: &Config, action: UserAction) -> Result<(), String> {
         UserAction::List { host } => {
             for (h, u) in db.list(host.as_deref()).map_err(|e| e.to_string())? {
                 println!("{u}@{h}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn roster(config: &Config, action: RosterAction) -> Result<(), String> {
+    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let contact_jid = |contact: &str| -> Result<String, String> {
+        let jid = Jid::parse(contact).map_err(|e| format!("`{contact}`: {e}"))?;
+        if jid.resource().is_some() {
+            return Err(format!("`{contact}` is not a bare JID"));
+        }
+        Ok(jid.as_str().to_string())
+    };
+    match action {
+        RosterAction::Add {
+            owner,
+            contact,
+            name,
+            groups,
+            subscription,
+        } => {
+            let (host, local) = account(config, &owner)?;
+            let contact = contact_jid(&contact)?;
+            let subscription = Subscription::parse(&subscription)
+                .ok_or_else(|| format!("`{subscription}`: not one of none, to, from, both"))?;
+            let mut item = db
+                .roster_item(&host, &local, &contact)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_else(|| RosterItem::new(contact.clone()));
+            item.name = name;
+            item.groups = groups;
+            item.subscription = subscription;
+            db.roster_put(&host, &local, &item)
+                .map_err(|e| e.to_string())?;
+            println!("{local}@{host}: {contact} ({})", subscription.as_str());
+        }
+        RosterAction::List { owner } => {
+            let (host, local) = account(config, &owner)?;
+            let (_, items) = db.roster(&host, &local).map_err(|e| e.to_string())?;
+            for i in items {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    i.jid,
+                    i.subscription.as_str(),
+                    i.name.unwrap_or_default(),
+                    i.groups.join(",")
+                );
+            }
+        }
+        RosterAction::Del { owner, contact } => {
+            let (host, local) = account(config, &owner)?;
+            let contact = contact_jid(&contact)?;
+            match db
+                .roster_remove(&host, &local, &contact)
+                .map_err(|e| e.to_string())?
+            {
+                Some(_) => println!("{local}@{host}: {contact} removed"),
+                None => return Err(format!("{contact} is not on the roster of {local}@{host}")),
             }
         }
     }

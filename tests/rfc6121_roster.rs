@@ -239,3 +239,62 @@ fn the_stream_offers_roster_versioning_unless_turned_off() {
         assert_eq!(features.child("ver").is_some(), offered, "{features}");
     }
 }
+
+#[test]
+fn operators_manage_rosters_from_the_command_line() {
+    let server = TestServer::start(1, "");
+    server.add_user("juliet@localhost", "pw");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rjabberd"))
+            .arg("--config")
+            .arg(server.config_path())
+            .arg("roster")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "add",
+        "juliet@localhost",
+        "Romeo@Localhost",
+        "--name",
+        "Romeo",
+        "--group",
+        "Montague",
+        "--subscription",
+        "both",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&cli(&["list", "juliet@localhost"]).stdout).to_string();
+    assert_eq!(listed, "romeo@localhost\tboth\tRomeo\tMontague\n");
+    let mut c = Client::login(&server, "juliet@localhost", "pw", "r");
+    let r = c.iq(None, "get", &format!("<query xmlns='{NS}'/>"));
+    assert_eq!(
+        items(r.child("query").unwrap()),
+        vec![(
+            "romeo@localhost".into(),
+            Some("Romeo".into()),
+            vec!["Montague".into()],
+            "both".into()
+        )]
+    );
+    assert!(
+        cli(&["del", "juliet@localhost", "romeo@localhost"])
+            .status
+            .success()
+    );
+    let again = cli(&["del", "juliet@localhost", "romeo@localhost"]);
+    assert!(!again.status.success(), "removing what is not there fails");
+    assert!(
+        cli(&[
+            "add",
+            "juliet@localhost",
+            "x@localhost",
+            "--subscription",
+            "maybe"
+        ])
+        .status
+        .code()
+            != Some(0)
+    );
+}

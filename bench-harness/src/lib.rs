@@ -40,6 +40,35 @@ pub fn contacts(i: usize, n: usize, k: usize) -> Vec<usize> {
     out
 }
 
+/// Writes rjabberd rosters for the presence scenario's rings (subscription both) into its store.
+pub fn rosters(
+    data_dir: &std::path::Path,
+    users: usize,
+    contacts_per_user: usize,
+    host: &str,
+    prefix: &str,
+) -> Result<(), String> {
+    use rjabberd::proto::roster::{RosterItem, Subscription};
+    use rjabberd::storage::Rosters;
+    let db = rjabberd::storage::UserDb::open(data_dir).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    for i in 0..users {
+        let owner = format!("{prefix}{i}");
+        for c in contacts(i, users, contacts_per_user) {
+            let mut item = RosterItem::new(format!("{prefix}{c}@{host}"));
+            item.subscription = Subscription::Both;
+            db.roster_put(host, &owner, &item)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    println!(
+        "wrote {users} rosters of {} contacts on {host} in {:.1} s",
+        contacts(0, users, contacts_per_user).len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Writes Prosody roster files (`DATA/<host>/roster/<user>.dat`, its internal storage format) for the
 /// presence scenario's rings.
 pub fn prosody_rosters(

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use bench_harness::{RunArgs, client, provision_with, report};
+use bench_harness::{RunArgs, client, provision_with, report, rosters};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -43,6 +43,10 @@ enum Command {
         /// Give user i the password `{password}{i}` (Tsung's convention).
         #[arg(long)]
         numbered_passwords: bool,
+        /// Also give every user a roster of this many ring neighbours (subscription both), as the
+        /// `presence` scenario expects.
+        #[arg(long, default_value_t = 0)]
+        contacts: usize,
     },
     /// Write Prosody roster files for the presence scenario (ring neighbours, subscription both) into
     /// Prosody's data directory.
@@ -73,8 +77,9 @@ fn main() {
             password,
             iterations,
             numbered_passwords,
+            contacts,
         } => {
-            if let Err(e) = provision_with(
+            let result = provision_with(
                 &data_dir,
                 users,
                 &host,
@@ -82,7 +87,14 @@ fn main() {
                 &password,
                 iterations,
                 numbered_passwords,
-            ) {
+            )
+            .and_then(|()| {
+                if contacts == 0 {
+                    return Ok(());
+                }
+                rosters(&data_dir, users, contacts, &host, &prefix)
+            });
+            if let Err(e) = result {
                 eprintln!("rjabberd-bench: {e}");
                 std::process::exit(1);
             }
