@@ -9,4 +9,5 @@ pub mod errors;
 pub mod jid;
 pub mod roster;
 pub mod sasl;
+pub mod subscription;
 pub mod xml;
