@@ -302,6 +302,7 @@ fn roster(config: &Config, action: RosterAction) -> Result<(), String> {
             item.name = name;
             item.groups = groups;
             item.subscription = subscription;
+            item.listed = true;
             db.roster_put(&host, &local, &item)
                 .map_err(|e| e.to_string())?;
             println!("{local}@{host}: {contact} ({})", subscription.as_str());

@@ -54,6 +54,8 @@ pub trait ShardServices {
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
     /// Ends every session of `bare` with `condition`.
     fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition);
+    /// Writes `stanza` (with `from` stamped) to every available session of `bare`; how many.
+    fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize;
     /// The components connected under `host` (disco#items).
     fn components_under(&self, host: &str) -> Vec<String>;
     fn state_map(&self) -> &RefCell<HashMap<TypeId, Rc<dyn Any>>>;
@@ -130,6 +132,10 @@ impl ModuleCtx {
 
     pub fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
         self.shard.kill_sessions(bare, condition)
+    }
+
+    pub fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize {
+        self.shard.deliver_to_available(bare, stanza, from)
     }
 
     pub fn components_under(&self, host: &str) -> Vec<String> {
@@ -250,6 +256,15 @@ pub(crate) mod testing {
         }
         fn kill_sessions(&self, bare: &str, _condition: StreamErrorCondition) {
             self.sessions.borrow_mut().remove(bare);
+        }
+        fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize {
+            let n = self.sessions(bare).iter().filter(|s| s.available).count();
+            if n > 0 {
+                self.routed
+                    .borrow_mut()
+                    .push((stanza.clone(), from.clone()));
+            }
+            n
         }
         fn components_under(&self, _host: &str) -> Vec<String> {
             Vec::new()

@@ -85,6 +85,23 @@ pub struct OfflineMessage {
     pub arrival: String,
 }
 
+/// A presence subscription stanza (RFC 6121 §3) about the roster of `user` and its item `contact`
+/// (bare JIDs). A handler that takes it over (updates the roster, routes or delivers it itself) returns
+/// [`Flow::Stop`].
+pub struct SubscriptionStanza {
+    pub user: String,
+    pub contact: String,
+    pub kind: crate::proto::subscription::Kind,
+    pub stanza: Stanza,
+}
+
+/// A session sent a subscription stanza (the user's server's side, RFC 6121 Appendix A.2).
+pub const OUT_SUBSCRIPTION: HookPoint<SubscriptionStanza> =
+    HookPoint::new("roster_out_subscription");
+/// A subscription stanza reached the home of the account it is for (the contact's server's side,
+/// Appendix A.3).
+pub const IN_SUBSCRIPTION: HookPoint<SubscriptionStanza> = HookPoint::new("roster_in_subscription");
+
 /// Every stanza the router routes to or from the host, before delivery.
 pub const FILTER_PACKET: HookPoint<Packet> = HookPoint::new("filter_packet");
 /// A stanza a local session sent, before routing.

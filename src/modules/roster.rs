@@ -3,15 +3,22 @@
 //! pushed to each of the account's interested resources (those that asked for the roster on this
 //! connection). Requests run on the account's home shard, where its sessions are, in arrival order
 //! (`one_queue`). A request with the current version gets an empty result. Removing an item to or from
-//! which presence flows tells the contact (`unsubscribe` / `unsubscribed`, §2.5.2). The subscription
-//! states themselves change with presence subscriptions (RFC 6121 §3), which are not handled yet.
+//! which presence flows tells the contact (`unsubscribe` / `unsubscribed`, §2.5.2). Presence
+//! subscriptions (RFC 6121 §3) change the items' states through the pure state machine of
+//! `proto::subscription`: on the user's home shard for what the user sends (Appendix A.2), on the
+//! contact's home shard for what arrives (A.3), one at a time per shard so that a user's subscription
+//! stanzas keep their order; a request that finds no available resource waits in the roster
+//! (pending in) and is delivered again at the account's next initial presence.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::hooks::{SM_REMOVE_CONNECTION, SessionEvent};
+use super::hooks::{
+    IN_SUBSCRIPTION, OUT_SUBSCRIPTION, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
+    USER_AVAILABLE,
+};
 use super::iq::async_handler;
 use super::util::iqdisc;
 use super::{
@@ -22,6 +29,7 @@ use crate::proto::errors::StanzaErrorCondition as Cond;
 use crate::proto::roster::{
     NS_ROSTER, RosterItem, RosterLimits, RosterSet, Subscription, parse_set, removed_element,
 };
+use crate::proto::subscription::{State, inbound, outbound};
 use crate::proto::xml::{Element, Limits, escape, parse_element};
 
 pub const PROTOCOLS: &[&str] = &["RFC 6121", "XEP-0237 v1.3"];
@@ -65,6 +73,7 @@ impl Module for Roster {
             versioning: opts.bool("versioning"),
             limits: RosterLimits::default(),
         });
+        let (out, inb) = (settings.clone(), settings.clone());
         Ok(Registrations::new()
             .iq(
                 Component::Sm,
@@ -72,6 +81,26 @@ impl Module for Roster {
                 opts.iqdisc(),
                 async_handler(move |iq| roster_iq(iq, settings.clone())),
             )
+            .hook(
+                &OUT_SUBSCRIPTION,
+                50,
+                move |ctx, ev: &mut SubscriptionStanza| {
+                    subscription(ctx, ev, out.clone(), Side::Outbound);
+                    Flow::Stop
+                },
+            )
+            .hook(
+                &IN_SUBSCRIPTION,
+                50,
+                move |ctx, ev: &mut SubscriptionStanza| {
+                    subscription(ctx, ev, inb.clone(), Side::Inbound);
+                    Flow::Stop
+                },
+            )
+            .hook(&USER_AVAILABLE, 50, |ctx, e: &mut SessionEvent| {
+                deliver_pending_requests(ctx, e);
+                Flow::Continue
+            })
             .hook(&SM_REMOVE_CONNECTION, 50, |ctx, e: &mut SessionEvent| {
                 ctx.state::<Interested>().0.borrow_mut().remove(&e.full);
                 Flow::Continue
@@ -144,7 +173,7 @@ async fn get(iq: Iq, settings: &Settings) -> IqResult {
         return Ok(None);
     }
     let mut q = query(settings.versioning.then_some(version));
-    for item in &items {
+    for item in items.iter().filter(|i| i.listed) {
         q = q.with_child(item.to_element());
     }
     Ok(Some(q))
@@ -174,6 +203,7 @@ async fn set(iq: Iq, settings: &Settings) -> IqResult {
                     };
                     item.name = name;
                     item.groups = groups;
+                    item.listed = true;
                     let version = db.roster_put(&h, &u, &item)?;
                     Ok(Some((version, item)))
                 })
@@ -191,7 +221,7 @@ async fn set(iq: Iq, settings: &Settings) -> IqResult {
                 .ctx
                 .store()
                 .run(move |db| {
-                    let Some(item) = db.roster_item(&h, &u, &j)? else {
+                    let Some(item) = db.roster_item(&h, &u, &j)?.filter(|i| i.listed) else {
                         return Ok(None);
                     };
                     let version = db.roster_remove(&h, &u, &j)?.unwrap_or_default();
@@ -265,4 +295,171 @@ fn unsubscribe_on_removal(ctx: &ModuleCtx, owner: &str, item: &RosterItem) {
             ctx.route(stanza, owner.into());
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The user sent it (Appendix A.2).
+    Outbound,
+    /// It arrived for the user (Appendix A.3).
+    Inbound,
+}
+
+/// One subscription stanza at a time per shard: the store runs on several threads, and a user's
+/// `subscribe` must not be overtaken by its `unsubscribe`.
+struct SubscriptionTurn(glommio::sync::Semaphore);
+
+impl Default for SubscriptionTurn {
+    fn default() -> Self {
+        SubscriptionTurn(glommio::sync::Semaphore::new(1))
+    }
+}
+
+fn state_of(item: &RosterItem) -> State {
+    State {
+        subscription: item.subscription,
+        pending_out: item.ask,
+        pending_in: item.pending_in,
+        approved: item.approved,
+    }
+}
+
+/// Carries out Appendix A for one subscription stanza: the item's new state stored and pushed, the
+/// stanza routed on (outbound) or delivered to the user's available resources (inbound), and the
+/// server's own answer on the user's behalf.
+fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>, side: Side) {
+    let Some((user, host)) = ev
+        .user
+        .split_once('@')
+        .map(|(u, h)| (u.to_string(), h.to_string()))
+    else {
+        return;
+    };
+    let (owner, contact, kind, stanza) = (
+        ev.user.clone(),
+        ev.contact.clone(),
+        ev.kind,
+        ev.stanza.clone(),
+    );
+    let ctx = ctx.clone();
+    let turn = ctx.state::<SubscriptionTurn>();
+    glommio::spawn_local(async move {
+        let Ok(_turn) = turn.0.acquire_permit(1).await else {
+            return;
+        };
+        let (h, u, c) = (host.clone(), user.clone(), contact.clone());
+        let inbound_side = side == Side::Inbound;
+        let loaded = ctx
+            .store()
+            .run(move |db| {
+                // An inbound stanza for an account that does not exist is dropped (RFC 6121 §8.5.1).
+                if inbound_side && !db.exists(&h, &u)? {
+                    return Ok(None);
+                }
+                Ok(Some(db.roster_item(&h, &u, &c)?))
+            })
+            .await;
+        let existing = match loaded {
+            Ok(Some(item)) => item,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("mod_roster: a {} for {owner} is lost: {e}", kind.as_str());
+                return;
+            }
+        };
+        let mut item = existing.unwrap_or_else(|| RosterItem {
+            // A request the user has not answered creates no visible item (RFC 6121 §3.1.3).
+            listed: side == Side::Outbound,
+            ..RosterItem::new(contact.clone())
+        });
+        let outcome = match side {
+            Side::Outbound => outbound(state_of(&item), kind),
+            Side::Inbound => inbound(state_of(&item), kind),
+        };
+        if let Some(new) = outcome.new {
+            // What the user's clients see of the item before the change: a push only when it changes
+            // (a request pending in is not theirs to see).
+            let seen_before = item.listed.then(|| item.to_element());
+            item.subscription = new.subscription;
+            item.ask = new.pending_out;
+            item.pending_in = new.pending_in;
+            item.approved = new.approved;
+            // What the user sends, and a subscription either way, put the contact on the roster.
+            item.listed |= side == Side::Outbound || item.subscription != Subscription::None;
+            let stored = item.clone();
+            let (h, u, c) = (host.clone(), user.clone(), contact.clone());
+            let written = ctx
+                .store()
+                .run(move |db| {
+                    if stored.is_vacant() {
+                        db.roster_remove(&h, &u, &c)
+                    } else {
+                        db.roster_put(&h, &u, &stored).map(Some)
+                    }
+                })
+                .await;
+            match written {
+                Ok(Some(version)) if item.listed && seen_before != Some(item.to_element()) => push(
+                    &ctx,
+                    &owner,
+                    settings.versioning.then_some(version),
+                    item.to_element(),
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("mod_roster: {owner}'s item for {contact} not stored: {e}");
+                    return;
+                }
+            }
+        }
+        let owner_jid: Arc<str> = owner.as_str().into();
+        if outcome.pass {
+            match side {
+                // Stamped with the user's bare JID (RFC 6121 §3.1.2) on its way to the contact.
+                Side::Outbound => ctx.route(stanza, owner_jid.clone()),
+                // Delivered to every available resource; a request that finds none waits in the
+                // roster (pending in) for the next initial presence.
+                Side::Inbound => {
+                    let from: Arc<str> = contact.as_str().into();
+                    ctx.deliver_to_available(&owner, &stanza, &from);
+                }
+            }
+        }
+        if let Some(reply) = outcome.reply {
+            let xml = format!(
+                "<presence xmlns='jabber:client' type='{}' to='{}'/>",
+                reply.as_str(),
+                escape(&contact)
+            );
+            if let Ok(answer) = parse_element(xml.as_bytes(), &Limits::default()) {
+                ctx.route(answer, owner_jid);
+            }
+        }
+    })
+    .detach();
+}
+
+/// At an account's initial presence: the subscription requests that arrived while it had no available
+/// resource (RFC 6121 §3.1.3).
+fn deliver_pending_requests(ctx: &ModuleCtx, e: &SessionEvent) {
+    let (host, user, full) = (e.host.clone(), e.user.clone(), e.full.clone());
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let (h, u) = (host.clone(), user.clone());
+        let Ok((_, items)) = ctx.store().run(move |db| db.roster(&h, &u)).await else {
+            return;
+        };
+        let bare = format!("{user}@{host}");
+        for item in items.iter().filter(|i| i.pending_in) {
+            let xml = format!(
+                "<presence xmlns='jabber:client' type='subscribe' from='{}' to='{}'/>",
+                escape(&item.jid),
+                escape(&bare)
+            );
+            if !ctx.send_to_session(&bare, &full, xml.as_bytes()) {
+                return;
+            }
+        }
+    })
+    .detach();
 }

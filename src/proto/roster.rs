@@ -58,14 +58,29 @@ pub struct RosterItem {
     pub pending_in: bool,
     /// The user pre-approved the contact's subscription (RFC 6121 §3.4).
     pub approved: bool,
+    /// Whether the item is on the roster the user sees. An item kept only for a subscription request
+    /// the user has not answered is not (RFC 6121 §3.1.3: the request creates no roster item).
+    pub listed: bool,
 }
 
 impl RosterItem {
+    /// A listed item for `jid`, subscription none.
     pub fn new(jid: impl Into<String>) -> RosterItem {
         RosterItem {
             jid: jid.into(),
+            listed: true,
             ..RosterItem::default()
         }
+    }
+
+    /// Whether nothing is left of the item: not listed, no subscription either way, nothing pending
+    /// or approved.
+    pub fn is_vacant(&self) -> bool {
+        !self.listed
+            && self.subscription == Subscription::None
+            && !self.ask
+            && !self.pending_in
+            && !self.approved
     }
 
     /// The item as results and pushes carry it.

@@ -17,11 +17,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mesh::{Overflow, ShardMsg};
-use crate::modules::hooks::{FILTER_PACKET, USER_SEND_PACKET, run_packet};
+use crate::modules::hooks::{
+    self, FILTER_PACKET, OUT_SUBSCRIPTION, SubscriptionStanza, USER_SEND_PACKET, run_packet,
+};
 use crate::placement::Home;
 use crate::proto::errors::{StanzaErrorCondition, write_error_between};
 use crate::proto::jid::domain_of;
 use crate::proto::jid::{Jid, JidView};
+use crate::proto::subscription::Kind;
 use crate::proto::xml::Stanza;
 use crate::shard::Shard;
 use crate::sm::session::{self, SessionRef};
@@ -97,6 +100,22 @@ pub fn route(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<st
             }
         },
     };
+    if let Origin::Session(s) = origin
+        && stanza.kind() == crate::proto::xml::StanzaKind::Presence
+        && shard.has_hook(&OUT_SUBSCRIPTION)
+        && let Some(kind) = stanza.type_().as_deref().and_then(Kind::parse)
+    {
+        let mut event = SubscriptionStanza {
+            user: s.bare.to_string(),
+            contact: to.bare().to_string(),
+            kind,
+            stanza: stanza.clone(),
+        };
+        let host = domain_of(&s.bare).to_string();
+        if hooks::run(&shard.ctx(), &OUT_SUBSCRIPTION, &host, &mut event) == hooks::Flow::Stop {
+            return;
+        }
+    }
     let route = shard.routes().borrow().lookup(to.domain);
     // The stanza is cloned (a reference count) where it travels on, so that the borrowed address stays
     // usable for an error without copying it.

@@ -396,6 +396,25 @@ impl ShardServices for Shard {
         }
     }
 
+    fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize {
+        let sinks: Vec<SinkId> = self
+            .sessions
+            .borrow()
+            .sessions(bare)
+            .iter()
+            .filter(|s| s.available)
+            .map(|s| s.sink)
+            .collect();
+        let mut n = 0;
+        for id in sinks {
+            if let Some(s) = self.sink(id) {
+                s.deliver(stanza, from);
+                n += 1;
+            }
+        }
+        n
+    }
+
     fn components_under(&self, host: &str) -> Vec<String> {
         self.routes.borrow().components_under(host)
     }

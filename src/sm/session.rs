@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 use super::deliver::{Delivery, StanzaType, decide, is_request};
 use crate::modules::hooks::{
-    self, OFFLINE_MESSAGE, OfflineMessage, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION,
-    SessionEvent, UNSET_PRESENCE, USER_AVAILABLE, USER_RECEIVE_PACKET, run_packet,
+    self, IN_SUBSCRIPTION, OFFLINE_MESSAGE, OfflineMessage, SM_REGISTER_CONNECTION,
+    SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza, UNSET_PRESENCE, USER_AVAILABLE,
+    USER_RECEIVE_PACKET, run_packet,
 };
 use crate::modules::iq::{self, Component};
 use crate::proto::c2s::BindError;
 use crate::proto::errors::{StanzaErrorCondition, StreamErrorCondition};
 use crate::proto::jid::{Jid, JidView, domain_of};
+use crate::proto::subscription::Kind;
 use crate::proto::xml::{Limits, Stanza, StanzaKind, parse_element};
 use crate::shard::Shard;
 use crate::sink::SinkId;
@@ -146,6 +148,22 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     let kind = stanza.kind();
     let ty = StanzaType::classify(kind, stanza.type_().as_deref());
     let bare = to.bare();
+    // A subscription stanza for this account: the roster's keeper (mod_roster) takes it over.
+    if ty == StanzaType::Subscription
+        && shard.has_hook(&IN_SUBSCRIPTION)
+        && let Some(kind) = stanza.type_().as_deref().and_then(Kind::parse)
+    {
+        let mut event = SubscriptionStanza {
+            user: bare.to_string(),
+            contact: bare_of(&from).to_string(),
+            kind,
+            stanza: stanza.clone(),
+        };
+        let host = to.domain.to_string();
+        if hooks::run(&shard.ctx(), &IN_SUBSCRIPTION, &host, &mut event) == hooks::Flow::Stop {
+            return;
+        }
+    }
     // A full JID whose session exists, with `user_receive_packet` to run.
     if let Some(resource) = to.resource
         && ty != StanzaType::Probe
@@ -215,7 +233,11 @@ fn full_jid_session(shard: &Shard, stanza: &Stanza) -> Option<SinkId> {
     let to = JidView::canonical(&to_attr)?;
     let resource = to.resource?;
     let ty = StanzaType::classify(stanza.kind(), stanza.type_().as_deref());
-    if ty == StanzaType::Probe || ty == StanzaType::Unknown {
+    // Probes and subscriptions are the account's business before any session's.
+    if matches!(
+        ty,
+        StanzaType::Probe | StanzaType::Unknown | StanzaType::Subscription
+    ) {
         return None;
     }
     let table = shard.sessions().borrow();
@@ -404,4 +426,9 @@ fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
             s.deliver(&presence, &session.full);
         }
     }
+}
+
+/// The bare JID of a stamped `from` (the server stamps subscription stanzas with a bare JID already).
+fn bare_of(from: &str) -> &str {
+    from.split_once('/').map_or(from, |(b, _)| b)
 }

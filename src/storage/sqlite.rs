@@ -69,6 +69,7 @@ impl UserDb {
                  ask INTEGER NOT NULL,
                  pending_in INTEGER NOT NULL,
                  approved INTEGER NOT NULL,
+                 listed INTEGER NOT NULL,
                  PRIMARY KEY (host, username, contact)
              ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS roster_versions (
@@ -338,10 +339,12 @@ fn roster_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RosterItem> {
         ask: r.get(4)?,
         pending_in: r.get(5)?,
         approved: r.get(6)?,
+        listed: r.get(7)?,
     })
 }
 
-const ROSTER_COLUMNS: &str = "contact, name, groups, subscription, ask, pending_in, approved";
+const ROSTER_COLUMNS: &str =
+    "contact, name, groups, subscription, ask, pending_in, approved, listed";
 
 /// Advances the roster's version in `tx`; returns the new one.
 fn bump_version(
@@ -404,7 +407,7 @@ impl Rosters for UserDb {
         let sep = GROUP_SEPARATOR.to_string();
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO roster_items VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT OR REPLACE INTO roster_items VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 host,
                 username,
@@ -414,7 +417,8 @@ impl Rosters for UserDb {
                 item.subscription.as_str(),
                 item.ask,
                 item.pending_in,
-                item.approved
+                item.approved,
+                item.listed
             ],
         )?;
         let version = bump_version(&tx, host, username)?;
