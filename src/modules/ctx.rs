@@ -54,6 +54,8 @@ pub trait ShardServices {
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
     /// Ends every session of `bare` with `condition`.
     fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition);
+    /// The full JID and last available presence of each available session of `bare`.
+    fn available_presences(&self, bare: &str) -> Vec<(Arc<str>, Stanza)>;
     /// Writes `stanza` (with `from` stamped) to every available session of `bare`; how many.
     fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize;
     /// The components connected under `host` (disco#items).
@@ -132,6 +134,10 @@ impl ModuleCtx {
 
     pub fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
         self.shard.kill_sessions(bare, condition)
+    }
+
+    pub fn available_presences(&self, bare: &str) -> Vec<(Arc<str>, Stanza)> {
+        self.shard.available_presences(bare)
     }
 
     pub fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize {
@@ -256,6 +262,9 @@ pub(crate) mod testing {
         }
         fn kill_sessions(&self, bare: &str, _condition: StreamErrorCondition) {
             self.sessions.borrow_mut().remove(bare);
+        }
+        fn available_presences(&self, _bare: &str) -> Vec<(Arc<str>, Stanza)> {
+            Vec::new()
         }
         fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize {
             let n = self.sessions(bare).iter().filter(|s| s.available).count();

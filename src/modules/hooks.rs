@@ -102,6 +102,33 @@ pub const OUT_SUBSCRIPTION: HookPoint<SubscriptionStanza> =
 /// Appendix A.3).
 pub const IN_SUBSCRIPTION: HookPoint<SubscriptionStanza> = HookPoint::new("roster_in_subscription");
 
+/// A session's own presence changed (RFC 6121 §4.2, §4.4, §4.5): available (`initial` for its first) or
+/// unavailable, explicitly or by disconnection. `stanza` is the presence as sent, copied out, without
+/// `to`; for a disconnection, a plain unavailable presence.
+pub struct PresenceUpdate {
+    pub full: Arc<str>,
+    pub user: String,
+    pub host: String,
+    pub available: bool,
+    pub initial: bool,
+    pub stanza: Stanza,
+}
+
+/// A session's own presence changed (broadcast to contacts).
+pub const USER_PRESENCE: HookPoint<PresenceUpdate> = HookPoint::new("user_presence");
+
+/// A presence probe reached the home of the account it asks about (RFC 6121 §4.3.2): `prober` (a bare
+/// JID) wants `user`'s current presence, to be sent to `reply_to` (the probing resource's full JID, so
+/// that the prober's other resources do not get it twice).
+pub struct PresenceProbe {
+    pub user: String,
+    pub prober: String,
+    pub reply_to: String,
+}
+
+/// A probe for an account's presence.
+pub const PRESENCE_PROBE: HookPoint<PresenceProbe> = HookPoint::new("presence_probe");
+
 /// Every stanza the router routes to or from the host, before delivery.
 pub const FILTER_PACKET: HookPoint<Packet> = HookPoint::new("filter_packet");
 /// A stanza a local session sent, before routing.

@@ -8,7 +8,11 @@
 //! `proto::subscription`: on the user's home shard for what the user sends (Appendix A.2), on the
 //! contact's home shard for what arrives (A.3), one at a time per shard so that a user's subscription
 //! stanzas keep their order; a request that finds no available resource waits in the roster
-//! (pending in) and is delivered again at the account's next initial presence.
+//! (pending in) and is delivered again at the account's next initial presence. Presence follows the
+//! subscriptions (RFC 6121 §4): a session's presence goes to every contact with a `from` or `both`
+//! subscription, its initial presence also probes every `to` or `both` contact, and a probe is answered
+//! with the last presence of each available resource when the prober is subscribed. The roster is read
+//! from the store for each of these (no per-shard roster cache yet), in the same one-at-a-time turn.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -16,8 +20,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::hooks::{
-    IN_SUBSCRIPTION, OUT_SUBSCRIPTION, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
-    USER_AVAILABLE,
+    IN_SUBSCRIPTION, OUT_SUBSCRIPTION, PRESENCE_PROBE, PresenceProbe, PresenceUpdate,
+    SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza, USER_AVAILABLE, USER_PRESENCE,
 };
 use super::iq::async_handler;
 use super::util::iqdisc;
@@ -100,6 +104,14 @@ impl Module for Roster {
             .hook(&USER_AVAILABLE, 50, |ctx, e: &mut SessionEvent| {
                 deliver_pending_requests(ctx, e);
                 Flow::Continue
+            })
+            .hook(&USER_PRESENCE, 50, |ctx, u: &mut PresenceUpdate| {
+                broadcast(ctx, u);
+                Flow::Continue
+            })
+            .hook(&PRESENCE_PROBE, 50, |ctx, p: &mut PresenceProbe| {
+                answer_probe(ctx, p);
+                Flow::Stop
             })
             .hook(&SM_REMOVE_CONNECTION, 50, |ctx, e: &mut SessionEvent| {
                 ctx.state::<Interested>().0.borrow_mut().remove(&e.full);
@@ -458,6 +470,92 @@ fn deliver_pending_requests(ctx: &ModuleCtx, e: &SessionEvent) {
             );
             if !ctx.send_to_session(&bare, &full, xml.as_bytes()) {
                 return;
+            }
+        }
+    })
+    .detach();
+}
+
+/// No stream declares anything: the written stanza carries its own namespace and parses alone.
+const STANDALONE: crate::proto::xml::TargetStream<'static> = crate::proto::xml::TargetStream {
+    default_ns: "",
+    prefixes: &[],
+};
+
+/// `stanza` addressed to `to`.
+fn addressed(stanza: &crate::proto::xml::Stanza, to: &str) -> Option<crate::proto::xml::Stanza> {
+    let mut out = Vec::with_capacity(stanza.as_bytes().len() + to.len() + 16);
+    stanza.write_to(&mut out, &STANDALONE, None, Some(to));
+    parse_element(&out, &Limits::default()).ok()
+}
+
+/// RFC 6121 §4.2.2, §4.4.2, §4.5.2: a session's presence to the contacts subscribed to it, and at its
+/// initial presence a probe to each contact it is subscribed to.
+fn broadcast(ctx: &ModuleCtx, u: &PresenceUpdate) {
+    let (host, user, full, stanza, initial) = (
+        u.host.clone(),
+        u.user.clone(),
+        u.full.clone(),
+        u.stanza.clone(),
+        u.initial,
+    );
+    let ctx = ctx.clone();
+    let turn = ctx.state::<SubscriptionTurn>();
+    glommio::spawn_local(async move {
+        let Ok(_turn) = turn.0.acquire_permit(1).await else {
+            return;
+        };
+        let (h, u) = (host.clone(), user.clone());
+        let items = match ctx.store().run(move |db| db.roster(&h, &u)).await {
+            Ok((_, items)) => items,
+            Err(e) => {
+                log::warn!("mod_roster: no presence broadcast for {full}: {e}");
+                return;
+            }
+        };
+        for item in &items {
+            if matches!(item.subscription, Subscription::From | Subscription::Both)
+                && let Some(p) = addressed(&stanza, &item.jid)
+            {
+                ctx.route(p, full.clone());
+            }
+            if initial && matches!(item.subscription, Subscription::To | Subscription::Both) {
+                let xml = format!(
+                    "<presence xmlns='jabber:client' type='probe' to='{}'/>",
+                    escape(&item.jid)
+                );
+                // From the full JID: the answers come to this resource alone.
+                if let Ok(probe) = parse_element(xml.as_bytes(), &Limits::default()) {
+                    ctx.route(probe, full.clone());
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+/// RFC 6121 §4.3.2: a subscribed prober gets the last presence of each available resource.
+fn answer_probe(ctx: &ModuleCtx, p: &PresenceProbe) {
+    let Some((user, host)) = p
+        .user
+        .split_once('@')
+        .map(|(u, h)| (u.to_string(), h.to_string()))
+    else {
+        return;
+    };
+    let (owner, prober, reply_to) = (p.user.clone(), p.prober.clone(), p.reply_to.clone());
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let (h, u, c) = (host, user, prober);
+        let Ok(Some(item)) = ctx.store().run(move |db| db.roster_item(&h, &u, &c)).await else {
+            return;
+        };
+        if !matches!(item.subscription, Subscription::From | Subscription::Both) {
+            return;
+        }
+        for (full, presence) in ctx.available_presences(&owner) {
+            if let Some(p) = addressed(&presence, &reply_to) {
+                ctx.route(p, full);
             }
         }
     })

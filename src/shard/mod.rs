@@ -396,6 +396,16 @@ impl ShardServices for Shard {
         }
     }
 
+    fn available_presences(&self, bare: &str) -> Vec<(Arc<str>, Stanza)> {
+        self.sessions
+            .borrow()
+            .sessions(bare)
+            .iter()
+            .filter(|s| s.available)
+            .filter_map(|s| Some((s.full.clone(), s.presence.clone()?)))
+            .collect()
+    }
+
     fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize {
         let sinks: Vec<SinkId> = self
             .sessions

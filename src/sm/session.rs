@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use super::deliver::{Delivery, StanzaType, decide, is_request};
 use crate::modules::hooks::{
-    self, IN_SUBSCRIPTION, OFFLINE_MESSAGE, OfflineMessage, SM_REGISTER_CONNECTION,
-    SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza, UNSET_PRESENCE, USER_AVAILABLE,
-    USER_RECEIVE_PACKET, run_packet,
+    self, IN_SUBSCRIPTION, OFFLINE_MESSAGE, OfflineMessage, PRESENCE_PROBE, PresenceProbe,
+    PresenceUpdate, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
+    UNSET_PRESENCE, USER_AVAILABLE, USER_PRESENCE, USER_RECEIVE_PACKET, run_packet,
 };
 use crate::modules::iq::{self, Component};
 use crate::proto::c2s::BindError;
@@ -81,6 +81,12 @@ pub fn unbind(shard: &Rc<Shard>, session: &SessionRef) {
     {
         broadcast_unavailable(shard, session);
         session_hook(shard, &UNSET_PRESENCE, session, "");
+        if let Ok(unavailable) = parse_element(
+            b"<presence xmlns='jabber:client' type='unavailable'/>",
+            &Limits::default(),
+        ) {
+            presence_hook(shard, session, false, false, unavailable);
+        }
     }
     session_hook(shard, &SM_REMOVE_CONNECTION, session, "");
 }
@@ -267,7 +273,17 @@ fn apply(
         }
         Delivery::Bounce(condition) => shard.bounce(stanza, from, to_text, condition),
         Delivery::HandleForAccount => {
-            // IQs go to the `ejabberd_sm` handlers; probes wait for rosters.
+            // IQs go to the `ejabberd_sm` handlers; probes to whoever keeps rosters.
+            if ty == StanzaType::Probe && shard.has_hook(&PRESENCE_PROBE) {
+                let bare = to_text.split_once('/').map_or(to_text, |(b, _)| b);
+                let mut probe = PresenceProbe {
+                    user: bare.to_string(),
+                    prober: bare_of(from).to_string(),
+                    reply_to: from.to_string(),
+                };
+                hooks::run(&shard.ctx(), &PRESENCE_PROBE, domain_of(bare), &mut probe);
+                return;
+            }
             if kind == StanzaKind::Iq && ty == StanzaType::Request {
                 let bare = match Jid::parse(to_text) {
                     Ok(j) => j.bare(),
@@ -366,6 +382,16 @@ fn self_presence(shard: &Rc<Shard>, from: &SessionRef, stanza: &Stanza) {
             s.deliver(stanza, &from.full);
         }
     }
+    // Copied out: kept for probes and broadcast to contacts, it must not pin the read buffer.
+    if let Some(copy) = owned_copy(stanza) {
+        if available {
+            shard
+                .sessions()
+                .borrow_mut()
+                .set_last_presence(&from.bare, from.sink, copy.clone());
+        }
+        presence_hook(shard, from, available, available && !was_available, copy);
+    }
     if available != was_available {
         let status = if available {
             String::new()
@@ -431,4 +457,42 @@ fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
 /// The bare JID of a stamped `from` (the server stamps subscription stanzas with a bare JID already).
 fn bare_of(from: &str) -> &str {
     from.split_once('/').map_or(from, |(b, _)| b)
+}
+
+/// No stream declares anything: the copy carries its own namespace and parses alone.
+const STANDALONE: crate::proto::xml::TargetStream<'static> = crate::proto::xml::TargetStream {
+    default_ns: "",
+    prefixes: &[],
+};
+
+/// A stanza as bytes of its own, without `from` and `to` (for keeping: a slice of the read buffer
+/// would pin all of it).
+fn owned_copy(stanza: &Stanza) -> Option<Stanza> {
+    let mut out = Vec::with_capacity(stanza.as_bytes().len() + 32);
+    stanza.write_to(&mut out, &STANDALONE, None, None);
+    parse_element(&out, &Limits::default()).ok()
+}
+
+/// Runs `user_presence` for a session's own presence.
+fn presence_hook(
+    shard: &Rc<Shard>,
+    session: &SessionRef,
+    available: bool,
+    initial: bool,
+    stanza: Stanza,
+) {
+    if !shard.has_hook(&USER_PRESENCE) {
+        return;
+    }
+    let (user, host) = session.bare.split_once('@').unwrap_or(("", &session.bare));
+    let mut update = PresenceUpdate {
+        full: session.full.clone(),
+        user: user.to_string(),
+        host: host.to_string(),
+        available,
+        initial,
+        stanza,
+    };
+    let host = update.host.clone();
+    hooks::run(&shard.ctx(), &USER_PRESENCE, &host, &mut update);
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::deliver::ResourceState;
 use crate::proto::c2s::BindError;
+use crate::proto::xml::Stanza;
 use crate::sink::SinkId;
 
 /// One bound resource, served by the connection `Id` names (a [`SinkId`] on a shard; later a detached
@@ -20,6 +21,9 @@ pub struct Session<Id = SinkId> {
     pub sink: Id,
     pub priority: i8,
     pub available: bool,
+    /// The last available presence it sent, copied out of the read buffer (what a probe is answered
+    /// with, RFC 6121 §4.3.2).
+    pub presence: Option<Stanza>,
 }
 
 /// What a successful bind did.
@@ -64,6 +68,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
                 sink: conn,
                 priority: 0,
                 available: false,
+                presence: None,
             };
             return Ok(Bound {
                 full,
@@ -82,6 +87,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
             sink: conn,
             priority: 0,
             available: false,
+            presence: None,
         });
         self.count += 1;
         Ok(Bound {
@@ -122,7 +128,21 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         let was = s.available;
         s.available = available;
         s.priority = priority;
+        if !available {
+            s.presence = None;
+        }
         Some(was)
+    }
+
+    /// Keeps `presence` as the last available presence of `conn`'s session.
+    pub fn set_last_presence(&mut self, bare: &str, conn: Id, presence: Stanza) {
+        if let Some(s) = self
+            .users
+            .get_mut(bare)
+            .and_then(|v| v.iter_mut().find(|s| s.sink == conn))
+        {
+            s.presence = Some(presence);
+        }
     }
 
     /// The account's sessions as the delivery rules see them.

@@ -1,0 +1,117 @@
+//! RFC 6121 §4 presence between contacts over real TCP, with 1 and 2 shards and, with 2, the contacts on
+//! different home shards: initial presence reaches the contacts subscribed to it and probes the ones it
+//! is subscribed to (whose home answers with their current presence), updates reach subscribers, a
+//! dropped connection is an unavailable presence to them, and a contact without a subscription gets
+//! nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Got, SHARDS, TestServer};
+use rjabberd::placement::home;
+use rjabberd::proto::xml::Element;
+
+/// Three accounts; with two shards the first two live on different shards.
+fn names(shards: usize) -> (String, String, String) {
+    let a = home("juliet@localhost", shards).shard;
+    let romeo = (0..100)
+        .map(|i| format!("romeo{i}"))
+        .find(|o| shards == 1 || home(&format!("{o}@localhost"), shards).shard != a)
+        .expect("an account on the other shard");
+    ("juliet".into(), romeo, "nurse".into())
+}
+
+fn roster_add(server: &TestServer, owner: &str, contact: &str, subscription: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rjabberd"))
+        .arg("--config")
+        .arg(server.config_path())
+        .args([
+            "roster",
+            "add",
+            owner,
+            contact,
+            "--subscription",
+            subscription,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The next presence from `from` (a full JID), skipping the echo of one's own presence.
+fn presence_from(c: &mut Client, from: &str) -> Element {
+    loop {
+        let e = c.el();
+        if e.name == "presence" && e.attr("from") == Some(from) {
+            return e;
+        }
+        assert!(
+            e.name == "presence",
+            "expected a presence from {from}, got {e}"
+        );
+    }
+}
+
+fn nothing_from(c: &mut Client, who: &str) {
+    while let Some(g) = c.next_within(Duration::from_millis(400)) {
+        if let Got::El(e) = &g {
+            assert!(
+                !e.attr("from").is_some_and(|f| f.starts_with(who)),
+                "nothing from {who} expected: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn presence_flows_along_subscriptions() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        let (j, r, n) = names(shards);
+        let (jj, rj, nj) = (
+            format!("{j}@localhost"),
+            format!("{r}@localhost"),
+            format!("{n}@localhost"),
+        );
+        for u in [&jj, &rj, &nj] {
+            server.add_user(u, "pw");
+        }
+        roster_add(&server, &jj, &rj, "both");
+        roster_add(&server, &rj, &jj, "both");
+        // The nurse is on Juliet's roster without a subscription: no presence either way.
+        roster_add(&server, &jj, &nj, "none");
+
+        let mut romeo = Client::login(&server, &rj, "pw", "r");
+        romeo.available(0);
+        let mut nurse = Client::login(&server, &nj, "pw", "r");
+        nurse.available(0);
+
+        // Juliet's initial presence reaches Romeo; her probe brings his current presence back.
+        let mut juliet = Client::login(&server, &jj, "pw", "balcony");
+        juliet.send("<presence><status>here</status></presence>");
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.child("status").map(|s| s.text()).as_deref(), Some("here"));
+        assert_eq!(p.attr("type"), None);
+        let p = presence_from(&mut juliet, &format!("{rj}/r"));
+        assert_eq!(p.attr("type"), None, "{p}");
+
+        // An update.
+        juliet.send("<presence><show>away</show></presence>");
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.child("show").map(|s| s.text()).as_deref(), Some("away"));
+
+        // A probe at a later login is answered with the latest presence.
+        let mut romeo2 = Client::login(&server, &rj, "pw", "r2");
+        romeo2.send("<presence/>");
+        let p = presence_from(&mut romeo2, &format!("{jj}/balcony"));
+        assert_eq!(p.child("show").map(|s| s.text()).as_deref(), Some("away"));
+
+        // The connection drops without a word: unavailable to her subscribers.
+        drop(juliet);
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+
+        nothing_from(&mut nurse, &jj);
+    }
+}
