@@ -10,7 +10,7 @@
 #
 # For `presence` every server gets the same rosters (user i's contacts are its ring neighbours i±1 …
 # i±K/2, subscription both): Prosody's roster files are written directly, ejabberd's through its HTTP
-# API (add_rosteritem). rjabberd has no rosters yet, so it cannot run `presence`.
+# API (add_rosteritem), rjabberd's by `rjabberd-bench provision --contacts K` into its store.
 # Each server gets a temporary directory, loopback ports, the domain `localhost` and the same users
 # (`u0`…`u{N-1}`, password `pw`), plaintext c2s with SASL allowed without TLS, and no shapers, rate
 # limits or traffic caps. Servers run on CPU 0 (SERVER_CPUS), the harness on CPU 1 (HARNESS_CPUS).
@@ -83,7 +83,9 @@ max_output_queue_bytes = 16777216
 [auth]
 allow_plaintext = true
 EOF
-    "$BENCH" provision --data-dir "$d/data" --users "$USERS" >/dev/null
+    local contacts=()
+    if [ "$SCENARIO" = presence ]; then contacts=(--contacts "$CONTACTS"); fi
+    "$BENCH" provision --data-dir "$d/data" --users "$USERS" "${contacts[@]}" >/dev/null
     taskset -c "$SERVER_CPUS" "$2" --config "$d/rjabberd.toml" >"$d/server.log" 2>&1 &
     wait_port $PORT
     PID=$(pgrep -n -x rjabberd)
