@@ -234,9 +234,11 @@ fn the_stream_offers_roster_versioning_unless_turned_off() {
         let mut c = Client::connect_direct(server.direct, server.cert_path());
         let features = c.open("localhost");
         assert_eq!(features.child("ver").is_some(), offered, "{features}");
+        assert!(features.child("sub").is_some(), "pre-approval: {features}");
         assert_eq!(c.sasl("PLAIN", "juliet", "pw", None).name, "success");
         let features = c.restart("localhost");
         assert_eq!(features.child("ver").is_some(), offered, "{features}");
+        assert!(features.child("sub").is_some(), "pre-approval: {features}");
     }
 }
 

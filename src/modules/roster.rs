@@ -120,6 +120,15 @@ impl Module for Roster {
     }
 }
 
+/// The hosts where `mod_roster` runs: their rosters take pre-approvals (the RFC 6121 §3.4 stream
+/// feature).
+pub fn preapproval_hosts(plan: &[HostModules]) -> Vec<String> {
+    plan.iter()
+        .filter(|h| h.modules.iter().any(|(n, _)| *n == "mod_roster"))
+        .map(|h| h.host.clone())
+        .collect()
+}
+
 /// The hosts whose `mod_roster` versions rosters (the XEP-0237 stream feature).
 pub fn rosterver_hosts(plan: &[HostModules]) -> Vec<String> {
     plan.iter()

@@ -48,6 +48,9 @@ pub struct C2sSettings {
     pub register_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
     /// The hosts whose rosters are versioned (XEP-0237): their streams offer `<ver/>`.
     pub rosterver_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    /// The hosts whose rosters take subscription pre-approvals (RFC 6121 §3.4): their streams offer
+    /// `<sub/>`.
+    pub preapproval_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// What the connection driver must do next.
@@ -415,6 +418,24 @@ impl C2s {
             .contains(&self.host)
     }
 
+    fn offers_preapproval(&self) -> bool {
+        self.settings
+            .preapproval_hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&self.host)
+    }
+
+    /// The roster's stream features (XEP-0237 versioning, RFC 6121 §3.4 pre-approval).
+    fn roster_features(&self, f: &mut String) {
+        if self.offers_roster_versioning() {
+            f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
+        }
+        if self.offers_preapproval() {
+            f.push_str("<sub xmlns='urn:xmpp:features:pre-approval'/>");
+        }
+    }
+
     fn offers_sasl(&self) -> bool {
         self.secure || !self.settings.tls_required
     }
@@ -435,9 +456,7 @@ impl C2s {
             f.push_str(
                 "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
             );
-            if self.offers_roster_versioning() {
-                f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
-            }
+            self.roster_features(&mut f);
         } else {
             if !self.secure && self.settings.starttls {
                 f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
@@ -457,9 +476,7 @@ impl C2s {
                 if self.offers_registration() {
                     f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
                 }
-                if self.offers_roster_versioning() {
-                    f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
-                }
+                self.roster_features(&mut f);
                 if self.secure && self.bindings.any() {
                     f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
                     for t in self.bindings.types() {
@@ -810,6 +827,7 @@ mod tests {
             plain_only: false,
             register_hosts: std::sync::Arc::new(std::sync::RwLock::new(vec!["example.org".into()])),
             rosterver_hosts: std::sync::Arc::default(),
+            preapproval_hosts: std::sync::Arc::default(),
         })
     }
 

@@ -19,7 +19,7 @@ use crate::config::{AuthMethod, Config, ListenerKind, TlsMode};
 use crate::mesh::ShardMsg;
 use crate::modules::HostModules;
 use crate::modules::register::register_hosts;
-use crate::modules::roster::rosterver_hosts;
+use crate::modules::roster::{preapproval_hosts, rosterver_hosts};
 use crate::net::tls::HostCertificates;
 use crate::placement::Placement;
 use crate::probe::{CURRENT_SHARD, hot_path};
@@ -174,6 +174,12 @@ impl Server {
             .rosterver_hosts
             .write()
             .unwrap_or_else(|p| p.into_inner()) = rosterver_hosts(&plan);
+        *self
+            .shared
+            .settings
+            .preapproval_hosts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = preapproval_hosts(&plan);
         let mut slot = self
             .shared
             .module_plan
@@ -237,6 +243,7 @@ pub(crate) fn shared_state(
         plain_only: config.auth.method == AuthMethod::External,
         register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&plan))),
         rosterver_hosts: Arc::new(std::sync::RwLock::new(rosterver_hosts(&plan))),
+        preapproval_hosts: Arc::new(std::sync::RwLock::new(preapproval_hosts(&plan))),
     });
     let session_cache: Arc<dyn rustls::server::StoresServerSessions> =
         if config.tls.session_cache_size == 0 {
