@@ -111,3 +111,39 @@ fn slixmpp_delivers_over_starttls_with_scram() {
         juliet.drain(Duration::from_millis(100));
     }
 }
+
+#[test]
+#[cfg_attr(rjabberd_skip_e2e, ignore = "RJABBERD_SKIP_E2E is set (needs slixmpp)")]
+fn slixmpp_contacts_subscribe_and_see_each_other_come_and_go() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        server.add_user("romeo@localhost", "montague");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_roster.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg("127.0.0.1")
+            .arg(server.starttls.port().to_string())
+            .arg(server.cert_path())
+            .args(["romeo@localhost", "montague", "juliet@localhost", "pencil"])
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in [
+            "ROMEO ROSTER 0",
+            "JULIET ROSTER 0",
+            "ROMEO SAW ONLINE juliet@localhost",
+            "JULIET SAW ONLINE romeo@localhost",
+            "ROMEO SUBSCRIPTION both",
+            "JULIET SUBSCRIPTION both",
+            "ROMEO SAW OFFLINE juliet@localhost",
+            "DONE",
+        ] {
+            assert!(
+                stdout.lines().any(|l| l == line),
+                "{shards} shard(s): `{line}` missing (pip install slixmpp, or set RJABBERD_SKIP_E2E=1):\n{stdout}\n{stderr}"
+            );
+        }
+    }
+}

@@ -33,11 +33,16 @@ fn online(server: &TestServer, user: &str) -> Client {
     c
 }
 
-/// The next element that is not a presence broadcast of availability (those are §4's business).
+/// Whether `e` is presence about availability (§4's business, tested in `rfc6121_presence.rs`).
+fn availability(e: &Element) -> bool {
+    e.name == "presence" && matches!(e.attr("type"), None | Some("unavailable"))
+}
+
+/// The next element that is not a presence about availability.
 fn next(c: &mut Client) -> Element {
     loop {
         let e = c.el();
-        if e.name == "presence" && e.attr("type").is_none() {
+        if availability(&e) {
             continue;
         }
         return e;
@@ -71,7 +76,7 @@ fn presence(c: &mut Client, type_: &str, from: &str) {
 fn quiet(c: &mut Client) {
     let got = c.next_within(Duration::from_millis(300));
     assert!(
-        !matches!(&got, Some(Got::El(e)) if !(e.name == "presence" && e.attr("type").is_none())),
+        !matches!(&got, Some(Got::El(e)) if !availability(e)),
         "nothing more expected: {got:?}"
     );
 }

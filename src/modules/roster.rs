@@ -33,7 +33,7 @@ use crate::proto::errors::StanzaErrorCondition as Cond;
 use crate::proto::roster::{
     NS_ROSTER, RosterItem, RosterLimits, RosterSet, Subscription, parse_set, removed_element,
 };
-use crate::proto::subscription::{State, inbound, outbound};
+use crate::proto::subscription::{Kind, State, inbound, outbound};
 use crate::proto::xml::{Element, Limits, escape, parse_element};
 
 pub const PROTOCOLS: &[&str] = &["RFC 6121", "XEP-0237 v1.3"];
@@ -436,8 +436,33 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
         let owner_jid: Arc<str> = owner.as_str().into();
         if outcome.pass {
             match side {
-                // Stamped with the user's bare JID (RFC 6121 §3.1.2) on its way to the contact.
-                Side::Outbound => ctx.route(stanza, owner_jid.clone()),
+                // Stamped with the user's bare JID (RFC 6121 §3.1.2) on its way to the contact; an
+                // approval is followed by the user's current presence (§3.1.5), a cancellation by
+                // unavailable presence (§3.2.2), from each available resource.
+                Side::Outbound => {
+                    ctx.route(stanza, owner_jid.clone());
+                    match kind {
+                        Kind::Subscribed => {
+                            for (full, presence) in ctx.available_presences(&owner) {
+                                if let Some(p) = addressed(&presence, &contact) {
+                                    ctx.route(p, full);
+                                }
+                            }
+                        }
+                        Kind::Unsubscribed => {
+                            let xml = format!(
+                                "<presence xmlns='jabber:client' type='unavailable' to='{}'/>",
+                                escape(&contact)
+                            );
+                            for (full, _) in ctx.available_presences(&owner) {
+                                if let Ok(p) = parse_element(xml.as_bytes(), &Limits::default()) {
+                                    ctx.route(p, full);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 // Delivered to every available resource; a request that finds none waits in the
                 // roster (pending in) for the next initial presence.
                 Side::Inbound => {
