@@ -115,3 +115,39 @@ fn presence_flows_along_subscriptions() {
         nothing_from(&mut nurse, &jj);
     }
 }
+
+#[test]
+fn directed_presence_is_ended_by_unavailable_and_by_a_dropped_connection() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        let (j, r, _) = names(shards);
+        let (jj, rj) = (format!("{j}@localhost"), format!("{r}@localhost"));
+        server.add_user(&jj, "pw");
+        server.add_user(&rj, "pw");
+        // No subscription either way: only directed presence reaches Romeo.
+        let mut romeo = Client::login(&server, &rj, "pw", "r");
+        romeo.available(0);
+        let mut juliet = Client::login(&server, &jj, "pw", "balcony");
+        juliet.available(0);
+        nothing_from(&mut romeo, &jj);
+
+        juliet.send(&format!(
+            "<presence to='{rj}/r'><status>psst</status></presence>"
+        ));
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.child("status").map(|s| s.text()).as_deref(), Some("psst"));
+        // Going unavailable reaches him too (§4.6.3), once.
+        juliet.send("<presence type='unavailable'/>");
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+        nothing_from(&mut romeo, &jj);
+
+        // Directed presence again, then the connection drops without a word.
+        juliet.send(&format!("<presence to='{rj}'/>"));
+        presence_from(&mut romeo, &format!("{jj}/balcony"));
+        drop(juliet);
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+        nothing_from(&mut romeo, &jj);
+    }
+}

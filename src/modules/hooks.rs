@@ -117,6 +117,18 @@ pub struct PresenceUpdate {
 /// A session's own presence changed (broadcast to contacts).
 pub const USER_PRESENCE: HookPoint<PresenceUpdate> = HookPoint::new("user_presence");
 
+/// A session sent presence to someone (RFC 6121 §4.6, directed presence): available, or unavailable.
+pub struct DirectedPresence {
+    pub full: Arc<str>,
+    pub host: String,
+    /// The recipient, as addressed (prepared).
+    pub to: String,
+    pub available: bool,
+}
+
+/// A session sent directed presence.
+pub const DIRECTED_PRESENCE: HookPoint<DirectedPresence> = HookPoint::new("directed_presence");
+
 /// A presence probe reached the home of the account it asks about (RFC 6121 §4.3.2): `prober` (a bare
 /// JID) wants `user`'s current presence, to be sent to `reply_to` (the probing resource's full JID, so
 /// that the prober's other resources do not get it twice).

@@ -20,8 +20,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::hooks::{
-    IN_SUBSCRIPTION, OUT_SUBSCRIPTION, PRESENCE_PROBE, PresenceProbe, PresenceUpdate,
-    SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza, USER_AVAILABLE, USER_PRESENCE,
+    DIRECTED_PRESENCE, DirectedPresence, IN_SUBSCRIPTION, OUT_SUBSCRIPTION, PRESENCE_PROBE,
+    PresenceProbe, PresenceUpdate, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
+    USER_AVAILABLE, USER_PRESENCE,
 };
 use super::iq::async_handler;
 use super::util::iqdisc;
@@ -115,6 +116,20 @@ impl Module for Roster {
             })
             .hook(&SM_REMOVE_CONNECTION, 50, |ctx, e: &mut SessionEvent| {
                 ctx.state::<Interested>().0.borrow_mut().remove(&e.full);
+                // A session that never went available still owes its directed presence an end.
+                let targets = ctx.state::<Directed>().0.borrow_mut().remove(&e.full);
+                unavailable_to(ctx, &e.full, targets.unwrap_or_default());
+                Flow::Continue
+            })
+            .hook(&DIRECTED_PRESENCE, 50, |ctx, d: &mut DirectedPresence| {
+                let directed = ctx.state::<Directed>();
+                let mut map = directed.0.borrow_mut();
+                let targets = map.entry(d.full.clone()).or_default();
+                if d.available {
+                    targets.insert(d.to.clone());
+                } else {
+                    targets.remove(&d.to);
+                }
                 Flow::Continue
             }))
     }
@@ -150,6 +165,24 @@ struct Settings {
 /// The full JIDs of this shard's sessions that asked for their roster ("interested resources").
 #[derive(Default)]
 struct Interested(RefCell<HashSet<Arc<str>>>);
+
+/// Whom each session of this shard sent directed available presence (RFC 6121 §4.6): they are told
+/// when it becomes unavailable.
+#[derive(Default)]
+struct Directed(RefCell<std::collections::HashMap<Arc<str>, HashSet<String>>>);
+
+/// Unavailable presence from `full` to each of `targets`.
+fn unavailable_to(ctx: &ModuleCtx, full: &Arc<str>, targets: impl IntoIterator<Item = String>) {
+    for to in targets {
+        let xml = format!(
+            "<presence xmlns='jabber:client' type='unavailable' to='{}'/>",
+            escape(&to)
+        );
+        if let Ok(p) = parse_element(xml.as_bytes(), &Limits::default()) {
+            ctx.route(p, full.clone());
+        }
+    }
+}
 
 async fn roster_iq(iq: Iq, settings: Rc<Settings>) -> IqResult {
     // Only the account itself reads or changes its roster (§2.1.5, §2.3.3: forbidden).
@@ -533,6 +566,16 @@ fn broadcast(ctx: &ModuleCtx, u: &PresenceUpdate) {
         u.stanza.clone(),
         u.initial,
     );
+    // Going unavailable ends directed presence too (§4.6.3).
+    let directed = if u.available {
+        HashSet::new()
+    } else {
+        ctx.state::<Directed>()
+            .0
+            .borrow_mut()
+            .remove(&full)
+            .unwrap_or_default()
+    };
     let ctx = ctx.clone();
     let turn = ctx.state::<SubscriptionTurn>();
     glommio::spawn_local(async move {
@@ -547,6 +590,16 @@ fn broadcast(ctx: &ModuleCtx, u: &PresenceUpdate) {
                 return;
             }
         };
+        let subscribed = |jid: &str| {
+            items.iter().any(|i| {
+                i.jid == jid && matches!(i.subscription, Subscription::From | Subscription::Both)
+            })
+        };
+        // Those with a subscription get the broadcast below; the others are told here.
+        let directed_only = directed
+            .into_iter()
+            .filter(|to| !subscribed(to.split_once('/').map_or(to.as_str(), |(b, _)| b)));
+        unavailable_to(&ctx, &full, directed_only);
         for item in &items {
             if matches!(item.subscription, Subscription::From | Subscription::Both)
                 && let Some(p) = addressed(&stanza, &item.jid)

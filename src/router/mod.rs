@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::mesh::{Overflow, ShardMsg};
 use crate::modules::hooks::{
-    self, FILTER_PACKET, OUT_SUBSCRIPTION, SubscriptionStanza, USER_SEND_PACKET, run_packet,
+    self, DIRECTED_PRESENCE, DirectedPresence, FILTER_PACKET, OUT_SUBSCRIPTION, SubscriptionStanza,
+    USER_SEND_PACKET, run_packet,
 };
 use crate::placement::Home;
 use crate::proto::errors::{StanzaErrorCondition, write_error_between};
@@ -100,6 +101,26 @@ pub fn route(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<st
             }
         },
     };
+    if let Origin::Session(s) = origin
+        && stanza.kind() == crate::proto::xml::StanzaKind::Presence
+        && shard.has_hook(&DIRECTED_PRESENCE)
+    {
+        let available = match stanza.type_().as_deref() {
+            None => Some(true),
+            Some("unavailable") => Some(false),
+            _ => None,
+        };
+        if let Some(available) = available {
+            let mut event = DirectedPresence {
+                full: s.full.clone(),
+                host: domain_of(&s.bare).to_string(),
+                to: to.text.to_string(),
+                available,
+            };
+            let host = event.host.clone();
+            hooks::run(&shard.ctx(), &DIRECTED_PRESENCE, &host, &mut event);
+        }
+    }
     if let Origin::Session(s) = origin
         && stanza.kind() == crate::proto::xml::StanzaKind::Presence
         && shard.has_hook(&OUT_SUBSCRIPTION)
