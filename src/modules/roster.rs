@@ -11,8 +11,9 @@
 //! (pending in) and is delivered again at the account's next initial presence. Presence follows the
 //! subscriptions (RFC 6121 §4): a session's presence goes to every contact with a `from` or `both`
 //! subscription, its initial presence also probes every `to` or `both` contact, and a probe is answered
-//! with the last presence of each available resource when the prober is subscribed. The roster is read
-//! from the store for each of these (no per-shard roster cache yet), in the same one-at-a-time turn.
+//! with the last presence of each available resource when the prober is subscribed. The roster of an
+//! account with sessions here is cached on its home shard (loaded by its first roster request or
+//! broadcast, written through by every change made here, dropped with its last session).
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -116,6 +117,10 @@ impl Module for Roster {
             })
             .hook(&SM_REMOVE_CONNECTION, 50, |ctx, e: &mut SessionEvent| {
                 ctx.state::<Interested>().0.borrow_mut().remove(&e.full);
+                let bare = format!("{}@{}", e.user, e.host);
+                if ctx.sessions(&bare).is_empty() {
+                    ctx.state::<RosterCache>().forget(&bare);
+                }
                 // A session that never went available still owes its directed presence an end.
                 let targets = ctx.state::<Directed>().0.borrow_mut().remove(&e.full);
                 unavailable_to(ctx, &e.full, targets.unwrap_or_default());
@@ -171,6 +176,47 @@ struct Interested(RefCell<HashSet<Arc<str>>>);
 #[derive(Default)]
 struct Directed(RefCell<std::collections::HashMap<Arc<str>, HashSet<String>>>);
 
+/// The rosters of the accounts with sessions on this shard (their home), kept while they have sessions:
+/// every presence broadcast reads one, and every change made here writes through. Changes made beside
+/// the server (`rjabberd roster …`) reach it at the account's next roster request or login.
+#[derive(Default)]
+struct RosterCache {
+    rosters: RefCell<std::collections::HashMap<String, Rc<Vec<RosterItem>>>>,
+    /// Broadcasts waiting for the store: while any does, later ones wait their turn too, so that a
+    /// session's presence goes out in the order it was sent.
+    loading: std::cell::Cell<usize>,
+}
+
+impl RosterCache {
+    fn get(&self, bare: &str) -> Option<Rc<Vec<RosterItem>>> {
+        self.rosters.borrow().get(bare).cloned()
+    }
+
+    fn put(&self, bare: &str, items: Vec<RosterItem>) {
+        self.rosters
+            .borrow_mut()
+            .insert(bare.to_string(), Rc::new(items));
+    }
+
+    /// Writes through a stored item (`None`: removed), when the roster is cached.
+    fn write(&self, bare: &str, jid: &str, item: Option<&RosterItem>) {
+        let mut rosters = self.rosters.borrow_mut();
+        let Some(items) = rosters.get_mut(bare) else {
+            return;
+        };
+        let items = Rc::make_mut(items);
+        items.retain(|i| i.jid != jid);
+        if let Some(item) = item {
+            let at = items.partition_point(|i| i.jid.as_str() < jid);
+            items.insert(at, item.clone());
+        }
+    }
+
+    fn forget(&self, bare: &str) {
+        self.rosters.borrow_mut().remove(bare);
+    }
+}
+
 /// Unavailable presence from `full` to each of `targets`.
 fn unavailable_to(ctx: &ModuleCtx, full: &Arc<str>, targets: impl IntoIterator<Item = String>) {
     for to in targets {
@@ -222,6 +268,9 @@ async fn get(iq: Iq, settings: &Settings) -> IqResult {
         .0
         .borrow_mut()
         .insert(iq.from.as_str().into());
+    iq.ctx
+        .state::<RosterCache>()
+        .put(iq.to.bare_str(), items.clone());
     if settings.versioning && asked.as_deref() == Some(version.to_string().as_str()) {
         // XEP-0237 §4: nothing changed since the client's copy; changes come as pushes.
         return Ok(None);
@@ -291,6 +340,24 @@ async fn set(iq: Iq, settings: &Settings) -> IqResult {
         }
     };
     let (version, element) = pushed;
+    let cache = iq.ctx.state::<RosterCache>();
+    match &farewell {
+        Some(removed) => cache.write(&owner, &removed.jid, None),
+        None => {
+            if let Some(jid) = element.attr("jid") {
+                // The stored item, subscription state included.
+                let (h, u, j) = (host.clone(), user.clone(), jid.to_string());
+                let stored = iq
+                    .ctx
+                    .store()
+                    .run(move |db| db.roster_item(&h, &u, &j))
+                    .await;
+                if let Ok(Some(item)) = stored {
+                    cache.write(&owner, &item.jid, Some(&item));
+                }
+            }
+        }
+    }
     push(
         &iq.ctx,
         &owner,
@@ -452,6 +519,10 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
                     }
                 })
                 .await;
+            if written.is_ok() {
+                let kept = (!item.is_vacant()).then_some(&item);
+                ctx.state::<RosterCache>().write(&owner, &contact, kept);
+            }
             match written {
                 Ok(Some(version)) if item.listed && seen_before != Some(item.to_element()) => push(
                     &ctx,
@@ -576,49 +647,81 @@ fn broadcast(ctx: &ModuleCtx, u: &PresenceUpdate) {
             .remove(&full)
             .unwrap_or_default()
     };
+    let bare = format!("{user}@{host}");
+    let cache = ctx.state::<RosterCache>();
+    if cache.loading.get() == 0
+        && let Some(items) = cache.get(&bare)
+    {
+        send_presence(ctx, &full, &stanza, initial, directed, &items);
+        return;
+    }
+    cache.loading.set(cache.loading.get() + 1);
     let ctx = ctx.clone();
     let turn = ctx.state::<SubscriptionTurn>();
     glommio::spawn_local(async move {
-        let Ok(_turn) = turn.0.acquire_permit(1).await else {
-            return;
-        };
-        let (h, u) = (host.clone(), user.clone());
-        let items = match ctx.store().run(move |db| db.roster(&h, &u)).await {
-            Ok((_, items)) => items,
-            Err(e) => {
-                log::warn!("mod_roster: no presence broadcast for {full}: {e}");
-                return;
-            }
-        };
-        let subscribed = |jid: &str| {
-            items.iter().any(|i| {
-                i.jid == jid && matches!(i.subscription, Subscription::From | Subscription::Both)
-            })
-        };
-        // Those with a subscription get the broadcast below; the others are told here.
-        let directed_only = directed
-            .into_iter()
-            .filter(|to| !subscribed(to.split_once('/').map_or(to.as_str(), |(b, _)| b)));
-        unavailable_to(&ctx, &full, directed_only);
-        for item in &items {
-            if matches!(item.subscription, Subscription::From | Subscription::Both)
-                && let Some(p) = addressed(&stanza, &item.jid)
-            {
-                ctx.route(p, full.clone());
-            }
-            if initial && matches!(item.subscription, Subscription::To | Subscription::Both) {
-                let xml = format!(
-                    "<presence xmlns='jabber:client' type='probe' to='{}'/>",
-                    escape(&item.jid)
-                );
-                // From the full JID: the answers come to this resource alone.
-                if let Ok(probe) = parse_element(xml.as_bytes(), &Limits::default()) {
-                    ctx.route(probe, full.clone());
+        if let Ok(_turn) = turn.0.acquire_permit(1).await {
+            let items = match cache.get(&bare) {
+                Some(items) => Ok(items),
+                None => {
+                    let (h, u) = (host.clone(), user.clone());
+                    ctx.store()
+                        .run(move |db| db.roster(&h, &u))
+                        .await
+                        .map(|(_, items)| {
+                            // Kept while the account has sessions here.
+                            if !ctx.sessions(&bare).is_empty() {
+                                cache.put(&bare, items.clone());
+                            }
+                            Rc::new(items)
+                        })
                 }
+            };
+            match items {
+                Ok(items) => send_presence(&ctx, &full, &stanza, initial, directed, &items),
+                Err(e) => log::warn!("mod_roster: no presence broadcast for {full}: {e}"),
             }
         }
+        cache.loading.set(cache.loading.get() - 1);
     })
     .detach();
+}
+
+/// The broadcast itself, over a roster in hand.
+fn send_presence(
+    ctx: &ModuleCtx,
+    full: &Arc<str>,
+    stanza: &crate::proto::xml::Stanza,
+    initial: bool,
+    directed: HashSet<String>,
+    items: &[RosterItem],
+) {
+    let subscribed = |jid: &str| {
+        items.iter().any(|i| {
+            i.jid == jid && matches!(i.subscription, Subscription::From | Subscription::Both)
+        })
+    };
+    // Those with a subscription get the broadcast below; the others are told here.
+    let directed_only = directed
+        .into_iter()
+        .filter(|to| !subscribed(to.split_once('/').map_or(to.as_str(), |(b, _)| b)));
+    unavailable_to(ctx, full, directed_only);
+    for item in items {
+        if matches!(item.subscription, Subscription::From | Subscription::Both)
+            && let Some(p) = addressed(stanza, &item.jid)
+        {
+            ctx.route(p, full.clone());
+        }
+        if initial && matches!(item.subscription, Subscription::To | Subscription::Both) {
+            let xml = format!(
+                "<presence xmlns='jabber:client' type='probe' to='{}'/>",
+                escape(&item.jid)
+            );
+            // From the full JID: the answers come to this resource alone.
+            if let Ok(probe) = parse_element(xml.as_bytes(), &Limits::default()) {
+                ctx.route(probe, full.clone());
+            }
+        }
+    }
 }
 
 /// RFC 6121 §4.3.2: a subscribed prober gets the last presence of each available resource.
