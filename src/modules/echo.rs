@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Module, ModuleCtx, ModuleOpts, OptKind, OptionSpec, Registrations};
-use crate::proto::xml::{Limits, Stanza, TargetStream, parse_element};
+use crate::proto::xml::Stanza;
 
 /// None: the echo service is the guide's example, not a specification.
 pub const PROTOCOLS: &[&str] = &[];
@@ -39,21 +39,13 @@ impl Module for Echo {
     }
 }
 
-/// No stream declares anything: the written stanza carries its own namespace and can be parsed alone.
-const STANDALONE: TargetStream<'static> = TargetStream {
-    default_ns: "",
-    prefixes: &[],
-};
-
 fn echo(ctx: &ModuleCtx, stanza: Stanza, from: Arc<str>) {
     let Some(to) = stanza.to().map(|t| t.into_owned()) else {
         return;
     };
-    let mut out = Vec::with_capacity(stanza.as_bytes().len() + 64);
     // `ejabberd_router:route(To, From, Packet)`: the same bytes, addresses swapped.
-    stanza.write_to(&mut out, &STANDALONE, Some(&to), Some(&from));
-    match parse_element(&out, &Limits::default()) {
-        Ok(back) => ctx.route(back, to.into()),
-        Err(e) => log::error!("echo: the swapped stanza did not parse: {e}"),
+    match stanza.rewritten(Some(&to), Some(&from)) {
+        Some(back) => ctx.route(back, to.into()),
+        None => log::error!("echo: the swapped stanza did not parse"),
     }
 }

@@ -181,6 +181,18 @@ pub fn plan(text: &str, hosts: &[String]) -> Result<Vec<HostModules>, SpanError>
     Ok(out)
 }
 
+/// The hosts where `module` runs with options that `wanted` accepts (what a stream feature follows).
+pub fn hosts_running(
+    plan: &[HostModules],
+    module: &str,
+    wanted: impl Fn(&ModuleOpts) -> bool,
+) -> Vec<String> {
+    plan.iter()
+        .filter(|h| h.modules.iter().any(|(n, o)| *n == module && wanted(o)))
+        .map(|h| h.host.clone())
+        .collect()
+}
+
 /// The module plan of a loaded configuration: its `[modules]` sections checked, with file, line and
 /// column on error; the embedded default set for the embedded configuration.
 pub fn plan_of(

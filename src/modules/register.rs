@@ -287,14 +287,7 @@ fn forget(ctx: &ModuleCtx, ip: IpAddr, at: Instant) {
 
 /// The hosts whose `mod_register` lets unauthenticated streams create accounts.
 pub fn register_hosts(plan: &[HostModules]) -> Vec<String> {
-    plan.iter()
-        .filter(|h| {
-            h.modules
-                .iter()
-                .any(|(n, o)| *n == "mod_register" && o.bool("allow_preauth"))
-        })
-        .map(|h| h.host.clone())
-        .collect()
+    super::options::hosts_running(plan, "mod_register", |o| o.bool("allow_preauth"))
 }
 
 /// Answers an in-band registration request on an unauthenticated stream: the serialised IQ answer.

@@ -32,6 +32,7 @@ use super::{
     OptKind, OptionSpec, Registrations,
 };
 use crate::proto::errors::StanzaErrorCondition as Cond;
+use crate::proto::jid::bare_of;
 use crate::proto::roster::{
     NS_ROSTER, RosterItem, RosterLimits, RosterSet, Subscription, parse_set, removed_element,
 };
@@ -143,22 +144,12 @@ impl Module for Roster {
 /// The hosts where `mod_roster` runs: their rosters take pre-approvals (the RFC 6121 §3.4 stream
 /// feature).
 pub fn preapproval_hosts(plan: &[HostModules]) -> Vec<String> {
-    plan.iter()
-        .filter(|h| h.modules.iter().any(|(n, _)| *n == "mod_roster"))
-        .map(|h| h.host.clone())
-        .collect()
+    super::options::hosts_running(plan, "mod_roster", |_| true)
 }
 
 /// The hosts whose `mod_roster` versions rosters (the XEP-0237 stream feature).
 pub fn rosterver_hosts(plan: &[HostModules]) -> Vec<String> {
-    plan.iter()
-        .filter(|h| {
-            h.modules
-                .iter()
-                .any(|(n, o)| *n == "mod_roster" && o.bool("versioning"))
-        })
-        .map(|h| h.host.clone())
-        .collect()
+    super::options::hosts_running(plan, "mod_roster", |o| o.bool("versioning"))
 }
 
 struct Settings {
@@ -220,13 +211,20 @@ impl RosterCache {
 /// Unavailable presence from `full` to each of `targets`.
 fn unavailable_to(ctx: &ModuleCtx, full: &Arc<str>, targets: impl IntoIterator<Item = String>) {
     for to in targets {
-        let xml = format!(
-            "<presence xmlns='jabber:client' type='unavailable' to='{}'/>",
-            escape(&to)
-        );
-        if let Ok(p) = parse_element(xml.as_bytes(), &Limits::default()) {
-            ctx.route(p, full.clone());
-        }
+        send_presence_of_type(ctx, "unavailable", &to, full.clone());
+    }
+}
+
+/// Routes a childless presence of `type_` (unavailable, probe, a subscription type) to `to`, from
+/// `from`.
+fn send_presence_of_type(ctx: &ModuleCtx, type_: &str, to: &str, from: Arc<str>) {
+    let xml = format!(
+        "<presence xmlns='jabber:client' type='{type_}' to='{}'/>",
+        escape(to)
+    );
+    match parse_element(xml.as_bytes(), &Limits::default()) {
+        Ok(p) => ctx.route(p, from),
+        Err(e) => log::error!("mod_roster: a {type_} presence did not parse: {e}"),
     }
 }
 
@@ -316,6 +314,9 @@ async fn set(iq: Iq, settings: &Settings) -> IqResult {
                 return Err(IqError::new(Cond::NotAcceptable)
                     .with_text(format!("the roster is full ({max} items)")));
             };
+            iq.ctx
+                .state::<RosterCache>()
+                .write(&owner, &item.jid, Some(&item));
             ((version, item.to_element()), None)
         }
         RosterSet::Remove { jid } => {
@@ -336,28 +337,11 @@ async fn set(iq: Iq, settings: &Settings) -> IqResult {
             let Some((version, item)) = outcome else {
                 return Err(IqError::new(Cond::ItemNotFound));
             };
+            iq.ctx.state::<RosterCache>().write(&owner, &jid, None);
             ((version, removed_element(&jid)), Some(item))
         }
     };
     let (version, element) = pushed;
-    let cache = iq.ctx.state::<RosterCache>();
-    match &farewell {
-        Some(removed) => cache.write(&owner, &removed.jid, None),
-        None => {
-            if let Some(jid) = element.attr("jid") {
-                // The stored item, subscription state included.
-                let (h, u, j) = (host.clone(), user.clone(), jid.to_string());
-                let stored = iq
-                    .ctx
-                    .store()
-                    .run(move |db| db.roster_item(&h, &u, &j))
-                    .await;
-                if let Ok(Some(item)) = stored {
-                    cache.write(&owner, &item.jid, Some(&item));
-                }
-            }
-        }
-    }
     push(
         &iq.ctx,
         &owner,
@@ -408,13 +392,7 @@ fn unsubscribe_on_removal(ctx: &ModuleCtx, owner: &str, item: &RosterItem) {
         kinds.push("unsubscribed");
     }
     for kind in kinds {
-        let xml = format!(
-            "<presence xmlns='jabber:client' type='{kind}' to='{}'/>",
-            escape(&item.jid)
-        );
-        if let Ok(stanza) = parse_element(xml.as_bytes(), &Limits::default()) {
-            ctx.route(stanza, owner.into());
-        }
+        send_presence_of_type(ctx, kind, &item.jid, owner.into());
     }
 }
 
@@ -548,20 +526,14 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
                     match kind {
                         Kind::Subscribed => {
                             for (full, presence) in ctx.available_presences(&owner) {
-                                if let Some(p) = addressed(&presence, &contact) {
+                                if let Some(p) = presence.rewritten(None, Some(&contact)) {
                                     ctx.route(p, full);
                                 }
                             }
                         }
                         Kind::Unsubscribed => {
-                            let xml = format!(
-                                "<presence xmlns='jabber:client' type='unavailable' to='{}'/>",
-                                escape(&contact)
-                            );
                             for (full, _) in ctx.available_presences(&owner) {
-                                if let Ok(p) = parse_element(xml.as_bytes(), &Limits::default()) {
-                                    ctx.route(p, full);
-                                }
+                                unavailable_to(&ctx, &full, [contact.clone()]);
                             }
                         }
                         _ => {}
@@ -576,14 +548,7 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
             }
         }
         if let Some(reply) = outcome.reply {
-            let xml = format!(
-                "<presence xmlns='jabber:client' type='{}' to='{}'/>",
-                reply.as_str(),
-                escape(&contact)
-            );
-            if let Ok(answer) = parse_element(xml.as_bytes(), &Limits::default()) {
-                ctx.route(answer, owner_jid);
-            }
+            send_presence_of_type(&ctx, reply.as_str(), &contact, owner_jid);
         }
     })
     .detach();
@@ -612,19 +577,6 @@ fn deliver_pending_requests(ctx: &ModuleCtx, e: &SessionEvent) {
         }
     })
     .detach();
-}
-
-/// No stream declares anything: the written stanza carries its own namespace and parses alone.
-const STANDALONE: crate::proto::xml::TargetStream<'static> = crate::proto::xml::TargetStream {
-    default_ns: "",
-    prefixes: &[],
-};
-
-/// `stanza` addressed to `to`.
-fn addressed(stanza: &crate::proto::xml::Stanza, to: &str) -> Option<crate::proto::xml::Stanza> {
-    let mut out = Vec::with_capacity(stanza.as_bytes().len() + to.len() + 16);
-    stanza.write_to(&mut out, &STANDALONE, None, Some(to));
-    parse_element(&out, &Limits::default()).ok()
 }
 
 /// RFC 6121 §4.2.2, §4.4.2, §4.5.2: a session's presence to the contacts subscribed to it, and at its
@@ -701,25 +653,17 @@ fn send_presence(
         })
     };
     // Those with a subscription get the broadcast below; the others are told here.
-    let directed_only = directed
-        .into_iter()
-        .filter(|to| !subscribed(to.split_once('/').map_or(to.as_str(), |(b, _)| b)));
+    let directed_only = directed.into_iter().filter(|to| !subscribed(bare_of(to)));
     unavailable_to(ctx, full, directed_only);
     for item in items {
         if matches!(item.subscription, Subscription::From | Subscription::Both)
-            && let Some(p) = addressed(stanza, &item.jid)
+            && let Some(p) = stanza.rewritten(None, Some(&item.jid))
         {
             ctx.route(p, full.clone());
         }
         if initial && matches!(item.subscription, Subscription::To | Subscription::Both) {
-            let xml = format!(
-                "<presence xmlns='jabber:client' type='probe' to='{}'/>",
-                escape(&item.jid)
-            );
             // From the full JID: the answers come to this resource alone.
-            if let Ok(probe) = parse_element(xml.as_bytes(), &Limits::default()) {
-                ctx.route(probe, full.clone());
-            }
+            send_presence_of_type(ctx, "probe", &item.jid, full.clone());
         }
     }
 }
@@ -744,7 +688,7 @@ fn answer_probe(ctx: &ModuleCtx, p: &PresenceProbe) {
             return;
         }
         for (full, presence) in ctx.available_presences(&owner) {
-            if let Some(p) = addressed(&presence, &reply_to) {
+            if let Some(p) = presence.rewritten(None, Some(&reply_to)) {
                 ctx.route(p, full);
             }
         }

@@ -365,6 +365,11 @@ pub fn prep_domain(s: &str) -> Result<String, JidError> {
     Ok(prepared)
 }
 
+/// The bare part of a JID string (everything before the resource), without preparing it.
+pub fn bare_of(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(b, _)| b)
+}
+
 /// The domain part of a JID string, without preparing it: for JIDs the server stamped or prepared.
 pub fn domain_of(jid: &str) -> &str {
     let rest = jid.split_once('@').map_or(jid, |(_, d)| d);

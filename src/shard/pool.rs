@@ -162,24 +162,15 @@ impl Server {
     /// Asks every shard to apply a new module plan (configuration reload): modules no longer planned, or
     /// planned with other options, stop; new ones start.
     pub fn reload_modules(&self, plan: Vec<HostModules>) {
-        *self
-            .shared
-            .settings
-            .register_hosts
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = register_hosts(&plan);
-        *self
-            .shared
-            .settings
-            .rosterver_hosts
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = rosterver_hosts(&plan);
-        *self
-            .shared
-            .settings
-            .preapproval_hosts
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = preapproval_hosts(&plan);
+        // The stream features that follow the modules.
+        let settings = &self.shared.settings;
+        for (lock, hosts) in [
+            (&settings.register_hosts, register_hosts(&plan)),
+            (&settings.rosterver_hosts, rosterver_hosts(&plan)),
+            (&settings.preapproval_hosts, preapproval_hosts(&plan)),
+        ] {
+            *lock.write().unwrap_or_else(|p| p.into_inner()) = hosts;
+        }
         let mut slot = self
             .shared
             .module_plan

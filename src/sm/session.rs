@@ -17,7 +17,7 @@ use crate::modules::hooks::{
 use crate::modules::iq::{self, Component};
 use crate::proto::c2s::BindError;
 use crate::proto::errors::{StanzaErrorCondition, StreamErrorCondition};
-use crate::proto::jid::{Jid, JidView, domain_of};
+use crate::proto::jid::{Jid, JidView, bare_of, domain_of};
 use crate::proto::subscription::Kind;
 use crate::proto::xml::{Limits, Stanza, StanzaKind, parse_element};
 use crate::shard::Shard;
@@ -170,7 +170,8 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
             return;
         }
     }
-    // A full JID whose session exists, with `user_receive_packet` to run.
+    // A full JID whose session exists, which the fast path above left: a `user_receive_packet` hook to
+    // run, or an address that needed preparing.
     if let Some(resource) = to.resource
         && ty != StanzaType::Probe
         && ty != StanzaType::Unknown
@@ -275,7 +276,7 @@ fn apply(
         Delivery::HandleForAccount => {
             // IQs go to the `ejabberd_sm` handlers; probes to whoever keeps rosters.
             if ty == StanzaType::Probe && shard.has_hook(&PRESENCE_PROBE) {
-                let bare = to_text.split_once('/').map_or(to_text, |(b, _)| b);
+                let bare = bare_of(to_text);
                 let mut probe = PresenceProbe {
                     user: bare.to_string(),
                     prober: bare_of(from).to_string(),
@@ -301,7 +302,7 @@ fn apply(
         }
         // Kept by a module (mod_offline) if one keeps it; otherwise RFC 6121 §8.5.2.2.1 allows an error.
         Delivery::Offline => {
-            let bare = to_text.split_once('/').map_or(to_text, |(b, _)| b);
+            let bare = bare_of(to_text);
             let (user, host) = bare.split_once('@').unwrap_or(("", bare));
             let mut msg = OfflineMessage {
                 from: from.clone(),
@@ -382,8 +383,10 @@ fn self_presence(shard: &Rc<Shard>, from: &SessionRef, stanza: &Stanza) {
             s.deliver(stanza, &from.full);
         }
     }
-    // Copied out: kept for probes and broadcast to contacts, it must not pin the read buffer.
-    if let Some(copy) = owned_copy(stanza) {
+    // Copied out: kept for probes and broadcast to contacts, it must not pin the read buffer. Only when
+    // a module answers probes or broadcasts: the copy costs a write and a parse.
+    let wanted = shard.has_hook(&PRESENCE_PROBE) || shard.has_hook(&USER_PRESENCE);
+    if wanted && let Some(copy) = stanza.rewritten(None, None) {
         if available {
             shard
                 .sessions()
@@ -452,25 +455,6 @@ fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
             s.deliver(&presence, &session.full);
         }
     }
-}
-
-/// The bare JID of a stamped `from` (the server stamps subscription stanzas with a bare JID already).
-fn bare_of(from: &str) -> &str {
-    from.split_once('/').map_or(from, |(b, _)| b)
-}
-
-/// No stream declares anything: the copy carries its own namespace and parses alone.
-const STANDALONE: crate::proto::xml::TargetStream<'static> = crate::proto::xml::TargetStream {
-    default_ns: "",
-    prefixes: &[],
-};
-
-/// A stanza as bytes of its own, without `from` and `to` (for keeping: a slice of the read buffer
-/// would pin all of it).
-fn owned_copy(stanza: &Stanza) -> Option<Stanza> {
-    let mut out = Vec::with_capacity(stanza.as_bytes().len() + 32);
-    stanza.write_to(&mut out, &STANDALONE, None, None);
-    parse_element(&out, &Limits::default()).ok()
 }
 
 /// Runs `user_presence` for a session's own presence.

@@ -165,9 +165,22 @@ impl TargetStream<'static> {
         default_ns: "jabber:server",
         prefixes: &[("stream", NS_STREAMS)],
     };
+    /// No stream at all: the written element declares every namespace it uses and parses alone.
+    pub const STANDALONE: TargetStream<'static> = TargetStream {
+        default_ns: "",
+        prefixes: &[],
+    };
 }
 
 impl Stanza {
+    /// The stanza as bytes of its own (a copy: it pins no read buffer), with `from` and `to` set when
+    /// given: what the server keeps or re-addresses.
+    pub fn rewritten(&self, from: Option<&str>, to: Option<&str>) -> Option<Stanza> {
+        let mut out = Vec::with_capacity(self.bytes.len() + 64);
+        self.write_to(&mut out, &TargetStream::STANDALONE, from, to);
+        super::parse_element(&out, &super::Limits::default()).ok()
+    }
+
     /// The checked bytes of the whole element, exactly as they were read.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
