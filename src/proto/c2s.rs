@@ -402,36 +402,24 @@ impl C2s {
         };
     }
 
+    /// Whether this stream's host is in one of the settings' host lists (which follow the modules).
+    fn host_in(&self, hosts: &std::sync::RwLock<Vec<String>>) -> bool {
+        hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&self.host)
+    }
+
     fn offers_registration(&self) -> bool {
-        self.settings
-            .register_hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&self.host)
-    }
-
-    fn offers_roster_versioning(&self) -> bool {
-        self.settings
-            .rosterver_hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&self.host)
-    }
-
-    fn offers_preapproval(&self) -> bool {
-        self.settings
-            .preapproval_hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&self.host)
+        self.host_in(&self.settings.register_hosts)
     }
 
     /// The roster's stream features (XEP-0237 versioning, RFC 6121 §3.4 pre-approval).
     fn roster_features(&self, f: &mut String) {
-        if self.offers_roster_versioning() {
+        if self.host_in(&self.settings.rosterver_hosts) {
             f.push_str("<ver xmlns='urn:xmpp:features:rosterver'/>");
         }
-        if self.offers_preapproval() {
+        if self.host_in(&self.settings.preapproval_hosts) {
             f.push_str("<sub xmlns='urn:xmpp:features:pre-approval'/>");
         }
     }
