@@ -33,6 +33,13 @@ use crate::proto::xml::Stanza;
 pub enum ShardMsg {
     /// Deliver a stanza to a local account of the receiving (home) shard; `from` is stamped on it.
     Deliver { stanza: Stanza, from: Arc<str> },
+    /// One stanza for several local accounts of the receiving shard (ejabberd's route_multicast, a
+    /// presence broadcast): sent once per destination shard, each recipient's `to` stamped when written.
+    Multicast {
+        stanza: Stanza,
+        from: Arc<str>,
+        to: Vec<Arc<str>>,
+    },
     /// A client connection moving to its home shard after SASL.
     Adopt(Box<MovedConnection>),
     /// A stanza for the external component serving `domain`, whose connection is on the receiving shard.

@@ -30,6 +30,13 @@ pub struct SinkId {
 enum Outgoing {
     /// A stanza with `from` stamped when written (the zero-copy writer).
     Stanza { stanza: Stanza, from: Arc<str> },
+    /// A stanza sent to many (a presence broadcast), its `to` stamped too: one copy of its bytes serves
+    /// every recipient of a shard.
+    Addressed {
+        stanza: Stanza,
+        from: Arc<str>,
+        to: Arc<str>,
+    },
     /// Bytes the server wrote itself (error replies, stored messages) or the stream's own framing.
     Bytes(Vec<u8>),
 }
@@ -93,6 +100,20 @@ impl Sink {
         self.queue
             .borrow_mut()
             .push_back(Outgoing::Stanza { stanza, from });
+        self.wake();
+    }
+
+    /// Queues `stanza` to be written with both `from` and `to` stamped (one recipient of a broadcast).
+    pub fn deliver_addressed(&self, stanza: &Stanza, from: &Arc<str>, to: &Arc<str>) {
+        let size = stanza.as_bytes().len() + from.len() + to.len() + STAMP_ALLOWANCE;
+        if !self.admit(size) {
+            return;
+        }
+        self.queue.borrow_mut().push_back(Outgoing::Addressed {
+            stanza: stanza.clone(),
+            from: from.clone(),
+            to: to.clone(),
+        });
         self.wake();
     }
 
@@ -161,6 +182,10 @@ impl Sink {
             match item {
                 Outgoing::Stanza { stanza, from } => {
                     stanza.write_to(&mut *out, &self.target, Some(&from), None);
+                    stanzas += 1;
+                }
+                Outgoing::Addressed { stanza, from, to } => {
+                    stanza.write_to(&mut *out, &self.target, Some(&from), Some(&to));
                     stanzas += 1;
                 }
                 Outgoing::Bytes(b) => out.extend_from_slice(&b),

@@ -36,6 +36,7 @@ pub trait ShardServices {
     /// Whether this shard is the home of `key` (a bare JID, or any key placed like one).
     fn is_home(&self, key: &str) -> bool;
     fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>);
+    fn route_multicast(self: Rc<Self>, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]);
     fn bounce(
         self: Rc<Self>,
         stanza: &Stanza,
@@ -88,6 +89,13 @@ impl ModuleCtx {
     /// rather than lose it.
     pub fn route(&self, stanza: Stanza, from: Arc<str>) {
         self.shard.clone().route(stanza, from)
+    }
+
+    /// Routes one stanza (without `to`) to each of `recipients`, as if each had its own copy with `to`
+    /// set, but serialised and sent across the mesh once per destination shard (ejabberd's
+    /// route_multicast): presence broadcasts and probes.
+    pub fn route_multicast(&self, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]) {
+        self.shard.clone().route_multicast(stanza, from, recipients)
     }
 
     /// Answers `stanza` from `sender` with an error from `replier` (never an error with an error).
@@ -217,6 +225,19 @@ pub(crate) mod testing {
         }
         fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>) {
             self.routed.borrow_mut().push((stanza, from));
+        }
+        // Recorded as the copies a recipient would see.
+        fn route_multicast(
+            self: Rc<Self>,
+            stanza: Stanza,
+            from: Arc<str>,
+            recipients: &[Arc<str>],
+        ) {
+            for to in recipients {
+                if let Some(copy) = stanza.rewritten(None, Some(to)) {
+                    self.routed.borrow_mut().push((copy, from.clone()));
+                }
+            }
         }
         fn bounce(
             self: Rc<Self>,

@@ -124,7 +124,12 @@ impl Module for Roster {
                 }
                 // A session that never went available still owes its directed presence an end.
                 let targets = ctx.state::<Directed>().0.borrow_mut().remove(&e.full);
-                unavailable_to(ctx, &e.full, targets.unwrap_or_default());
+                let targets: Vec<Arc<str>> = targets
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| Arc::from(t.as_str()))
+                    .collect();
+                unavailable_to(ctx, &e.full, &targets);
                 Flow::Continue
             })
             .hook(&DIRECTED_PRESENCE, 50, |ctx, d: &mut DirectedPresence| {
@@ -167,51 +172,159 @@ struct Interested(RefCell<HashSet<Arc<str>>>);
 #[derive(Default)]
 struct Directed(RefCell<std::collections::HashMap<Arc<str>, HashSet<String>>>);
 
+/// A cached roster, with the two lists every presence broadcast walks made once.
+struct CachedRoster {
+    items: Vec<RosterItem>,
+    /// Contacts subscribed to the account's presence (`from`, `both`): its broadcasts go to them.
+    presence_to: Vec<Arc<str>>,
+    /// Contacts whose presence the account has (`to`, `both`): its initial presence probes them.
+    probe_to: Vec<Arc<str>>,
+}
+
+impl CachedRoster {
+    fn new(items: Vec<RosterItem>) -> CachedRoster {
+        let with = |subs: [Subscription; 2]| -> Vec<Arc<str>> {
+            items
+                .iter()
+                .filter(|i| subs.contains(&i.subscription))
+                .map(|i| Arc::from(i.jid.as_str()))
+                .collect()
+        };
+        CachedRoster {
+            presence_to: with([Subscription::From, Subscription::Both]),
+            probe_to: with([Subscription::To, Subscription::Both]),
+            items,
+        }
+    }
+
+    fn item(&self, jid: &str) -> Option<&RosterItem> {
+        self.items.iter().find(|i| i.jid == jid)
+    }
+}
+
+/// Work waiting for an account's roster to load, in the order it came.
+type RosterJob = Box<dyn FnOnce(&ModuleCtx, &CachedRoster)>;
+
 /// The rosters of the accounts with sessions on this shard (their home), kept while they have sessions:
 /// every presence broadcast reads one, and every change made here writes through. Changes made beside
 /// the server (`rjabberd roster …`) reach it at the account's next roster request or login.
 #[derive(Default)]
 struct RosterCache {
-    rosters: RefCell<std::collections::HashMap<String, Rc<Vec<RosterItem>>>>,
-    /// Broadcasts waiting for the store: while any does, later ones wait their turn too, so that a
-    /// session's presence goes out in the order it was sent.
-    loading: std::cell::Cell<usize>,
+    rosters: RefCell<std::collections::HashMap<String, Rc<CachedRoster>>>,
+    /// Accounts whose roster is being read from the store, with the work waiting for it: an account's
+    /// broadcasts keep their order, and other accounts' loads do not wait for it.
+    loading: RefCell<std::collections::HashMap<String, Vec<RosterJob>>>,
+    /// Counts the changes written through: a read that saw one happen meanwhile may be older than it,
+    /// and is not kept.
+    writes: std::cell::Cell<u64>,
 }
 
+/// Reads of a roster that keep meeting concurrent changes before one is run uncached.
+const LOAD_ATTEMPTS: usize = 3;
+
 impl RosterCache {
-    fn get(&self, bare: &str) -> Option<Rc<Vec<RosterItem>>> {
+    fn get(&self, bare: &str) -> Option<Rc<CachedRoster>> {
         self.rosters.borrow().get(bare).cloned()
     }
 
-    fn put(&self, bare: &str, items: Vec<RosterItem>) {
-        self.rosters
-            .borrow_mut()
-            .insert(bare.to_string(), Rc::new(items));
+    /// Keeps a roster read from the store, unless a change was written through since `writes_before`.
+    fn put_read(&self, bare: &str, items: Vec<RosterItem>, writes_before: u64) {
+        if self.writes.get() == writes_before {
+            self.rosters
+                .borrow_mut()
+                .insert(bare.to_string(), Rc::new(CachedRoster::new(items)));
+        }
     }
 
     /// Writes through a stored item (`None`: removed), when the roster is cached.
     fn write(&self, bare: &str, jid: &str, item: Option<&RosterItem>) {
+        self.writes.set(self.writes.get() + 1);
         let mut rosters = self.rosters.borrow_mut();
-        let Some(items) = rosters.get_mut(bare) else {
+        let Some(cached) = rosters.get_mut(bare) else {
             return;
         };
-        let items = Rc::make_mut(items);
+        let mut items = cached.items.clone();
         items.retain(|i| i.jid != jid);
         if let Some(item) = item {
             let at = items.partition_point(|i| i.jid.as_str() < jid);
             items.insert(at, item.clone());
         }
+        *cached = Rc::new(CachedRoster::new(items));
     }
 
     fn forget(&self, bare: &str) {
         self.rosters.borrow_mut().remove(bare);
     }
+
+    /// Runs `job` over `bare`'s roster: at once when it is cached, otherwise once it is read (behind the
+    /// work already waiting for the same roster). The roster read is kept while the account has
+    /// sessions here.
+    fn with_roster(self: &Rc<Self>, ctx: &ModuleCtx, bare: &str, job: RosterJob) {
+        if let Some(roster) = self.get(bare) {
+            return job(ctx, &roster);
+        }
+        if let Some(waiting) = self.loading.borrow_mut().get_mut(bare) {
+            waiting.push(job);
+            return;
+        }
+        self.loading
+            .borrow_mut()
+            .insert(bare.to_string(), vec![job]);
+        let Some((user, host)) = bare.split_once('@') else {
+            self.loading.borrow_mut().remove(bare);
+            return;
+        };
+        let (user, host, bare) = (user.to_string(), host.to_string(), bare.to_string());
+        let (cache, ctx) = (self.clone(), ctx.clone());
+        glommio::spawn_local(async move {
+            let mut attempts = 0;
+            let roster = loop {
+                attempts += 1;
+                let writes_before = cache.writes.get();
+                let (h, u) = (host.clone(), user.clone());
+                match ctx.store().run(move |db| db.roster(&h, &u)).await {
+                    Ok((_, items)) => {
+                        let fresh = cache.writes.get() == writes_before;
+                        if fresh || attempts >= LOAD_ATTEMPTS {
+                            let roster = Rc::new(CachedRoster::new(items));
+                            if fresh && !ctx.sessions(&bare).is_empty() {
+                                let kept = roster.clone();
+                                cache.rosters.borrow_mut().insert(bare.clone(), kept);
+                            }
+                            break Ok(roster);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let waiting = cache.loading.borrow_mut().remove(&bare).unwrap_or_default();
+            match roster {
+                Ok(roster) => {
+                    for job in waiting {
+                        job(&ctx, &roster);
+                    }
+                }
+                Err(e) => log::warn!(
+                    "mod_roster: {bare}'s roster did not load ({e}); {} presence updates are lost",
+                    waiting.len()
+                ),
+            }
+        })
+        .detach();
+    }
 }
 
 /// Unavailable presence from `full` to each of `targets`.
-fn unavailable_to(ctx: &ModuleCtx, full: &Arc<str>, targets: impl IntoIterator<Item = String>) {
-    for to in targets {
-        send_presence_of_type(ctx, "unavailable", &to, full.clone());
+fn unavailable_to(ctx: &ModuleCtx, full: &Arc<str>, targets: &[Arc<str>]) {
+    if targets.is_empty() {
+        return;
+    }
+    match parse_element(
+        b"<presence xmlns='jabber:client' type='unavailable'/>",
+        &Limits::default(),
+    ) {
+        Ok(p) => ctx.route_multicast(p, full.clone(), targets),
+        Err(e) => log::error!("mod_roster: an unavailable presence did not parse: {e}"),
     }
 }
 
@@ -255,6 +368,8 @@ fn query(version: Option<u64>) -> Element {
 async fn get(iq: Iq, settings: &Settings) -> IqResult {
     let (host, user) = iq.account();
     let asked = iq.payload.attr("ver").map(str::to_string);
+    let cache = iq.ctx.state::<RosterCache>();
+    let writes_before = cache.writes.get();
     let (version, items) = iq
         .ctx
         .store()
@@ -266,9 +381,7 @@ async fn get(iq: Iq, settings: &Settings) -> IqResult {
         .0
         .borrow_mut()
         .insert(iq.from.as_str().into());
-    iq.ctx
-        .state::<RosterCache>()
-        .put(iq.to.bare_str(), items.clone());
+    cache.put_read(iq.to.bare_str(), items.clone(), writes_before);
     if settings.versioning && asked.as_deref() == Some(version.to_string().as_str()) {
         // XEP-0237 §4: nothing changed since the client's copy; changes come as pushes.
         return Ok(None);
@@ -533,7 +646,7 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
                         }
                         Kind::Unsubscribed => {
                             for (full, _) in ctx.available_presences(&owner) {
-                                unavailable_to(&ctx, &full, [contact.clone()]);
+                                unavailable_to(&ctx, &full, &[contact.as_str().into()]);
                             }
                         }
                         _ => {}
@@ -582,13 +695,7 @@ fn deliver_pending_requests(ctx: &ModuleCtx, e: &SessionEvent) {
 /// RFC 6121 §4.2.2, §4.4.2, §4.5.2: a session's presence to the contacts subscribed to it, and at its
 /// initial presence a probe to each contact it is subscribed to.
 fn broadcast(ctx: &ModuleCtx, u: &PresenceUpdate) {
-    let (host, user, full, stanza, initial) = (
-        u.host.clone(),
-        u.user.clone(),
-        u.full.clone(),
-        u.stanza.clone(),
-        u.initial,
-    );
+    let (full, stanza, initial) = (u.full.clone(), u.stanza.clone(), u.initial);
     // Going unavailable ends directed presence too (§4.6.3).
     let directed = if u.available {
         HashSet::new()
@@ -599,99 +706,72 @@ fn broadcast(ctx: &ModuleCtx, u: &PresenceUpdate) {
             .remove(&full)
             .unwrap_or_default()
     };
-    let bare = format!("{user}@{host}");
-    let cache = ctx.state::<RosterCache>();
-    if cache.loading.get() == 0
-        && let Some(items) = cache.get(&bare)
-    {
-        send_presence(ctx, &full, &stanza, initial, directed, &items);
-        return;
-    }
-    cache.loading.set(cache.loading.get() + 1);
-    let ctx = ctx.clone();
-    let turn = ctx.state::<SubscriptionTurn>();
-    glommio::spawn_local(async move {
-        if let Ok(_turn) = turn.0.acquire_permit(1).await {
-            let items = match cache.get(&bare) {
-                Some(items) => Ok(items),
-                None => {
-                    let (h, u) = (host.clone(), user.clone());
-                    ctx.store()
-                        .run(move |db| db.roster(&h, &u))
-                        .await
-                        .map(|(_, items)| {
-                            // Kept while the account has sessions here.
-                            if !ctx.sessions(&bare).is_empty() {
-                                cache.put(&bare, items.clone());
-                            }
-                            Rc::new(items)
-                        })
-                }
-            };
-            match items {
-                Ok(items) => send_presence(&ctx, &full, &stanza, initial, directed, &items),
-                Err(e) => log::warn!("mod_roster: no presence broadcast for {full}: {e}"),
-            }
-        }
-        cache.loading.set(cache.loading.get() - 1);
-    })
-    .detach();
+    let bare = format!("{}@{}", u.user, u.host);
+    ctx.state::<RosterCache>().with_roster(
+        ctx,
+        &bare,
+        Box::new(move |ctx, roster| send_presence(ctx, &full, stanza, initial, directed, roster)),
+    );
 }
 
-/// The broadcast itself, over a roster in hand.
+/// The broadcast itself, over a roster in hand: one multicast for the subscribers, one for the probes.
 fn send_presence(
     ctx: &ModuleCtx,
     full: &Arc<str>,
-    stanza: &crate::proto::xml::Stanza,
+    stanza: crate::proto::xml::Stanza,
     initial: bool,
     directed: HashSet<String>,
-    items: &[RosterItem],
+    roster: &CachedRoster,
 ) {
     let subscribed = |jid: &str| {
-        items.iter().any(|i| {
-            i.jid == jid && matches!(i.subscription, Subscription::From | Subscription::Both)
-        })
+        roster
+            .item(jid)
+            .is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
     };
     // Those with a subscription get the broadcast below; the others are told here.
-    let directed_only = directed.into_iter().filter(|to| !subscribed(bare_of(to)));
-    unavailable_to(ctx, full, directed_only);
-    for item in items {
-        if matches!(item.subscription, Subscription::From | Subscription::Both)
-            && let Some(p) = stanza.rewritten(None, Some(&item.jid))
-        {
-            ctx.route(p, full.clone());
-        }
-        if initial && matches!(item.subscription, Subscription::To | Subscription::Both) {
-            // From the full JID: the answers come to this resource alone.
-            send_presence_of_type(ctx, "probe", &item.jid, full.clone());
+    let directed_only: Vec<Arc<str>> = directed
+        .iter()
+        .filter(|to| !subscribed(bare_of(to)))
+        .map(|to| Arc::from(to.as_str()))
+        .collect();
+    unavailable_to(ctx, full, &directed_only);
+    if !roster.presence_to.is_empty() {
+        ctx.route_multicast(stanza, full.clone(), &roster.presence_to);
+    }
+    if initial && !roster.probe_to.is_empty() {
+        // From the full JID: the answers come to this resource alone.
+        match parse_element(
+            b"<presence xmlns='jabber:client' type='probe'/>",
+            &Limits::default(),
+        ) {
+            Ok(probe) => ctx.route_multicast(probe, full.clone(), &roster.probe_to),
+            Err(e) => log::error!("mod_roster: a probe did not parse: {e}"),
         }
     }
 }
 
-/// RFC 6121 §4.3.2: a subscribed prober gets the last presence of each available resource.
+/// RFC 6121 §4.3.2: a subscribed prober gets the last presence of each available resource (nothing when
+/// none is available, which the RFC allows).
 fn answer_probe(ctx: &ModuleCtx, p: &PresenceProbe) {
-    let Some((user, host)) = p
-        .user
-        .split_once('@')
-        .map(|(u, h)| (u.to_string(), h.to_string()))
-    else {
+    if ctx.available_presences(&p.user).is_empty() {
         return;
-    };
+    }
     let (owner, prober, reply_to) = (p.user.clone(), p.prober.clone(), p.reply_to.clone());
-    let ctx = ctx.clone();
-    glommio::spawn_local(async move {
-        let (h, u, c) = (host, user, prober);
-        let Ok(Some(item)) = ctx.store().run(move |db| db.roster_item(&h, &u, &c)).await else {
-            return;
-        };
-        if !matches!(item.subscription, Subscription::From | Subscription::Both) {
-            return;
-        }
-        for (full, presence) in ctx.available_presences(&owner) {
-            if let Some(p) = presence.rewritten(None, Some(&reply_to)) {
-                ctx.route(p, full);
+    ctx.state::<RosterCache>().with_roster(
+        ctx,
+        &p.user,
+        Box::new(move |ctx, roster| {
+            if !roster
+                .item(&prober)
+                .is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+            {
+                return;
             }
-        }
-    })
-    .detach();
+            for (full, presence) in ctx.available_presences(&owner) {
+                if let Some(p) = presence.rewritten(None, Some(&reply_to)) {
+                    ctx.route(p, full);
+                }
+            }
+        }),
+    );
 }

@@ -23,8 +23,8 @@ use crate::modules::hooks::{
 };
 use crate::placement::Home;
 use crate::proto::errors::{StanzaErrorCondition, write_error_between};
-use crate::proto::jid::domain_of;
 use crate::proto::jid::{Jid, JidView};
+use crate::proto::jid::{bare_of, domain_of};
 use crate::proto::subscription::Kind;
 use crate::proto::xml::Stanza;
 use crate::shard::Shard;
@@ -189,6 +189,45 @@ pub fn route(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<st
 /// The router's entry for stanzas the server generates (the shard's [`crate::shard::Wiring`]).
 pub fn route_generated(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     route(shard, Origin::Server, stanza, from)
+}
+
+/// Routes one stanza the server generated (without `to`) to each of `recipients` (ejabberd's
+/// route_multicast): the local accounts among them are grouped by home shard, and each group crosses the
+/// mesh as one message carrying one copy of the bytes, `to` stamped per recipient when written. Any
+/// other recipient (a service, a component, an address that needs preparing), or any recipient at all
+/// when a `filter_packet` hook must see each stanza, gets a copy of its own through [`route`].
+pub fn route_multicast(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]) {
+    let filtered = shard.has_hook(&FILTER_PACKET);
+    // By home: a handful of shards (later hosts too), so a short list.
+    let mut groups: Vec<(Home, Vec<Arc<str>>)> = Vec::new();
+    for to in recipients {
+        let local = !filtered
+            && JidView::canonical(to).is_some_and(|view| {
+                view.local.is_some()
+                    && matches!(
+                        shard.routes().borrow().lookup(view.domain),
+                        Some(Route::Local)
+                    )
+            });
+        if local {
+            let home = shard.home(bare_of(to));
+            match groups.iter_mut().find(|(h, _)| *h == home) {
+                Some((_, group)) => group.push(to.clone()),
+                None => groups.push((home, vec![to.clone()])),
+            }
+        } else if let Some(copy) = stanza.rewritten(None, Some(to)) {
+            route(shard, Origin::Server, copy, from.clone());
+        }
+    }
+    for (home, to) in groups {
+        let msg = ShardMsg::Multicast {
+            stanza: stanza.clone(),
+            from: from.clone(),
+            to,
+        };
+        // Spill: a server's stanza waits rather than vanish, and never comes back.
+        let _ = shard.send_home(home, msg, Overflow::Spill);
+    }
 }
 
 /// Answers `stanza` with an error from `replier`: straight to a session of this shard, or routed back to

@@ -239,3 +239,74 @@ fn a_stanza_the_server_generates_reaches_a_local_session() {
         assert_eq!(got[0].attr("id"), Some("r1"));
     });
 }
+
+/// Channels that take everything and remember what went where.
+#[derive(Clone, Default)]
+struct RecordingMesh(std::rc::Rc<std::cell::RefCell<Vec<(usize, ShardMsg)>>>);
+
+impl Peers<ShardMsg> for RecordingMesh {
+    fn try_send_to(&self, to: usize, msg: ShardMsg) -> Result<(), Refused<ShardMsg>> {
+        self.0.borrow_mut().push((to, msg));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_multicast_crosses_the_mesh_once_per_destination_shard_and_stamps_each_to() {
+    run(|| async {
+        let on = |shard: usize, n: usize| -> Vec<String> {
+            (0..)
+                .map(|i| format!("contact{i}@localhost"))
+                .filter(|j| home(j, 3).shard == shard)
+                .take(n)
+                .collect()
+        };
+        let (here, one, two) = (on(0, 2), on(1, 3), on(2, 2));
+        let users: Vec<&str> = here.iter().map(String::as_str).collect();
+        let mesh = RecordingMesh::default();
+        let h = Harness::with_mesh("", &users, 3, Some(Box::new(mesh.clone())));
+        let sessions: Vec<_> = here
+            .iter()
+            .map(|b| {
+                let s = h.login(&format!("{b}/r"), Some(0));
+                s.received();
+                s
+            })
+            .collect();
+        let recipients: Vec<std::sync::Arc<str>> = here
+            .iter()
+            .chain(&one)
+            .chain(&two)
+            .map(|j| j.as_str().into())
+            .collect();
+        let presence = crate::proto::xml::parse_element(
+            b"<presence xmlns='jabber:client'><show>away</show></presence>",
+            &crate::proto::xml::Limits::default(),
+        )
+        .unwrap();
+        h.shard
+            .route_multicast(presence, "someone@localhost/x".into(), &recipients);
+        let sent = mesh.0.borrow();
+        assert_eq!(
+            sent.len(),
+            2,
+            "one message per other shard, not one per contact"
+        );
+        for (shard, expected) in [(1, &one), (2, &two)] {
+            let (_, msg) = sent.iter().find(|(to, _)| *to == shard).unwrap();
+            let ShardMsg::Multicast { to, from, .. } = msg else {
+                panic!("a multicast message");
+            };
+            assert_eq!(&**from, "someone@localhost/x");
+            let to: Vec<&str> = to.iter().map(|t| &**t).collect();
+            assert_eq!(to, expected.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        for (s, bare) in sessions.iter().zip(&here) {
+            let got = s.received();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].attr("to"), Some(bare.as_str()));
+            assert_eq!(got[0].attr("from"), Some("someone@localhost/x"));
+            assert!(got[0].child("show").is_some());
+        }
+    });
+}

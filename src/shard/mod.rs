@@ -72,6 +72,9 @@ pub struct ServerShared {
     pub started: Instant,
 }
 
+/// The router's multicast entry: one stanza, its sender, its recipients.
+pub type MulticastFn = fn(&Rc<Shard>, Stanza, Arc<str>, &[Arc<str>]);
+
 /// What the layers above install in a shard so that the state can reach them without importing them.
 #[derive(Clone, Copy)]
 pub struct Wiring {
@@ -79,6 +82,8 @@ pub struct Wiring {
     pub handle: fn(&Rc<Shard>, ShardMsg),
     /// The router's entry for stanzas the server generates (`router::route` with `Origin::Server`).
     pub route: fn(&Rc<Shard>, Stanza, Arc<str>),
+    /// The router's entry for one stanza the server sends to many (`router::route_multicast`).
+    pub multicast: MulticastFn,
 }
 
 /// One shard's state. Shared by the shard's tasks through an `Rc`; never crosses threads.
@@ -243,6 +248,17 @@ impl Shard {
         (self.wiring.route)(self, stanza, from)
     }
 
+    /// Routes one stanza the server generated to each of `recipients` (its `to` set for each), crossing
+    /// the mesh once per destination shard.
+    pub fn route_multicast(
+        self: &Rc<Self>,
+        stanza: Stanza,
+        from: Arc<str>,
+        recipients: &[Arc<str>],
+    ) {
+        (self.wiring.multicast)(self, stanza, from, recipients)
+    }
+
     /// Sends the error reply for `stanza` from `replier` back to its sender, wherever that is. Never
     /// answers an error with an error.
     pub fn bounce(
@@ -315,6 +331,10 @@ impl ShardServices for Shard {
 
     fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>) {
         Shard::route(&self, stanza, from)
+    }
+
+    fn route_multicast(self: Rc<Self>, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]) {
+        Shard::route_multicast(&self, stanza, from, recipients)
     }
 
     fn bounce(

@@ -40,6 +40,7 @@ const IDLE_SWEEP: Duration = Duration::from_secs(10);
 pub(crate) const WIRING: Wiring = Wiring {
     handle,
     route: crate::router::route_generated,
+    multicast: crate::router::route_multicast,
 };
 
 /// Handles a message from the mesh (or from this shard's own fast path).
@@ -47,6 +48,9 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
     match msg {
         ShardMsg::Deliver { stanza, from } => {
             hot_path(|| crate::sm::session::deliver_local(shard, stanza, from))
+        }
+        ShardMsg::Multicast { stanza, from, to } => {
+            crate::sm::session::deliver_multicast(shard, &stanza, &from, &to)
         }
         ShardMsg::Adopt(moved) => crate::c2s::adopt(shard.clone(), *moved),
         ShardMsg::ToComponent {

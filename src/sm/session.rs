@@ -200,7 +200,19 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
         apply(shard, &stanza, &from, to.text, kind, ty, decision, &arrival);
         return;
     }
-    // No session: whether the account exists decides between silence and an error.
+    // No session: whether the account exists decides between silence and an error, unless the rules
+    // give the same answer either way (presence to an account with no session is dropped).
+    let resource = to.resource;
+    let if_exists = decide::<SinkId>(kind, ty, true, resource, &[]);
+    if if_exists == decide::<SinkId>(kind, ty, false, resource, &[]) {
+        let to_text = to.text.to_string();
+        drop(to_attr);
+        let arrival = shard.arrival_key();
+        apply(
+            shard, &stanza, &from, &to_text, kind, ty, if_exists, &arrival,
+        );
+        return;
+    }
     let (host, user) = (
         to.domain.to_string(),
         to.local.unwrap_or_default().to_string(),
@@ -231,6 +243,58 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
         );
     })
     .detach();
+}
+
+/// One stanza for several accounts of this shard (a presence broadcast that crossed the mesh once):
+/// written to each recipient's sessions with its `to` stamped, sharing the bytes. What the rules send
+/// elsewhere than to sessions (a probe answered for the account, or anything unusual) takes the
+/// one-recipient path with a copy of its own.
+pub fn deliver_multicast(
+    shard: &Rc<Shard>,
+    stanza: &Stanza,
+    from: &Arc<str>,
+    recipients: &[Arc<str>],
+) {
+    let kind = stanza.kind();
+    let ty = StanzaType::classify(kind, stanza.type_().as_deref());
+    let shared = kind == StanzaKind::Presence
+        && matches!(
+            ty,
+            StanzaType::Available | StanzaType::Unavailable | StanzaType::Probe
+        )
+        && !shard.has_hook(&USER_RECEIVE_PACKET);
+    for to in recipients {
+        let view = JidView::canonical(to).filter(|_| shared);
+        let decision = view.and_then(|view| {
+            let table = shard.sessions().borrow();
+            let states = table.states(view.bare());
+            if states.is_empty() {
+                let if_exists = decide::<SinkId>(kind, ty, true, view.resource, &[]);
+                let otherwise = decide::<SinkId>(kind, ty, false, view.resource, &[]);
+                (if_exists == otherwise).then_some(if_exists)
+            } else {
+                Some(decide(kind, ty, true, view.resource, &states))
+            }
+        });
+        match decision {
+            Some(Delivery::Sessions(sinks)) => {
+                for sink in sinks {
+                    if let Some(s) = shard.sink(sink) {
+                        s.deliver_addressed(stanza, from, to);
+                    }
+                }
+            }
+            Some(Delivery::Drop) => {}
+            Some(decision @ Delivery::HandleForAccount) if ty == StanzaType::Probe => {
+                apply(shard, stanza, from, to, kind, ty, decision, "");
+            }
+            _ => {
+                if let Some(copy) = stanza.rewritten(None, Some(to)) {
+                    deliver_local(shard, copy, from.clone());
+                }
+            }
+        }
+    }
 }
 
 /// The session a stanza to a full JID goes to, when the JID is canonical, the session exists and the
