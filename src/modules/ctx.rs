@@ -55,6 +55,9 @@ pub trait ShardServices {
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
     /// Ends every session of `bare` with `condition`.
     fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition);
+    /// Starts or stops `module` watching `bare`'s stanzas (the `watched_*` hooks); false when the
+    /// account has no session here.
+    fn watch(&self, bare: &str, module: &'static str, on: bool) -> bool;
     /// The full JID and last available presence of each available session of `bare`.
     fn available_presences(&self, bare: &str) -> Vec<(Arc<str>, Stanza)>;
     /// Writes `stanza` (with `from` stamped) to every available session of `bare`; how many.
@@ -138,6 +141,14 @@ impl ModuleCtx {
 
     pub fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool {
         self.shard.send_to_session(bare, full, bytes)
+    }
+
+    /// Starts (`on`) or stops `module` watching the stanzas `bare` sends and receives: while any module
+    /// watches an account, they pass the `watched_send_packet`, `watched_receive_packet` and
+    /// `watched_deliver_packet` hooks. A watch lasts while the account has sessions on its home shard
+    /// (where this must run); false when it has none.
+    pub fn watch(&self, bare: &str, module: &'static str, on: bool) -> bool {
+        self.shard.watch(bare, module, on)
     }
 
     pub fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
@@ -280,6 +291,9 @@ pub(crate) mod testing {
         }
         fn send_to_session(&self, _bare: &str, _full: &str, _bytes: &[u8]) -> bool {
             false
+        }
+        fn watch(&self, bare: &str, _module: &'static str, _on: bool) -> bool {
+            self.sessions.borrow().contains_key(bare)
         }
         fn kill_sessions(&self, bare: &str, _condition: StreamErrorCondition) {
             self.sessions.borrow_mut().remove(bare);

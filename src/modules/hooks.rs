@@ -141,6 +141,30 @@ pub struct PresenceProbe {
 /// A probe for an account's presence.
 pub const PRESENCE_PROBE: HookPoint<PresenceProbe> = HookPoint::new("presence_probe");
 
+/// A stanza of an account some module watches (`ModuleCtx::watch`): only watched accounts' stanzas
+/// pass these hooks, so that the common path stays free of them. A handler may replace `stanza`;
+/// [`Flow::Stop`] means it goes no further (the handler answered, held or dropped it).
+pub struct WatchedPacket {
+    /// The watched account's bare JID.
+    pub account: Arc<str>,
+    /// The account's session concerned: the sender (`watched_send_packet`) or the one it is about to be
+    /// written to (`watched_deliver_packet`); none when the stanza reached the account as a whole
+    /// (`watched_receive_packet`).
+    pub session: Option<Arc<str>>,
+    /// The sender, as stamped.
+    pub from: Arc<str>,
+    pub stanza: Stanza,
+}
+
+/// A session of a watched account sent a stanza (before routing; ejabberd's `user_send_packet` and
+/// `privacy_check_packet` out).
+pub const WATCHED_SEND: HookPoint<WatchedPacket> = HookPoint::new("watched_send_packet");
+/// A stanza reached a watched account's home, before the delivery rules choose its sessions (also when
+/// none is available: before it is stored offline).
+pub const WATCHED_RECEIVE: HookPoint<WatchedPacket> = HookPoint::new("watched_receive_packet");
+/// A stanza is about to be written to one session of a watched account.
+pub const WATCHED_DELIVER: HookPoint<WatchedPacket> = HookPoint::new("watched_deliver_packet");
+
 /// Every stanza the router routes to or from the host, before delivery.
 pub const FILTER_PACKET: HookPoint<Packet> = HookPoint::new("filter_packet");
 /// A stanza a local session sent, before routing.
@@ -233,24 +257,35 @@ impl HookTable {
         self.points.retain(|(_, e)| !e.is_empty());
     }
 
-    /// The handlers of `point` for `host`, in order, collected so that none runs with the table borrowed.
+    /// The handlers of `point` for `host`, in order.
     pub fn handlers<E: 'static>(&self, point: &HookPoint<E>, host: &str) -> Vec<HookFn<E>> {
-        self.point(point.name)
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter(|e| e.host == host)
-                    .filter_map(|e| e.handler.downcast_ref::<HookFn<E>>().cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        (0..).map_while(|i| self.handler(point, host, i)).collect()
+    }
+
+    /// The `nth` handler of `point` for `host`.
+    fn handler<E: 'static>(
+        &self,
+        point: &HookPoint<E>,
+        host: &str,
+        nth: usize,
+    ) -> Option<HookFn<E>> {
+        self.point(point.name)?
+            .iter()
+            .filter(|e| e.host == host)
+            .filter_map(|e| e.handler.downcast_ref::<HookFn<E>>())
+            .nth(nth)
+            .cloned()
     }
 }
 
 /// Runs the handlers of `point` for `host` in order over `event`; [`Flow::Stop`] when one stopped it.
+/// Each handler is taken out on its turn, so none runs with the table borrowed and nothing is
+/// allocated.
 pub fn run<E: 'static>(ctx: &ModuleCtx, point: &HookPoint<E>, host: &str, event: &mut E) -> Flow {
-    let handlers = ctx.modules().borrow().hooks().handlers(point, host);
-    for h in handlers {
+    for nth in 0.. {
+        let Some(h) = ctx.modules().borrow().hooks().handler(point, host, nth) else {
+            break;
+        };
         if h(ctx, event) == Flow::Stop {
             return Flow::Stop;
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::mesh::{Overflow, ShardMsg};
 use crate::modules::hooks::{
     self, DIRECTED_PRESENCE, DirectedPresence, FILTER_PACKET, OUT_SUBSCRIPTION, SubscriptionStanza,
-    USER_SEND_PACKET, run_packet,
+    USER_SEND_PACKET, WATCHED_SEND, WatchedPacket, run_packet,
 };
 use crate::placement::Home;
 use crate::proto::errors::{StanzaErrorCondition, write_error_between};
@@ -68,6 +68,22 @@ pub fn route(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<st
                 Some(st) => st,
                 None => return,
             }
+        }
+        _ => stanza,
+    };
+    let stanza = match origin {
+        Origin::Session(s) if s.watch.get() && shard.has_hook(&WATCHED_SEND) => {
+            let mut packet = WatchedPacket {
+                account: s.bare.clone(),
+                session: Some(s.full.clone()),
+                from: from.clone(),
+                stanza,
+            };
+            let host = domain_of(&s.bare);
+            if hooks::run(&shard.ctx(), &WATCHED_SEND, host, &mut packet) == hooks::Flow::Stop {
+                return;
+            }
+            packet.stanza
         }
         _ => stanza,
     };

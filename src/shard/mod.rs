@@ -401,6 +401,10 @@ impl ShardServices for Shard {
         }
     }
 
+    fn watch(&self, bare: &str, module: &'static str, on: bool) -> bool {
+        self.sessions.borrow_mut().watch(bare, module, on)
+    }
+
     fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
         let sinks: Vec<SinkId> = self
             .sessions

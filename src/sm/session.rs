@@ -12,7 +12,8 @@ use super::deliver::{Delivery, StanzaType, decide, is_request};
 use crate::modules::hooks::{
     self, IN_SUBSCRIPTION, OFFLINE_MESSAGE, OfflineMessage, PRESENCE_PROBE, PresenceProbe,
     PresenceUpdate, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
-    UNSET_PRESENCE, USER_AVAILABLE, USER_PRESENCE, USER_RECEIVE_PACKET, run_packet,
+    UNSET_PRESENCE, USER_AVAILABLE, USER_PRESENCE, USER_RECEIVE_PACKET, WATCHED_DELIVER,
+    WATCHED_RECEIVE, WatchedPacket, run_packet,
 };
 use crate::modules::iq::{self, Component};
 use crate::proto::c2s::BindError;
@@ -22,13 +23,16 @@ use crate::proto::subscription::Kind;
 use crate::proto::xml::{Limits, Stanza, StanzaKind, parse_element};
 use crate::shard::Shard;
 use crate::sink::SinkId;
+use crate::sm::table::Watch;
 
 /// A bound session as its connection and the router see it.
 #[derive(Clone)]
 pub struct SessionRef {
-    pub bare: Box<str>,
+    pub bare: Arc<str>,
     pub full: Arc<str>,
     pub sink: SinkId,
+    /// Whether a module watches the account's stanzas (`watched_send_packet` then runs).
+    pub watch: Watch,
 }
 
 /// Binds `resource` (a random one when the client asked for none) of the authenticated `user` to the
@@ -61,9 +65,10 @@ pub fn bind(
         s.kill(StreamErrorCondition::Conflict);
     }
     let session = SessionRef {
-        bare: user.bare_str().into(),
+        bare: bound.bare,
         full: bound.full,
         sink,
+        watch: bound.watch,
     };
     session_hook(shard, &SM_REGISTER_CONNECTION, &session, "");
     Ok((full, session))
@@ -121,6 +126,23 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
         }
         return;
     }
+    // A watched account's modules see the stanza before the rules choose where it goes.
+    let stanza = match watched_recipient(shard, &stanza, &from) {
+        Some(account) => {
+            let host = domain_of(&account).to_string();
+            let mut packet = WatchedPacket {
+                account,
+                session: None,
+                from: from.clone(),
+                stanza,
+            };
+            if hooks::run(&shard.ctx(), &WATCHED_RECEIVE, &host, &mut packet) == hooks::Flow::Stop {
+                return;
+            }
+            packet.stanza
+        }
+        None => stanza,
+    };
     let to_attr = stanza.to();
     let owned;
     let to = match to_attr.as_deref() {
@@ -267,6 +289,10 @@ pub fn deliver_multicast(
         let view = JidView::canonical(to).filter(|_| shared);
         let decision = view.and_then(|view| {
             let table = shard.sessions().borrow();
+            if table.watched(view.bare()).is_some() {
+                // Its modules see each stanza: a copy of its own.
+                return None;
+            }
             let states = table.states(view.bare());
             if states.is_empty() {
                 let if_exists = decide::<SinkId>(kind, ty, true, view.resource, &[]);
@@ -297,6 +323,20 @@ pub fn deliver_multicast(
     }
 }
 
+/// The bare JID of the account a stanza is for, when a module watches it and a handler waits.
+fn watched_recipient(shard: &Shard, stanza: &Stanza, from: &str) -> Option<Arc<str>> {
+    if !shard.has_hook(&WATCHED_RECEIVE) {
+        return None;
+    }
+    let to_attr = stanza.to();
+    let to = to_attr.as_deref().unwrap_or(from);
+    let table = shard.sessions().borrow();
+    match JidView::canonical(to) {
+        Some(view) => table.watched(view.bare()),
+        None => table.watched(Jid::parse(to).ok()?.bare().as_str()),
+    }
+}
+
 /// The session a stanza to a full JID goes to, when the JID is canonical, the session exists and the
 /// stanza's type is one delivered to a full JID as is.
 fn full_jid_session(shard: &Shard, stanza: &Stanza) -> Option<SinkId> {
@@ -312,8 +352,11 @@ fn full_jid_session(shard: &Shard, stanza: &Stanza) -> Option<SinkId> {
         return None;
     }
     let table = shard.sessions().borrow();
-    table
-        .sessions(to.bare())
+    let (sessions, watched) = table.sessions_and_watch(to.bare());
+    if watched {
+        return None;
+    }
+    sessions
         .iter()
         .find(|s| &*s.resource == resource)
         .map(|s| s.sink)
@@ -392,9 +435,8 @@ fn apply(
 
 /// Writes a stanza to a session of this shard, through `user_receive_packet` when a module registered it.
 fn deliver_to_session(shard: &Rc<Shard>, sink: SinkId, stanza: &Stanza, from: &Arc<str>, to: &str) {
-    let Some(s) = shard.sink(sink) else { return };
+    let host = domain_of(to);
     if shard.has_hook(&USER_RECEIVE_PACKET) {
-        let host = domain_of(to);
         if let Some(st) = run_packet(
             &shard.ctx(),
             &USER_RECEIVE_PACKET,
@@ -402,9 +444,40 @@ fn deliver_to_session(shard: &Rc<Shard>, sink: SinkId, stanza: &Stanza, from: &A
             from,
             stanza.clone(),
         ) {
-            s.deliver(&st, from);
+            write_to_session(shard, sink, &st, from, bare_of(to));
         }
         return;
+    }
+    write_to_session(shard, sink, stanza, from, bare_of(to));
+}
+
+/// The last step of every delivery to a session of `bare`: through `watched_deliver_packet` when a
+/// module watches the account, then onto the connection's sink.
+fn write_to_session(shard: &Rc<Shard>, sink: SinkId, stanza: &Stanza, from: &Arc<str>, bare: &str) {
+    let Some(s) = shard.sink(sink) else { return };
+    if shard.has_hook(&WATCHED_DELIVER) {
+        let watched = {
+            let table = shard.sessions().borrow();
+            table.watched(bare).and_then(|account| {
+                let session = table.sessions(bare).iter().find(|x| x.sink == sink)?;
+                Some((account, session.full.clone()))
+            })
+        };
+        if let Some((account, full)) = watched {
+            let host = domain_of(&account).to_string();
+            let mut packet = WatchedPacket {
+                account,
+                session: Some(full),
+                from: from.clone(),
+                stanza: stanza.clone(),
+            };
+            if hooks::run(&shard.ctx(), &WATCHED_DELIVER, &host, &mut packet)
+                == hooks::Flow::Continue
+            {
+                s.deliver(&packet.stanza, from);
+            }
+            return;
+        }
     }
     s.deliver(stanza, from);
 }
@@ -443,9 +516,7 @@ fn self_presence(shard: &Rc<Shard>, from: &SessionRef, stanza: &Stanza) {
         (was, recipients)
     };
     for id in recipients {
-        if let Some(s) = shard.sink(id) {
-            s.deliver(stanza, &from.full);
-        }
+        write_to_session(shard, id, stanza, &from.full, &from.bare);
     }
     // Copied out: kept for probes and broadcast to contacts, it must not pin the read buffer. Only when
     // a module answers probes or broadcasts: the copy costs a write and a parse.
@@ -515,9 +586,7 @@ fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
         .map(|s| s.sink)
         .collect();
     for id in recipients {
-        if let Some(s) = shard.sink(id) {
-            s.deliver(&presence, &session.full);
-        }
+        write_to_session(shard, id, &presence, &session.full, &session.bare);
     }
 }
 

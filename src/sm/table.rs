@@ -30,12 +30,36 @@ pub struct Session<Id = SinkId> {
 #[derive(Debug)]
 pub struct Bound<Id = SinkId> {
     pub full: Arc<str>,
+    pub bare: Arc<str>,
+    pub watch: Watch,
     /// The connection whose session had the same full JID and was replaced; it gets a `conflict` error.
     pub replaced: Option<Id>,
 }
 
+/// An account with sessions here: its sessions and the modules that watch its traffic.
+struct Account<Id> {
+    /// The bare JID, shared with the sessions' [`Watch`] and handed to hooks without a copy.
+    bare: Arc<str>,
+    sessions: Vec<Session<Id>>,
+    /// The modules that asked to see this account's stanzas (blocking, carbons, client state): while
+    /// any does, its stanzas leave the allocation-free fast paths and pass the `watched_*` hooks.
+    watchers: Vec<&'static str>,
+    watch: Watch,
+}
+
+/// Whether an account is watched, shared with its sessions' connections so that the router asks
+/// without a lookup.
+#[derive(Debug, Clone, Default)]
+pub struct Watch(std::rc::Rc<std::cell::Cell<bool>>);
+
+impl Watch {
+    pub fn get(&self) -> bool {
+        self.0.get()
+    }
+}
+
 pub struct SessionTable<Id = SinkId> {
-    users: HashMap<Box<str>, Vec<Session<Id>>>,
+    users: HashMap<Box<str>, Account<Id>>,
     count: usize,
 }
 
@@ -58,7 +82,14 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         conn: Id,
         max: usize,
     ) -> Result<Bound<Id>, BindError> {
-        let sessions = self.users.entry(bare.into()).or_default();
+        let account = self.users.entry(bare.into()).or_insert_with(|| Account {
+            bare: bare.into(),
+            sessions: Vec::new(),
+            watchers: Vec::new(),
+            watch: Watch::default(),
+        });
+        let (shared_bare, watch) = (account.bare.clone(), account.watch.clone());
+        let sessions = &mut account.sessions;
         let full: Arc<str> = format!("{bare}/{resource}").into();
         if let Some(s) = sessions.iter_mut().find(|s| &*s.resource == resource) {
             let replaced = s.sink;
@@ -72,6 +103,8 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
             };
             return Ok(Bound {
                 full,
+                bare: shared_bare,
+                watch,
                 replaced: Some(replaced),
             });
         }
@@ -92,24 +125,57 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         self.count += 1;
         Ok(Bound {
             full,
+            bare: shared_bare,
+            watch,
             replaced: None,
         })
     }
 
     /// Removes the session of `conn` (if it is still the one bound: a replaced connection is not).
     pub fn unbind(&mut self, bare: &str, conn: Id) -> Option<Session<Id>> {
-        let sessions = self.users.get_mut(bare)?;
+        let sessions = &mut self.users.get_mut(bare)?.sessions;
         let i = sessions.iter().position(|s| s.sink == conn)?;
         let removed = sessions.swap_remove(i);
         self.count -= 1;
-        if sessions.is_empty() {
-            self.users.remove(bare);
+        if sessions.is_empty()
+            && let Some(account) = self.users.remove(bare)
+        {
+            account.watch.0.set(false);
         }
         Some(removed)
     }
 
     pub fn sessions(&self, bare: &str) -> &[Session<Id>] {
-        self.users.get(bare).map_or(&[], |v| v.as_slice())
+        self.users.get(bare).map_or(&[], |a| a.sessions.as_slice())
+    }
+
+    /// The account's sessions and whether it is watched, in one lookup (the delivery fast path).
+    pub fn sessions_and_watch(&self, bare: &str) -> (&[Session<Id>], bool) {
+        self.users.get(bare).map_or((&[], false), |a| {
+            (a.sessions.as_slice(), !a.watchers.is_empty())
+        })
+    }
+
+    /// Starts (`on`) or stops `module` watching `bare`'s stanzas; false when the account has no
+    /// session here (a watch lasts while the account has sessions).
+    pub fn watch(&mut self, bare: &str, module: &'static str, on: bool) -> bool {
+        let Some(account) = self.users.get_mut(bare) else {
+            return false;
+        };
+        account.watchers.retain(|m| *m != module);
+        if on {
+            account.watchers.push(module);
+        }
+        account.watch.0.set(!account.watchers.is_empty());
+        true
+    }
+
+    /// The account's bare JID, shared, when some module watches it.
+    pub fn watched(&self, bare: &str) -> Option<Arc<str>> {
+        self.users
+            .get(bare)
+            .filter(|a| !a.watchers.is_empty())
+            .map(|a| a.bare.clone())
     }
 
     /// Records the presence of `conn`'s session; returns whether it was available before.
@@ -123,6 +189,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         let s = self
             .users
             .get_mut(bare)?
+            .sessions
             .iter_mut()
             .find(|s| s.sink == conn)?;
         let was = s.available;
@@ -139,7 +206,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         if let Some(s) = self
             .users
             .get_mut(bare)
-            .and_then(|v| v.iter_mut().find(|s| s.sink == conn))
+            .and_then(|a| a.sessions.iter_mut().find(|s| s.sink == conn))
         {
             s.presence = Some(presence);
         }
@@ -201,9 +268,23 @@ mod tests {
                 .iter()
                 .any(|s| s.id == 4 && s.available && s.priority == 5)
         );
+        assert!(t.watched("a@x").is_none());
+        assert!(t.watch("a@x", "mod_a", true));
+        assert!(t.watch("a@x", "mod_b", true));
+        let watch = t.bind("a@x", "r9", 9, 3).unwrap().watch;
+        assert!(
+            watch.get(),
+            "a session bound later shares the account's watch"
+        );
+        t.watch("a@x", "mod_a", false);
+        assert_eq!(t.watched("a@x").as_deref(), Some("a@x"));
+        t.watch("a@x", "mod_b", false);
+        assert!(t.watched("a@x").is_none() && !watch.get());
+        t.unbind("a@x", 9).unwrap();
         t.unbind("a@x", 4).unwrap();
         t.unbind("a@x", 2).unwrap();
         assert!(t.is_empty());
+        assert!(!t.watch("a@x", "mod_a", true), "no account, no watch");
         assert_eq!(t.sessions("a@x").len(), 0);
     }
 }
