@@ -51,6 +51,9 @@ pub trait ShardServices {
     fn modules(&self) -> &RefCell<ModuleTable>;
     /// The sessions of `bare` (on its home shard; elsewhere none).
     fn sessions(&self, bare: &str) -> Vec<SessionInfo>;
+    /// Writes `stanza` (with `from` stamped) to the session `full` of `bare`, past every hook; false
+    /// when it is not (or no longer) there.
+    fn write_to_session(&self, bare: &str, full: &str, stanza: &Stanza, from: &Arc<str>) -> bool;
     /// Writes `bytes` to the session `full` of `bare`; false when it is not (or no longer) there.
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
     /// Ends every session of `bare` with `condition`.
@@ -139,6 +142,18 @@ impl ModuleCtx {
         self.shard.sessions(bare)
     }
 
+    /// Writes `stanza` to one session of `bare` (on its home shard) as it is, past every hook: what a
+    /// module decided to send there itself (carbon copies, stanzas held back and released).
+    pub fn write_to_session(
+        &self,
+        bare: &str,
+        full: &str,
+        stanza: &Stanza,
+        from: &Arc<str>,
+    ) -> bool {
+        self.shard.write_to_session(bare, full, stanza, from)
+    }
+
     pub fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool {
         self.shard.send_to_session(bare, full, bytes)
     }
@@ -202,6 +217,8 @@ pub(crate) mod testing {
     pub(crate) struct TestShard {
         pub modules: RefCell<ModuleTable>,
         pub routed: RefCell<Vec<(Stanza, Arc<str>)>>,
+        /// What `write_to_session` wrote: the session, the stanza, its `from`.
+        pub written: RefCell<Vec<(String, Stanza, Arc<str>)>>,
         pub sessions: RefCell<HashMap<String, Vec<SessionInfo>>>,
         config: Config,
         store: StoreWorkers,
@@ -214,6 +231,7 @@ pub(crate) mod testing {
             Rc::new(TestShard {
                 modules: RefCell::new(ModuleTable::default()),
                 routed: RefCell::new(Vec::new()),
+                written: RefCell::new(Vec::new()),
                 sessions: RefCell::new(HashMap::new()),
                 config: Config::default(),
                 store: StoreWorkers::with_backends(Vec::new()).expect("no workers to start"),
@@ -291,6 +309,21 @@ pub(crate) mod testing {
         }
         fn send_to_session(&self, _bare: &str, _full: &str, _bytes: &[u8]) -> bool {
             false
+        }
+        fn write_to_session(
+            &self,
+            bare: &str,
+            full: &str,
+            stanza: &Stanza,
+            from: &Arc<str>,
+        ) -> bool {
+            let there = self.sessions(bare).iter().any(|s| &*s.full == full);
+            if there {
+                self.written
+                    .borrow_mut()
+                    .push((full.to_string(), stanza.clone(), from.clone()));
+            }
+            there
         }
         fn watch(&self, bare: &str, _module: &'static str, _on: bool) -> bool {
             self.sessions.borrow().contains_key(bare)

@@ -383,6 +383,24 @@ impl ShardServices for Shard {
             .collect()
     }
 
+    fn write_to_session(&self, bare: &str, full: &str, stanza: &Stanza, from: &Arc<str>) -> bool {
+        let sink = {
+            let table = self.sessions.borrow();
+            table
+                .sessions(bare)
+                .iter()
+                .find(|s| &*s.full == full)
+                .map(|s| s.sink)
+        };
+        match sink.and_then(|id| self.sink(id)) {
+            Some(sink) => {
+                sink.deliver(stanza, from);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool {
         let sink = {
             let table = self.sessions.borrow();
