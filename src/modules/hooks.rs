@@ -129,6 +129,18 @@ pub struct DirectedPresence {
 /// A session sent directed presence.
 pub const DIRECTED_PRESENCE: HookPoint<DirectedPresence> = HookPoint::new("directed_presence");
 
+/// A session's presence is about to go to `recipients` (a broadcast to contacts, probes, the answer to
+/// a probe, unavailable at its end): handlers remove whoever it must not reach (a blocked contact).
+pub struct PresenceRecipients {
+    /// The sending account's bare JID.
+    pub account: String,
+    pub recipients: Vec<Arc<str>>,
+}
+
+/// Presence from an account to its contacts, before it goes.
+pub const PRESENCE_RECIPIENTS: HookPoint<PresenceRecipients> =
+    HookPoint::new("presence_recipients");
+
 /// A presence probe reached the home of the account it asks about (RFC 6121 §4.3.2): `prober` (a bare
 /// JID) wants `user`'s current presence, to be sent to `reply_to` (the probing resource's full JID, so
 /// that the prober's other resources do not get it twice).

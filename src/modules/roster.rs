@@ -15,6 +15,7 @@
 //! account with sessions here is cached on its home shard (loaded by its first roster request or
 //! broadcast, written through by every change made here, dropped with its last session).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -22,8 +23,8 @@ use std::sync::Arc;
 
 use super::hooks::{
     DIRECTED_PRESENCE, DirectedPresence, IN_SUBSCRIPTION, OUT_SUBSCRIPTION, PRESENCE_PROBE,
-    PresenceProbe, PresenceUpdate, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
-    USER_AVAILABLE, USER_PRESENCE,
+    PRESENCE_RECIPIENTS, PresenceProbe, PresenceRecipients, PresenceUpdate, SM_REMOVE_CONNECTION,
+    SessionEvent, SubscriptionStanza, USER_AVAILABLE, USER_PRESENCE,
 };
 use super::iq::async_handler;
 use super::util::iqdisc;
@@ -32,7 +33,7 @@ use super::{
     OptKind, OptionSpec, Registrations,
 };
 use crate::proto::errors::StanzaErrorCondition as Cond;
-use crate::proto::jid::bare_of;
+use crate::proto::jid::{bare_of, domain_of};
 use crate::proto::roster::{
     NS_ROSTER, RosterItem, RosterLimits, RosterSet, Subscription, parse_set, removed_element,
 };
@@ -734,20 +735,42 @@ fn send_presence(
         .filter(|to| !subscribed(bare_of(to)))
         .map(|to| Arc::from(to.as_str()))
         .collect();
-    unavailable_to(ctx, full, &directed_only);
-    if !roster.presence_to.is_empty() {
-        ctx.route_multicast(stanza, full.clone(), &roster.presence_to);
+    let account = bare_of(full);
+    unavailable_to(ctx, full, &allowed(ctx, account, &directed_only));
+    let presence_to = allowed(ctx, account, &roster.presence_to);
+    if !presence_to.is_empty() {
+        ctx.route_multicast(stanza, full.clone(), &presence_to);
     }
-    if initial && !roster.probe_to.is_empty() {
+    let probe_to = if initial {
+        allowed(ctx, account, &roster.probe_to)
+    } else {
+        Cow::Borrowed(&[][..])
+    };
+    if !probe_to.is_empty() {
         // From the full JID: the answers come to this resource alone.
         match parse_element(
             b"<presence xmlns='jabber:client' type='probe'/>",
             &Limits::default(),
         ) {
-            Ok(probe) => ctx.route_multicast(probe, full.clone(), &roster.probe_to),
+            Ok(probe) => ctx.route_multicast(probe, full.clone(), &probe_to),
             Err(e) => log::error!("mod_roster: a probe did not parse: {e}"),
         }
     }
+}
+
+/// The recipients of `account`'s presence that the `presence_recipients` handlers let through (a
+/// blocked contact is not).
+fn allowed<'a>(ctx: &ModuleCtx, account: &str, recipients: &'a [Arc<str>]) -> Cow<'a, [Arc<str>]> {
+    let filtered = ctx.modules().borrow().hooks().has(&PRESENCE_RECIPIENTS);
+    if !filtered || recipients.is_empty() {
+        return Cow::Borrowed(recipients);
+    }
+    let mut event = PresenceRecipients {
+        account: account.to_string(),
+        recipients: recipients.to_vec(),
+    };
+    super::hooks::run(ctx, &PRESENCE_RECIPIENTS, domain_of(account), &mut event);
+    Cow::Owned(event.recipients)
 }
 
 /// RFC 6121 §4.3.2: a subscribed prober gets the last presence of each available resource (nothing when
@@ -765,6 +788,9 @@ fn answer_probe(ctx: &ModuleCtx, p: &PresenceProbe) {
                 .item(&prober)
                 .is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
             {
+                return;
+            }
+            if allowed(ctx, &owner, &[reply_to.as_str().into()]).is_empty() {
                 return;
             }
             for (full, presence) in ctx.available_presences(&owner) {

@@ -263,6 +263,7 @@ pub fn write_error_reply(
         to.as_deref(),
         condition,
         text,
+        None,
     );
     true
 }
@@ -289,6 +290,35 @@ pub fn write_error_between(
         Some(to),
         condition,
         None,
+        None,
+    );
+    true
+}
+
+/// [`write_error_between`] with an application-specific condition (RFC 6120 §8.3.2): `app` is a
+/// complete element, written after the defined condition, e.g. XEP-0191's
+/// `<blocked xmlns='urn:xmpp:blocking:errors'/>`.
+pub fn write_error_between_with(
+    out: &mut impl BufMut,
+    stanza: &Stanza,
+    from: &str,
+    to: &str,
+    condition: StanzaErrorCondition,
+    app: &str,
+) -> bool {
+    if !may_bounce(stanza) {
+        return false;
+    }
+    write_error(
+        out,
+        stanza,
+        stanza.local_name(),
+        Some("jabber:client"),
+        from,
+        Some(to),
+        condition,
+        None,
+        Some(app),
     );
     true
 }
@@ -304,6 +334,7 @@ fn write_error(
     to: Option<&str>,
     condition: StanzaErrorCondition,
     text: Option<&str>,
+    app: Option<&str>,
 ) {
     out.put_u8(b'<');
     out.put_slice(name.as_bytes());
@@ -319,7 +350,7 @@ fn write_error(
         put_attr(out, "id", &id);
     }
     out.put_u8(b'>');
-    write_error_element(out, condition, text);
+    put_error_element(out, condition, text, app);
     out.put_slice(b"</");
     out.put_slice(name.as_bytes());
     out.put_u8(b'>');
@@ -332,10 +363,23 @@ pub fn write_error_element(
     condition: StanzaErrorCondition,
     text: Option<&str>,
 ) {
+    put_error_element(out, condition, text, None);
+}
+
+/// The `<error/>` child, with an application-specific condition when `app` is given.
+fn put_error_element(
+    out: &mut impl BufMut,
+    condition: StanzaErrorCondition,
+    text: Option<&str>,
+    app: Option<&str>,
+) {
     out.put_slice(b"<error type='");
     out.put_slice(condition.default_type().as_str().as_bytes());
     out.put_slice(b"'>");
     put_condition(out, condition.as_str(), NS_STANZA_ERRORS, text);
+    if let Some(app) = app {
+        out.put_slice(app.as_bytes());
+    }
     out.put_slice(b"</error>");
 }
 

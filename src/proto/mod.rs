@@ -3,6 +3,7 @@
 //! matters, a `now` passed in) and returns what should happen, so it can be tested against an in-memory
 //! peer, fuzzed, and moved to another runtime unchanged.
 
+pub mod blocking;
 pub mod c2s;
 pub mod component;
 pub mod errors;

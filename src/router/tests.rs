@@ -12,6 +12,8 @@ fn a_message_to_a_full_jid_reaches_that_session_with_from_stamped() {
         let alice = h.login("alice@localhost/a", Some(0));
         let bob = h.login("bob@localhost/b", Some(0));
         let bob2 = h.login("bob@localhost/c", Some(0));
+        // The accounts' blocklists are read at login; until then what reaches them waits.
+        h.settle(50).await;
         bob.received();
         bob2.received();
         h.send(
@@ -34,6 +36,7 @@ fn a_chat_to_a_bare_jid_goes_to_the_highest_priority_and_negative_priority_gets_
         let low = h.login("bob@localhost/low", Some(1));
         let high = h.login("bob@localhost/high", Some(5));
         let hidden = h.login("bob@localhost/neg", Some(-1));
+        h.settle(50).await;
         for s in [&low, &high, &hidden] {
             s.received();
         }
@@ -228,6 +231,7 @@ fn a_stanza_the_server_generates_reaches_a_local_session() {
     run(|| async {
         let h = Harness::new("", &["alice@localhost"]);
         let alice = h.login("alice@localhost/a", Some(0));
+        h.settle(50).await;
         alice.received();
         // A generated stanza (an IQ result) routed like any other reaches the session.
         h.send_as_server(
@@ -273,6 +277,7 @@ fn a_multicast_crosses_the_mesh_once_per_destination_shard_and_stamps_each_to() 
                 s
             })
             .collect();
+        h.settle(50).await;
         let recipients: Vec<std::sync::Arc<str>> = here
             .iter()
             .chain(&one)

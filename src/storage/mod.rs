@@ -67,6 +67,13 @@ pub trait AccountData {
     /// Removes every module's data for an account (when the account itself lives elsewhere, e.g. with
     /// external authentication).
     fn data_remove_account(&self, host: &str, username: &str) -> Result<(), StoreError>;
+    /// A module's values for an account in key order.
+    fn data_all(
+        &self,
+        host: &str,
+        username: &str,
+        module: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// A module's values for an account in key order, removed in the same transaction (what a queue
     /// hands out once).
     fn data_take_all(
@@ -215,6 +222,11 @@ pub(crate) mod tests {
             .unwrap();
         db.data_put("example.org", "juliet", "m", &[put("c", b"3")])
             .unwrap();
+        assert_eq!(
+            db.data_all("example.org", "juliet", "m").unwrap(),
+            vec![("a".into(), b"1".to_vec()), ("c".into(), b"3".to_vec())]
+        );
+        assert_eq!(db.data_count("example.org", "juliet", "m").unwrap(), 2);
         assert_eq!(
             db.data_take_all("example.org", "juliet", "m").unwrap(),
             vec![("a".into(), b"1".to_vec()), ("c".into(), b"3".to_vec())]

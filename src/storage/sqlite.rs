@@ -255,6 +255,21 @@ impl AccountData for UserDb {
 
     /// A module's values for an account in key order, removed from the store in the same transaction
     /// (what a queue hands out once).
+    fn data_all(
+        &self,
+        host: &str,
+        username: &str,
+        module: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, value FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3 ORDER BY key",
+        )?;
+        let rows = stmt.query_map(params![host, username, module], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn data_take_all(
         &self,
         host: &str,
