@@ -151,3 +151,49 @@ fn directed_presence_is_ended_by_unavailable_and_by_a_dropped_connection() {
         nothing_from(&mut romeo, &jj);
     }
 }
+
+#[test]
+fn presence_errors_go_back_to_the_sender_and_are_never_answered() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        let (j, r, _) = names(shards);
+        let (jj, rj) = (format!("{j}@localhost"), format!("{r}@localhost"));
+        server.add_user(&jj, "pw");
+        server.add_user(&rj, "pw");
+        let mut juliet = Client::login(&server, &jj, "pw", "balcony");
+        juliet.available(0);
+        let mut romeo = Client::login(&server, &rj, "pw", "r");
+        romeo.available(0);
+
+        // Directed presence to a domain nobody serves: an error presence comes back to the session.
+        juliet.send("<presence to='someone@unreachable.example' id='p1'/>");
+        let e = juliet.el();
+        assert_eq!(e.name, "presence", "{e}");
+        assert_eq!(e.attr("type"), Some("error"), "{e}");
+        assert_eq!(e.attr("id"), Some("p1"));
+        assert_eq!(
+            common::error_condition(&e).as_deref(),
+            Some("remote-server-not-found")
+        );
+
+        // A presence error to a full JID reaches that resource; to the bare JID it is dropped
+        // (RFC 6121 §8.5.2.1.1), and it is never answered with an error.
+        romeo.send(&format!(
+            "<presence to='{jj}/balcony' type='error' id='e1'><error type='cancel'>\
+             <item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        ));
+        let e = presence_from(&mut juliet, &format!("{rj}/r"));
+        assert_eq!(e.attr("type"), Some("error"), "{e}");
+        assert_eq!(e.attr("id"), Some("e1"));
+        romeo.send(&format!(
+            "<presence to='{jj}' type='error' id='e2'><error type='cancel'>\
+             <item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        ));
+        romeo.send(&format!(
+            "<presence to='{jj}/gone' type='error' id='e3'><error type='cancel'>\
+             <item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
+        ));
+        nothing_from(&mut juliet, &rj);
+        nothing_from(&mut romeo, &jj);
+    }
+}
