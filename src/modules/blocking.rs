@@ -5,9 +5,10 @@
 //! JID sends it is dropped (messages and IQ requests answered `service-unavailable`, presence without a
 //! word), also while it is offline (not stored, not kept as a subscription request); its presence does
 //! not reach a blocked contact, which gets `unavailable` from each available resource when blocked and
-//! the current presence when unblocked. Lists are cached on the account's home shard while it has
-//! sessions, and briefly for offline accounts (bounded) so that messages to them are checked without a
-//! store read each.
+//! the current presence when unblocked. Each shard knows which of its accounts have a list at all (read
+//! once per host), so that the others cost nothing: no read at login, no watch. Lists are cached on the
+//! account's home shard while it has sessions, and for some offline accounts (bounded) so that
+//! messages to them are checked without a store read each.
 //!
 //! Not covered: the few milliseconds between a session's bind and the first load of its account's list,
 //! during which what the session itself sends is not yet checked (what it receives is: it waits for the
@@ -216,9 +217,77 @@ async fn read_list(ctx: &ModuleCtx, bare: &str) -> Result<Vec<String>, crate::st
     Ok(rows.into_iter().map(|(jid, _)| jid).collect())
 }
 
-/// A session was bound: its account is watched from now until its list is known to be empty, so that
-/// nothing reaches it unchecked.
+/// Which accounts homed on this shard have a list at all, per host, read once from the store: the
+/// others (nearly everyone) need no read at login and no watch.
+#[derive(Default)]
+struct WithLists {
+    accounts: RefCell<HashSet<String>>,
+    /// Hosts whose accounts with lists are known here.
+    loaded: RefCell<HashSet<String>>,
+    /// Hosts whose read has started.
+    loading: RefCell<HashSet<String>>,
+}
+
+impl WithLists {
+    /// Whether `bare` surely has no list (false while its host is not known yet).
+    fn surely_none(&self, bare: &str) -> bool {
+        self.loaded.borrow().contains(domain_of(bare)) && !self.accounts.borrow().contains(bare)
+    }
+
+    fn set(&self, bare: &str, has_list: bool) {
+        if has_list {
+            self.accounts.borrow_mut().insert(bare.to_string());
+        } else {
+            self.accounts.borrow_mut().remove(bare);
+        }
+    }
+
+    /// Starts reading, once per host, which of its accounts homed here have a list.
+    fn load(self: &Rc<Self>, ctx: &ModuleCtx, host: &str) {
+        if !self.loading.borrow_mut().insert(host.to_string()) {
+            return;
+        }
+        let (known, ctx, host) = (self.clone(), ctx.clone(), host.to_string());
+        glommio::spawn_local(async move {
+            let h = host.clone();
+            match ctx
+                .store()
+                .run(move |db| db.data_accounts(&h, MODULE))
+                .await
+            {
+                Ok(users) => {
+                    let mut accounts = known.accounts.borrow_mut();
+                    for u in users {
+                        let bare = format!("{u}@{host}");
+                        if ctx.is_home(&bare) {
+                            accounts.insert(bare);
+                        }
+                    }
+                    known.loaded.borrow_mut().insert(host);
+                }
+                Err(e) => {
+                    log::warn!("mod_blocking: cannot list {host}'s blocklists: {e}");
+                    known.loading.borrow_mut().remove(&host);
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+/// Whether `bare`'s list is surely empty without reading it (and starts learning its host's accounts).
+fn surely_empty(ctx: &ModuleCtx, bare: &str) -> bool {
+    let known = ctx.state::<WithLists>();
+    known.load(ctx, domain_of(bare));
+    known.surely_none(bare)
+}
+
+/// A session was bound: an account with a list is watched from now until the list is known to be
+/// empty, so that nothing reaches it unchecked.
 fn session_opened(ctx: &ModuleCtx, bare: &str) {
+    if surely_empty(ctx, bare) {
+        return;
+    }
     let lists = ctx.state::<Lists>();
     if let Some(list) = lists.get(bare) {
         lists.keep(ctx, bare, list.clone());
@@ -339,6 +408,9 @@ fn inbound(ctx: &ModuleCtx, p: &mut WatchedPacket) -> Flow {
 /// A message for an offline account: not kept when its sender is blocked.
 fn offline_message(ctx: &ModuleCtx, m: &mut OfflineMessage) -> Flow {
     let bare = format!("{}@{}", m.user, m.host);
+    if surely_empty(ctx, &bare) {
+        return Flow::Continue;
+    }
     let lists = ctx.state::<Lists>();
     if let Some(list) = lists.get(&bare) {
         if blocked(&list, &bare, &m.from) {
@@ -372,6 +444,9 @@ fn offline_message(ctx: &ModuleCtx, m: &mut OfflineMessage) -> Flow {
 
 /// A subscription stanza for an account: dropped without a word when its sender is blocked.
 fn in_subscription(ctx: &ModuleCtx, ev: &mut SubscriptionStanza) -> Flow {
+    if surely_empty(ctx, &ev.user) {
+        return Flow::Continue;
+    }
     let lists = ctx.state::<Lists>();
     if let Some(list) = lists.get(&ev.user) {
         return if blocked(&list, &ev.user, &ev.contact) {
@@ -500,6 +575,7 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
         }
     }
     let empty = changed.list.is_empty();
+    ctx.state::<WithLists>().set(&bare, !empty);
     ctx.state::<Lists>().set(&bare, changed.list);
     ctx.watch(&bare, "mod_blocking", !empty);
     if !blocking {
