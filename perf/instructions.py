@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Instructions per message: the server's user-space instruction count (valgrind's callgrind, `Ir`)
-spent while it carries a chat load, divided by the messages carried. Unlike CPU time it does not move
+spent while it carries a chat load (or, with `--scenario presence --contacts K`, presence updates to K
+contacts each), divided by the messages (presence deliveries) carried. Unlike CPU time it does not move
 with what else the machine is doing, so an A/B of a change on this shared VM is a single run each.
 
-    perf/instructions.py [--rate R] [--duration S] [--users N] [--runs K] BINARY [BINARY…]
+    perf/instructions.py [--rate R] [--duration S] [--users N] [--runs K]
+                         [--scenario chat|presence] [--contacts K] BINARY [BINARY…]
 
 Each binary is run K times in alternation (one shard, plaintext, 127.0.0.1, its own temporary data
 directory with N users provisioned by `rjabberd-bench provision`), under callgrind; `rjabberd-bench run
@@ -33,8 +35,10 @@ def run_once(binary, port, args):
             f'[[listener]]\naddress = "127.0.0.1:{port}"\n[limits]\nmax_sessions_per_user = 10\n'
             "[auth]\nallow_plaintext = true\n"
         )
-    subprocess.run([BENCH, "provision", "--data-dir", f"{d}/data", "--users", str(args.users)],
-                   check=True, stdout=subprocess.DEVNULL)
+    provision = [BENCH, "provision", "--data-dir", f"{d}/data", "--users", str(args.users)]
+    if args.contacts:
+        provision += ["--contacts", str(args.contacts)]
+    subprocess.run(provision, check=True, stdout=subprocess.DEVNULL)
     log = open(f"{d}/server.log", "w")
     server = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out",
                                binary, "--config", f"{d}/rjabberd.toml"], stdout=log, stderr=subprocess.STDOUT)
@@ -44,9 +48,10 @@ def run_once(binary, port, args):
         if server.poll() is not None:
             sys.exit(f"{binary} did not start: see {d}/server.log")
         time.sleep(0.1)
-    harness = subprocess.Popen([BENCH, "run", "--scenario", "chat", "--users", str(args.users), "--rate",
+    harness = subprocess.Popen([BENCH, "run", "--scenario", args.scenario, "--users", str(args.users), "--rate",
                                 str(args.rate), "--duration", str(args.duration), "--server",
-                                f"127.0.0.1:{port}", "--server-pid", str(server.pid)],
+                                f"127.0.0.1:{port}", "--server-pid", str(server.pid)]
+                               + (["--contacts", str(args.contacts)] if args.contacts else []),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = last = None
     for line in harness.stdout:
@@ -79,6 +84,8 @@ def main():
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--scenario", default="chat", choices=["chat", "presence"])
+    p.add_argument("--contacts", type=int, default=0)
     args = p.parse_args()
     port = 36400
     results = {b: [] for b in args.binaries}
