@@ -40,6 +40,8 @@ pub const PROTOCOLS: &[&str] = &["XEP-0191 v1.3"];
 
 /// The module's key in the account data store.
 const MODULE: &str = "blocking";
+/// Reads of a list that keep meeting concurrent changes before what is known is taken.
+const LOAD_ATTEMPTS: usize = 3;
 /// Offline accounts' lists kept per shard before the cache of them starts over.
 const OFFLINE_CACHE: usize = 10_000;
 
@@ -180,10 +182,21 @@ impl Lists {
             .insert(bare.to_string(), vec![job]);
         let (lists, ctx, bare) = (self.clone(), ctx.clone(), bare.to_string());
         glommio::spawn_local(async move {
+            let mut attempts = 0;
             let list = loop {
+                attempts += 1;
                 let writes_before = lists.writes.get();
                 match read_list(&ctx, &bare).await {
-                    Ok(list) if lists.writes.get() == writes_before => break Ok(list),
+                    Ok(list) if lists.writes.get() == writes_before => {
+                        let list = Rc::new(list);
+                        lists.keep(&ctx, &bare, list.clone());
+                        break Ok(list);
+                    }
+                    // A change was written meanwhile (maybe this account's, which then is kept
+                    // already): read again, a few times, then take what is known.
+                    Ok(list) if attempts >= LOAD_ATTEMPTS => {
+                        break Ok(lists.get(&bare).unwrap_or_else(|| Rc::new(list)));
+                    }
                     Ok(_) => continue,
                     Err(e) => break Err(e),
                 }
@@ -191,8 +204,6 @@ impl Lists {
             let waiting = lists.loading.borrow_mut().remove(&bare).unwrap_or_default();
             match list {
                 Ok(list) => {
-                    let list = Rc::new(list);
-                    lists.keep(&ctx, &bare, list.clone());
                     for job in waiting {
                         job(&ctx, &list);
                     }
