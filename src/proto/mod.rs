@@ -5,6 +5,7 @@
 
 pub mod c2s;
 pub mod component;
+pub mod csi;
 pub mod errors;
 pub mod jid;
 pub mod roster;
