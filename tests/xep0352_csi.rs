@@ -292,5 +292,26 @@ fn the_stream_feature_follows_the_module() {
         c.send(ACTIVE);
         let pong = c.iq(Some("localhost"), "get", PING);
         assert_eq!(pong.attr("type"), Some("result"), "{pong}");
+
+        // A reload that starts the module: the next login is offered the feature.
+        let mut server = server;
+        server.set_extra("[modules]\nmod_ping = true\nmod_client_state = true\n");
+        common::signal(server.pid(), libc::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !server
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("modules reloaded"))
+        {
+            assert!(std::time::Instant::now() < deadline, "no reload reported");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every shard applies the plan within its housekeeping tick.
+        std::thread::sleep(Duration::from_millis(200));
+        let c = Client::login(&server, "juliet@localhost", "pw", "r2");
+        let f = c.features.clone().unwrap();
+        assert!(f.child("csi").is_some(), "{f}");
     }
 }
