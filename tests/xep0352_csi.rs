@@ -40,7 +40,7 @@ fn roster_add(server: &TestServer, owner: &str, contact: &str) {
 }
 
 struct Scene {
-    _server: TestServer,
+    server: TestServer,
     juliet: String,
     phone: Client,
     desk: Client,
@@ -74,7 +74,7 @@ impl Scene {
             c.drain(Duration::from_millis(300));
         }
         Scene {
-            _server: server,
+            server,
             juliet: jj,
             phone,
             desk,
@@ -170,6 +170,27 @@ fn next_from(c: &mut Client, from: &str) -> Element {
 /// The labels of the next `n` elements.
 fn next_labels(c: &mut Client, n: usize) -> Vec<String> {
     (0..n).map(|_| label(&c.el())).collect()
+}
+
+/// Rewrites the configuration's modules and waits until every shard applied them.
+fn reload(server: &mut TestServer, extra: &str) {
+    let reloaded = |server: &TestServer| {
+        let lines = server.stdout.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains("modules reloaded"))
+            .count()
+    };
+    let before = reloaded(server);
+    server.set_extra(extra);
+    common::signal(server.pid(), libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reloaded(server) == before {
+        assert!(std::time::Instant::now() < deadline, "no reload reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Every shard applies the plan within its housekeeping tick.
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 fn nothing(c: &mut Client, what: &str) {
@@ -295,23 +316,36 @@ fn the_stream_feature_follows_the_module() {
 
         // A reload that starts the module: the next login is offered the feature.
         let mut server = server;
-        server.set_extra("[modules]\nmod_ping = true\nmod_client_state = true\n");
-        common::signal(server.pid(), libc::SIGHUP);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !server
-            .stdout
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("modules reloaded"))
-        {
-            assert!(std::time::Instant::now() < deadline, "no reload reported");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Every shard applies the plan within its housekeeping tick.
-        std::thread::sleep(Duration::from_millis(200));
+        reload(
+            &mut server,
+            "[modules]\nmod_ping = true\nmod_client_state = true\n",
+        );
         let c = Client::login(&server, "juliet@localhost", "pw", "r2");
         let f = c.features.clone().unwrap();
         assert!(f.child("csi").is_some(), "{f}");
+    }
+}
+
+#[test]
+fn a_reload_that_stops_the_module_writes_out_what_it_held() {
+    for shards in SHARDS {
+        let with = "[modules]\nmod_ping = true\nmod_roster = true\nmod_client_state = true\n";
+        let mut s = Scene::new(shards, with, 1);
+        let r1 = s.r(1);
+        s.inactive();
+        s.presence(1, "away");
+        nothing(&mut s.phone, "held");
+        reload(
+            &mut s.server,
+            "[modules]\nmod_ping = true\nmod_roster = true\n",
+        );
+        assert_eq!(
+            label(&s.phone.el()),
+            label_of(&r1, "away"),
+            "{shards} shards"
+        );
+        // Nothing waits any more.
+        s.presence(1, "back");
+        assert_eq!(label(&s.phone.el()), label_of(&r1, "back"));
     }
 }

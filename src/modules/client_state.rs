@@ -23,7 +23,7 @@ use super::hooks::{
 };
 use super::{Flow, HostModules, Module, ModuleCtx, ModuleOpts, OptKind, OptionSpec, Registrations};
 use crate::proto::csi::{Decision, Held, Policy, classify, decide};
-use crate::proto::jid::bare_of;
+use crate::proto::jid::{bare_of, domain_of};
 use crate::proto::xml::Stanza;
 
 pub const PROTOCOLS: &[&str] = &["XEP-0352 v1.0.0", "XEP-0085 v2.1"];
@@ -93,6 +93,27 @@ impl Module for ClientStateIndication {
                 forget(ctx, bare_of(&e.full), &e.full);
                 Flow::Continue
             }))
+    }
+    /// Stopped (a reload that removes the module or changes its options): its hooks are gone, so
+    /// nothing would release what is held. Every inactive session of the host is made active: what
+    /// it held is written out, in order, and its account no longer watched for this module. A client
+    /// that wants to be inactive under the restarted module says so again.
+    fn stop(&self, ctx: &ModuleCtx, host: &str) {
+        let state = ctx.state::<InactiveSessions>();
+        let accounts: Vec<Arc<str>> = state
+            .0
+            .borrow()
+            .keys()
+            .filter(|a| domain_of(a) == host)
+            .cloned()
+            .collect();
+        for account in accounts {
+            let sessions = state.0.borrow_mut().remove(&account).unwrap_or_default();
+            ctx.watch(&account, MODULE, false);
+            for s in sessions {
+                flush(ctx, &account, &s.full, s.held);
+            }
+        }
     }
 }
 
@@ -389,6 +410,33 @@ mod tests {
         assert_eq!(written(&s), [w(PHONE, R1, "away"), w(PHONE, R2, "dnd")]);
         nonza(&s, PHONE, true);
         assert_eq!(written(&s), [w(PHONE, "nurse@example.org/n", "xa")]);
+    }
+
+    #[test]
+    fn stopping_the_module_writes_out_what_it_held() {
+        let s = shard("");
+        nonza(&s, PHONE, false);
+        nonza(&s, DESK, false);
+        assert!(!offer(&s, PHONE, R1, &show("away")));
+        assert!(!offer(&s, DESK, R2, &show("dnd")));
+        super::super::stop_module(&s.ctx(), "another.example", MODULE);
+        assert!(
+            written(&s).is_empty(),
+            "another host's sessions are left alone"
+        );
+        super::super::stop_module(&s.ctx(), "example.org", MODULE);
+        let mut got = written(&s);
+        got.sort();
+        assert_eq!(got, [w(DESK, R2, "dnd"), w(PHONE, R1, "away")]);
+        assert!(s.ctx().state::<InactiveSessions>().0.borrow().is_empty());
+        // Started again, the sessions are active until they say otherwise.
+        let plan = super::super::options::plan(
+            "[modules.mod_client_state]\n",
+            &["example.org".to_string()],
+        )
+        .unwrap();
+        super::super::apply_plan(&s.ctx(), &plan).unwrap();
+        assert!(offer(&s, PHONE, R1, &show("xa")));
     }
 
     #[test]

@@ -60,9 +60,10 @@ pub trait Module: Sync {
     }
     /// Starts the module on `host` (on the calling shard); an error stops the server's start.
     fn start(&self, host: &str, opts: &ModuleOpts) -> Result<Registrations, String>;
-    /// Called after the framework removed what `start` registered on `host`, for anything else the module
-    /// holds.
-    fn stop(&self, _host: &str) {}
+    /// Called on each shard after the framework removed what `start` registered on `host` there, for
+    /// anything else the module holds (per-shard state it must release or hand on: stanzas it held
+    /// back, watches).
+    fn stop(&self, _ctx: &ModuleCtx, _host: &str) {}
 }
 
 /// The built-in modules.
@@ -342,7 +343,7 @@ pub fn stop_module(ctx: &ModuleCtx, host: &str, name: &str) {
     ctx.modules().borrow_mut().remove(host, name);
     let module = find_module(name);
     if let Some(m) = module {
-        m.stop(host);
+        m.stop(ctx, host);
     }
     log::debug!("shard {}: {name} stopped on {host}", ctx.shard_id());
 }
