@@ -128,7 +128,8 @@ impl Scene {
     }
 }
 
-/// A short line per element: who sent it, what it is, and its status, body or chat state.
+/// A short line per element: who sent it, what it is, and its status, body or chat state (a delay
+/// stamp left out).
 fn label(e: &Element) -> String {
     let from = e.attr("from").unwrap_or_default();
     match e.name.as_str() {
@@ -144,6 +145,7 @@ fn label(e: &Element) -> String {
             None => format!(
                 "{from} message {}",
                 e.child_elements()
+                    .filter(|c| c.name != "delay")
                     .map(|c| c.name.clone())
                     .collect::<Vec<_>>()
                     .join(",")
@@ -220,10 +222,22 @@ fn inactive_holds_presence_and_chat_states_until_something_matters() {
         s.message_to_phone(1, PAUSED);
         nothing(&mut s.phone, "inactive");
 
-        // A message with a body comes at once, after what waited, in order.
+        // A message with a body comes at once, after what waited, in order; what waited says since
+        // when.
         s.message_to_phone(2, "<body>hello</body>");
+        let got: Vec<Element> = (0..4).map(|_| s.phone.el()).collect();
+        for (i, e) in got.iter().enumerate() {
+            let delay = e
+                .child("delay")
+                .filter(|d| d.namespace() == Some("urn:xmpp:delay"));
+            assert_eq!(
+                delay.and_then(|d| d.attr("from")),
+                (i < 3).then_some("localhost"),
+                "{e}"
+            );
+        }
         assert_eq!(
-            next_labels(&mut s.phone, 4),
+            got.iter().map(label).collect::<Vec<_>>(),
             [
                 label_of(&r2, "here"),
                 label_of(&r1, "dnd"),

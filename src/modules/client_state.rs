@@ -10,23 +10,25 @@
 //! for it pass `watched_deliver_packet` on the account's home shard, where they are held; accounts with
 //! no inactive session stay on the fast paths. The queues live on the home shard, one per inactive
 //! session, at most `max_queue` stanzas each (a full queue is written out before one more is held),
-//! each copied out of the read buffer. Subscription requests and stored offline messages reach sessions
+//! each copied out of the read buffer and stamped with a XEP-0203 `<delay/>` (when it arrived). Subscription requests and stored offline messages reach sessions
 //! past the hooks (`deliver_to_available`): CSI would send them at once anyway.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::hooks::{
     CLIENT_STATE, ClientState, SM_REMOVE_CONNECTION, SessionEvent, WATCHED_DELIVER, WatchedPacket,
 };
+use super::util::utc_timestamp;
 use super::{Flow, HostModules, Module, ModuleCtx, ModuleOpts, OptKind, OptionSpec, Registrations};
 use crate::proto::csi::{Decision, Held, Policy, classify, decide};
 use crate::proto::jid::{bare_of, domain_of};
-use crate::proto::xml::Stanza;
+use crate::proto::xml::{Element, Limits, Node, Stanza, parse_element};
 
-pub const PROTOCOLS: &[&str] = &["XEP-0352 v1.0.0", "XEP-0085 v2.1"];
+pub const PROTOCOLS: &[&str] = &["XEP-0352 v1.0.0", "XEP-0085 v2.1", "XEP-0203 v2.0"];
 
 const MODULE: &str = "mod_client_state";
 
@@ -201,6 +203,20 @@ fn flush(ctx: &ModuleCtx, account: &str, full: &str, held: VecDeque<HeldStanza>)
     }
 }
 
+/// The stanza as it is held: a copy (a queue kept for hours must not pin the buffers its stanzas were
+/// read into) stamped with a XEP-0203 `<delay/>` from the server saying when it arrived, so that the
+/// client can tell how old a presence is when it gets it (as ejabberd does).
+fn held_form(stanza: &Stanza, host: &str, now: SystemTime) -> Option<Stanza> {
+    let mut el = stanza.to_element();
+    el.children.push(Node::Element(
+        Element::new("delay")
+            .with_attr("xmlns", "urn:xmpp:delay")
+            .with_attr("from", host)
+            .with_attr("stamp", utc_timestamp(now)),
+    ));
+    parse_element(el.to_xml_string().as_bytes(), &Limits::default()).ok()
+}
+
 /// A stanza about to be written to a session of a watched account: held, or sent after what is held.
 fn deliver(ctx: &ModuleCtx, p: &mut WatchedPacket, policy: &Policy) -> Flow {
     let Some(full) = p.session.clone() else {
@@ -219,14 +235,15 @@ fn deliver(ctx: &ModuleCtx, p: &mut WatchedPacket, policy: &Policy) -> Flow {
         let held = session.held.iter().map(|h| (&*h.from, h.kind));
         (class, decide(held, class, &p.from, policy.max_queue))
     };
-    // Held stanzas are copied: a queue kept for hours must not pin the buffers they were read into.
     let copy = match (decision, class) {
         (Decision::FlushThenSend, _) | (_, None) => None,
-        (_, Some(kind)) => p.stanza.rewritten(None, None).map(|stanza| HeldStanza {
-            kind,
-            from: p.from.clone(),
-            stanza,
-        }),
+        (_, Some(kind)) => {
+            held_form(&p.stanza, domain_of(&p.account), ctx.now()).map(|stanza| HeldStanza {
+                kind,
+                from: p.from.clone(),
+                stanza,
+            })
+        }
     };
     let mut map = state.0.borrow_mut();
     let Some(session) = map
@@ -379,6 +396,30 @@ mod tests {
         assert_eq!(written(&s), [w(PHONE, R2, "presence")]);
         assert!(offer(&s, PHONE, R2, &show("chat")));
         assert!(written(&s).is_empty());
+    }
+
+    #[test]
+    fn what_was_held_says_when_it_arrived() {
+        let s = shard("");
+        nonza(&s, PHONE, false);
+        assert!(!offer(&s, PHONE, R1, &show("away")));
+        assert!(offer(
+            &s,
+            PHONE,
+            R1,
+            "<message xmlns='jabber:client'><body>b</body></message>"
+        ));
+        let written = s.written.borrow_mut().drain(..).collect::<Vec<_>>();
+        assert_eq!(written.len(), 1);
+        let el = written[0].1.to_element();
+        let delay = el.child("delay").unwrap_or_else(|| panic!("{el}"));
+        assert_eq!(delay.namespace(), Some("urn:xmpp:delay"));
+        assert_eq!(delay.attr("from"), Some("example.org"));
+        assert!(
+            delay.attr("stamp").is_some_and(|t| t.ends_with('Z')),
+            "{el}"
+        );
+        assert_eq!(el.child("show").map(|c| c.text()).as_deref(), Some("away"));
     }
 
     #[test]
