@@ -159,9 +159,18 @@ impl C2sGlue {
                 }
                 Action::ClientState { active } => {
                     // A bound session is on its account's home shard (the connection moved there
-                    // after SASL), where the hook's handlers keep the session's state.
+                    // after SASL), where the hook's handlers keep the session's state. A session
+                    // replaced by a newer one with its full JID (ending with `conflict`) no longer
+                    // speaks for that JID.
                     if let Some(s) = &self.session
                         && self.shard.has_hook(&CLIENT_STATE)
+                        && self
+                            .shard
+                            .sessions()
+                            .borrow()
+                            .sessions(&s.bare)
+                            .iter()
+                            .any(|x| x.sink == s.sink)
                     {
                         let mut event = ClientState {
                             account: s.bare.clone(),

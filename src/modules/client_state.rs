@@ -10,8 +10,9 @@
 //! for it pass `watched_deliver_packet` on the account's home shard, where they are held; accounts with
 //! no inactive session stay on the fast paths. The queues live on the home shard, one per inactive
 //! session, at most `max_queue` stanzas each (a full queue is written out before one more is held),
-//! each copied out of the read buffer and stamped with a XEP-0203 `<delay/>` (when it arrived). Subscription requests and stored offline messages reach sessions
-//! past the hooks (`deliver_to_available`): CSI would send them at once anyway.
+//! each copied out of the read buffer and stamped with a XEP-0203 `<delay/>` (when it arrived).
+//! Subscription requests and stored offline messages reach sessions past the hooks
+//! (`deliver_to_available`): CSI would send them at once anyway.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::hooks::{
-    CLIENT_STATE, ClientState, SM_REMOVE_CONNECTION, SessionEvent, WATCHED_DELIVER, WatchedPacket,
+    CLIENT_STATE, ClientState, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION, SessionEvent,
+    WATCHED_DELIVER, WatchedPacket,
 };
 use super::util::utc_timestamp;
 use super::{Flow, HostModules, Module, ModuleCtx, ModuleOpts, OptKind, OptionSpec, Registrations};
@@ -90,9 +92,22 @@ impl Module for ClientStateIndication {
             .hook(&WATCHED_DELIVER, 90, move |ctx, p: &mut WatchedPacket| {
                 deliver(ctx, p, &policy)
             })
+            // Sessions are known by full JID, and a session replaced by a newer one with the same
+            // full JID (`conflict`) ends after the newer one was bound. A stream begins active: the
+            // newer session drops what was held for the one it replaced (its connection is ending),
+            // and the older one's end leaves the newer one's state alone.
+            .hook(&SM_REGISTER_CONNECTION, 50, |ctx, e: &mut SessionEvent| {
+                forget(ctx, bare_of(&e.full), &e.full);
+                Flow::Continue
+            })
             .hook(&SM_REMOVE_CONNECTION, 50, |ctx, e: &mut SessionEvent| {
                 // The connection is gone: what was held for it has nowhere to go.
-                forget(ctx, bare_of(&e.full), &e.full);
+                let (account, full) = (bare_of(&e.full), &*e.full);
+                if is_inactive(ctx, account, full)
+                    && !ctx.sessions(account).iter().any(|s| &*s.full == full)
+                {
+                    forget(ctx, account, full);
+                }
                 Flow::Continue
             }))
     }
@@ -156,6 +171,14 @@ impl InactiveSessions {
         }
         Some((held, last))
     }
+}
+
+/// Whether the session `full` of `account` is marked inactive here.
+fn is_inactive(ctx: &ModuleCtx, account: &str, full: &str) -> bool {
+    let state = ctx.state::<InactiveSessions>();
+    let map = state.0.borrow();
+    map.get(account)
+        .is_some_and(|v| v.iter().any(|s| &*s.full == full))
 }
 
 fn deactivate(ctx: &ModuleCtx, account: &Arc<str>, full: &Arc<str>) {
@@ -480,20 +503,43 @@ mod tests {
         assert!(offer(&s, PHONE, R1, &show("xa")));
     }
 
+    fn session_event(s: &Rc<TestShard>, point: &hooks::HookPoint<SessionEvent>, full: &str) {
+        let mut ev = SessionEvent {
+            full: full.into(),
+            user: "juliet".into(),
+            host: "example.org".into(),
+            status: String::new(),
+        };
+        hooks::run(&s.ctx(), point, "example.org", &mut ev);
+    }
+
+    #[test]
+    fn a_session_replaced_with_its_full_jid() {
+        let s = shard("");
+        nonza(&s, PHONE, false);
+        assert!(!offer(&s, PHONE, R1, &show("away")));
+        // A new connection binds `phone` (the table now holds it; the old one is ending): it begins
+        // active, and what was held for the old one is dropped.
+        session_event(&s, &SM_REGISTER_CONNECTION, PHONE);
+        assert!(offer(&s, PHONE, R1, &show("dnd")));
+        // The new one goes inactive; the old one's end, coming after, leaves it so.
+        nonza(&s, PHONE, false);
+        session_event(&s, &SM_REMOVE_CONNECTION, PHONE);
+        assert!(!offer(&s, PHONE, R1, &show("xa")));
+        nonza(&s, PHONE, true);
+        assert_eq!(written(&s), [w(PHONE, R1, "xa")]);
+    }
+
     #[test]
     fn options_and_the_session_end() {
         let s = shard("queue_presence = false\n");
         nonza(&s, PHONE, false);
         assert!(offer(&s, PHONE, R1, &show("away")));
         assert!(!offer(&s, PHONE, R1, COMPOSING));
-        // The session ends: what was held is dropped, and it is not inactive any more.
-        let mut ev = SessionEvent {
-            full: PHONE.into(),
-            user: "juliet".into(),
-            host: "example.org".into(),
-            status: String::new(),
-        };
-        hooks::run(&s.ctx(), &SM_REMOVE_CONNECTION, "example.org", &mut ev);
+        // The session ends (the table no longer holds it): what was held is dropped, and it is not
+        // inactive any more.
+        s.sessions.borrow_mut().get_mut(JULIET).unwrap().remove(0);
+        session_event(&s, &SM_REMOVE_CONNECTION, PHONE);
         assert!(offer(&s, PHONE, R1, COMPOSING));
         nonza(&s, PHONE, true);
         assert!(written(&s).is_empty());
