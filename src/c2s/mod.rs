@@ -16,10 +16,12 @@ use bytes::BytesMut;
 use glommio::net::TcpStream;
 
 use crate::mesh::{MovedConnection, Overflow, ShardMsg};
+use crate::modules::hooks::{self, CLIENT_STATE, ClientState};
 use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
 use crate::placement::Home;
 use crate::proto::c2s::{Action, C2s};
 use crate::proto::errors::StreamErrorCondition;
+use crate::proto::jid::domain_of;
 use crate::proto::sasl::{ChannelBindings, Credentials};
 use crate::proto::xml::{Event, TargetStream, XmlError};
 use crate::router::{self, Origin};
@@ -153,6 +155,30 @@ impl C2sGlue {
                 Action::Route(stanza) => {
                     if let Some(s) = &self.session {
                         router::route(&self.shard, Origin::Session(s), stanza, s.full.clone());
+                    }
+                }
+                Action::ClientState { active } => {
+                    // A bound session is on its account's home shard (the connection moved there
+                    // after SASL), where the hook's handlers keep the session's state. A session
+                    // replaced by a newer one with its full JID (ending with `conflict`) no longer
+                    // speaks for that JID.
+                    if let Some(s) = &self.session
+                        && self.shard.has_hook(&CLIENT_STATE)
+                        && self
+                            .shard
+                            .sessions()
+                            .borrow()
+                            .sessions(&s.bare)
+                            .iter()
+                            .any(|x| x.sink == s.sink)
+                    {
+                        let mut event = ClientState {
+                            account: s.bare.clone(),
+                            full: s.full.clone(),
+                            active,
+                        };
+                        let host = domain_of(&s.bare);
+                        hooks::run(&self.shard.ctx(), &CLIENT_STATE, host, &mut event);
                     }
                 }
                 Action::Register { host, iq } => {

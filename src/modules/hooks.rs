@@ -177,6 +177,20 @@ pub const WATCHED_RECEIVE: HookPoint<WatchedPacket> = HookPoint::new("watched_re
 /// A stanza is about to be written to one session of a watched account.
 pub const WATCHED_DELIVER: HookPoint<WatchedPacket> = HookPoint::new("watched_deliver_packet");
 
+/// A bound session said whether its user is using it (XEP-0352 `<active/>` / `<inactive/>`), on the
+/// account's home shard, where the session is. The handlers run before the stream's next element is
+/// read: what `active` releases is written before any answer to what follows it.
+pub struct ClientState {
+    /// The account's bare JID.
+    pub account: Arc<str>,
+    /// The session's full JID.
+    pub full: Arc<str>,
+    pub active: bool,
+}
+
+/// A session's client state nonza (run by the c2s glue).
+pub const CLIENT_STATE: HookPoint<ClientState> = HookPoint::new("csi_activity");
+
 /// Every stanza the router routes to or from the host, before delivery.
 pub const FILTER_PACKET: HookPoint<Packet> = HookPoint::new("filter_packet");
 /// A stanza a local session sent, before routing.

@@ -8,6 +8,7 @@
 //! implements; [`builtin`] lists them, and [`util`] holds the few helpers they share.
 
 pub mod blocking;
+pub mod client_state;
 pub mod cputime;
 pub mod ctx;
 pub mod disco;
@@ -60,9 +61,10 @@ pub trait Module: Sync {
     }
     /// Starts the module on `host` (on the calling shard); an error stops the server's start.
     fn start(&self, host: &str, opts: &ModuleOpts) -> Result<Registrations, String>;
-    /// Called after the framework removed what `start` registered on `host`, for anything else the module
-    /// holds.
-    fn stop(&self, _host: &str) {}
+    /// Called on each shard after the framework removed what `start` registered on `host` there, for
+    /// anything else the module holds (per-shard state it must release or hand on: stanzas it held
+    /// back, watches).
+    fn stop(&self, _ctx: &ModuleCtx, _host: &str) {}
 }
 
 /// The built-in modules.
@@ -82,6 +84,7 @@ pub fn builtin() -> &'static [&'static dyn Module] {
         &offline::Offline,
         &roster::Roster,
         &blocking::Blocking,
+        &client_state::ClientStateIndication,
         &fault_probe::FaultProbe,
     ];
     ALL
@@ -342,7 +345,7 @@ pub fn stop_module(ctx: &ModuleCtx, host: &str, name: &str) {
     ctx.modules().borrow_mut().remove(host, name);
     let module = find_module(name);
     if let Some(m) = module {
-        m.stop(host);
+        m.stop(ctx, host);
     }
     log::debug!("shard {}: {name} stopped on {host}", ctx.shard_id());
 }
@@ -460,7 +463,7 @@ mod tests {
             "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
              mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
              mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n\
-             mod_roster = true\nmod_blocking = true\n",
+             mod_roster = true\nmod_blocking = true\nmod_client_state = true\n",
             &["example.org".to_string()],
         )
         .unwrap();

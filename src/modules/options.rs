@@ -118,6 +118,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_offline",
     "mod_roster",
     "mod_blocking",
+    "mod_client_state",
 ];
 
 pub type SpanError = (Option<Range<usize>>, String);

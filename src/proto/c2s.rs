@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use super::csi::NS_CSI;
 use super::errors::{
     StanzaErrorCondition, StreamErrorCondition, write_error_reply, write_stream_error,
 };
@@ -51,6 +52,8 @@ pub struct C2sSettings {
     /// The hosts whose rosters take subscription pre-approvals (RFC 6121 §3.4): their streams offer
     /// `<sub/>`.
     pub preapproval_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
+    /// The hosts running `mod_client_state`: their streams offer `<csi/>` (XEP-0352).
+    pub csi_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// What the connection driver must do next.
@@ -81,6 +84,9 @@ pub enum Action {
     },
     /// An established session sent a stanza for the router; `from` has been checked and must be stamped.
     Route(Stanza),
+    /// An established session sent a client state nonza (XEP-0352): `<active/>` (`true`) or
+    /// `<inactive/>`. What it changes must be done before the next action (the XEP's in-order rule).
+    ClientState { active: bool },
     /// An in-band registration request (XEP-0077) before authentication, for `host`; the driver
     /// answers it (the answer carries the request's `id` and no addresses).
     Register { host: String, iq: Stanza },
@@ -117,6 +123,8 @@ enum Elem {
     Auth,
     Response,
     Abort,
+    /// A XEP-0352 nonza: `<active/>` (`true`) or `<inactive/>`.
+    Csi(bool),
     /// Anything in `jabber:client` (stanzas, and unknown elements there).
     Client,
     Other,
@@ -424,6 +432,13 @@ impl C2s {
         }
     }
 
+    /// XEP-0352, after authentication only (the nonzas mean something for a bound session).
+    fn csi_feature(&self, f: &mut String) {
+        if self.host_in(&self.settings.csi_hosts) {
+            f.push_str("<csi xmlns='urn:xmpp:csi:0'/>");
+        }
+    }
+
     fn offers_sasl(&self) -> bool {
         self.secure || !self.settings.tls_required
     }
@@ -445,6 +460,7 @@ impl C2s {
                 "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
             );
             self.roster_features(&mut f);
+            self.csi_feature(&mut f);
         } else {
             if !self.secure && self.settings.starttls {
                 f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
@@ -489,6 +505,8 @@ impl C2s {
                 (Some(NS_SASL), "auth") => Elem::Auth,
                 (Some(NS_SASL), "response") => Elem::Response,
                 (Some(NS_SASL), "abort") => Elem::Abort,
+                (Some(NS_CSI), "active") => Elem::Csi(true),
+                (Some(NS_CSI), "inactive") => Elem::Csi(false),
                 (Some(NS_CLIENT), _) => Elem::Client,
                 _ => Elem::Other,
             }
@@ -522,6 +540,12 @@ impl C2s {
             }
             (Phase::Established, Elem::Client) if stanza.kind() != StanzaKind::Other => {
                 self.route(stanza)
+            }
+            // Carried out by whoever runs on the host (mod_client_state); without it, ignored: the
+            // XEP defines no answer, and a reload may have stopped the module under a client that saw
+            // the feature.
+            (Phase::Established, Elem::Csi(active)) => {
+                self.actions.push_back(Action::ClientState { active })
             }
             (Phase::PreAuth, Elem::Client)
                 if stanza.kind() == StanzaKind::Iq
@@ -816,6 +840,7 @@ mod tests {
             register_hosts: std::sync::Arc::new(std::sync::RwLock::new(vec!["example.org".into()])),
             rosterver_hosts: std::sync::Arc::default(),
             preapproval_hosts: std::sync::Arc::default(),
+            csi_hosts: std::sync::Arc::new(std::sync::RwLock::new(vec!["example.org".into()])),
         })
     }
 
@@ -826,6 +851,8 @@ mod tests {
         c2s: C2s,
         sent: String,
         routed: Vec<Stanza>,
+        /// The client state nonzas passed on, in order (`true`: active).
+        states: Vec<bool>,
         authenticated: Option<Jid>,
         closed: bool,
         tls_started: bool,
@@ -852,6 +879,7 @@ mod tests {
                 ),
                 sent: String::new(),
                 routed: Vec::new(),
+                states: Vec::new(),
                 authenticated: None,
                 closed: false,
                 tls_started: false,
@@ -920,6 +948,7 @@ mod tests {
                         self.c2s.bound(&iq, r);
                     }
                     Action::Route(s) => self.routed.push(s),
+                    Action::ClientState { active } => self.states.push(active),
                     Action::Register { host, iq } => {
                         assert_eq!(host, "example.org");
                         self.c2s.send_raw(b"<iq type='result'/>".to_vec());
@@ -1191,5 +1220,61 @@ mod tests {
             let out = p.client("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>");
             assert!(out.contains("<not-authorized"), "{out}");
         }
+    }
+
+    #[test]
+    fn client_state_nonzas_after_bind() {
+        const INACTIVE: &str = "<inactive xmlns='urn:xmpp:csi:0'/>";
+        const ACTIVE: &str = "<active xmlns='urn:xmpp:csi:0'/>";
+        for piece in PIECES {
+            let out = Peer::new(false, false, piece).client(HDR);
+            assert!(!out.contains("urn:xmpp:csi:0"), "not before auth: {out}");
+            let mut p = Peer::new(false, false, piece);
+            p.login("phone");
+            // Passed on in order with the stanzas around them, and never answered.
+            let out = p.client(&format!(
+                "{INACTIVE}<message to='romeo@example.org'><body>1</body></message>{ACTIVE}{INACTIVE}"
+            ));
+            assert_eq!(out, "", "no answer to a nonza");
+            assert_eq!(p.states, [false, true, false]);
+            assert_eq!(p.routed.len(), 1);
+            // Prefixed, the same nonza.
+            p.client("<c:active xmlns:c='urn:xmpp:csi:0'/>");
+            assert_eq!(p.states, [false, true, false, true]);
+            // Another element of the namespace is not one.
+            let out = p.client("<csi xmlns='urn:xmpp:csi:0'/>");
+            assert!(out.contains("<unsupported-stanza-type"), "{out}");
+        }
+    }
+
+    #[test]
+    fn the_csi_feature_follows_the_host_list() {
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.login("r");
+        // The post-authentication features of the login carried it; check them again after a change.
+        let settings = settings(false);
+        settings.csi_hosts.write().unwrap().clear();
+        let mut q = Peer::new(false, false, usize::MAX);
+        q.c2s = C2s::new(
+            settings,
+            false,
+            ChannelBindings::default(),
+            Instant::now(),
+            Box::new(|b: &mut [u8]| b.fill(7)),
+        );
+        q.login("r");
+        assert!(!q.sent.contains("urn:xmpp:csi:0"), "{}", q.sent);
+        assert!(
+            p.sent
+                .contains("<csi xmlns='urn:xmpp:csi:0'/></stream:features>"),
+            "{}",
+            p.sent
+        );
+        // Before bind the nonza has no session to act on: refused like any element out of place.
+        let mut r = Peer::new(false, false, usize::MAX);
+        r.client(HDR);
+        let out = r.client("<inactive xmlns='urn:xmpp:csi:0'/>");
+        assert!(out.contains("<unsupported-stanza-type"), "{out}");
+        assert!(r.states.is_empty());
     }
 }

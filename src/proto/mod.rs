@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod c2s;
 pub mod component;
+pub mod csi;
 pub mod errors;
 pub mod jid;
 pub mod roster;

@@ -18,6 +18,7 @@ use crate::auth::ExtAuth;
 use crate::config::{AuthMethod, Config, ListenerKind, TlsMode};
 use crate::mesh::ShardMsg;
 use crate::modules::HostModules;
+use crate::modules::client_state::csi_hosts;
 use crate::modules::register::register_hosts;
 use crate::modules::roster::{preapproval_hosts, rosterver_hosts};
 use crate::net::tls::HostCertificates;
@@ -172,6 +173,7 @@ impl Server {
             (&settings.register_hosts, register_hosts(&plan)),
             (&settings.rosterver_hosts, rosterver_hosts(&plan)),
             (&settings.preapproval_hosts, preapproval_hosts(&plan)),
+            (&settings.csi_hosts, csi_hosts(&plan)),
         ] {
             *lock.write().unwrap_or_else(|p| p.into_inner()) = hosts;
         }
@@ -239,6 +241,7 @@ pub(crate) fn shared_state(
         register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&plan))),
         rosterver_hosts: Arc::new(std::sync::RwLock::new(rosterver_hosts(&plan))),
         preapproval_hosts: Arc::new(std::sync::RwLock::new(preapproval_hosts(&plan))),
+        csi_hosts: Arc::new(std::sync::RwLock::new(csi_hosts(&plan))),
     });
     let session_cache: Arc<dyn rustls::server::StoresServerSessions> =
         if config.tls.session_cache_size == 0 {
