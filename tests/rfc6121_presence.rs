@@ -197,3 +197,29 @@ fn presence_errors_go_back_to_the_sender_and_are_never_answered() {
         nothing_from(&mut romeo, &jj);
     }
 }
+
+#[test]
+fn a_session_replaced_by_the_same_full_jid_goes_unavailable_first() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        let (j, r, _) = names(shards);
+        let (jj, rj) = (format!("{j}@localhost"), format!("{r}@localhost"));
+        server.add_user(&jj, "pw");
+        server.add_user(&rj, "pw");
+        roster_add(&server, &jj, &rj, "both");
+        roster_add(&server, &rj, &jj, "both");
+        let mut romeo = Client::login(&server, &rj, "pw", "r");
+        romeo.available(0);
+        let mut juliet = Client::login(&server, &jj, "pw", "balcony");
+        juliet.send("<presence><show>away</show></presence>");
+        presence_from(&mut romeo, &format!("{jj}/balcony"));
+
+        // A second connection binds the same resource: the first ends with `conflict`, and Romeo is
+        // told it went, even though the new one has not sent presence.
+        let _again = Client::login(&server, &jj, "pw", "balcony");
+        assert_eq!(juliet.stream_error().as_deref(), Some("conflict"));
+        let p = presence_from(&mut romeo, &format!("{jj}/balcony"));
+        assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+        nothing_from(&mut romeo, &jj);
+    }
+}

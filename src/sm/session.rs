@@ -59,17 +59,24 @@ pub fn bind(
         sink,
         max,
     )?;
-    if let Some(old) = bound.replaced
-        && let Some(s) = shard.sink(old)
-    {
-        s.kill(StreamErrorCondition::Conflict);
-    }
     let session = SessionRef {
         bare: bound.bare,
         full: bound.full,
         sink,
         watch: bound.watch,
     };
+    if let Some(old) = bound.replaced {
+        if let Some(s) = shard.sink(old) {
+            s.kill(StreamErrorCondition::Conflict);
+        }
+        // The replaced session ends here, before the new one begins: its connection's own end finds
+        // nothing left to unbind, and modules' state kept by full JID is not carried over.
+        let replaced = SessionRef {
+            sink: old,
+            ..session.clone()
+        };
+        ended(shard, &replaced, bound.replaced_available);
+    }
     session_hook(shard, &SM_REGISTER_CONNECTION, &session, "");
     Ok((full, session))
 }
@@ -81,9 +88,16 @@ pub fn unbind(shard: &Rc<Shard>, session: &SessionRef) {
         .sessions()
         .borrow_mut()
         .unbind(&session.bare, session.sink);
-    if let Some(s) = removed
-        && s.available
-    {
+    // A session replaced by a newer bind of its full JID ended at that bind.
+    if let Some(s) = removed {
+        ended(shard, session, s.available);
+    }
+}
+
+/// A session is gone (its connection ended, or a newer one took its full JID): when it was available,
+/// the account's other resources and its contacts are told; the session hooks run.
+fn ended(shard: &Rc<Shard>, session: &SessionRef, was_available: bool) {
+    if was_available {
         broadcast_unavailable(shard, session);
         session_hook(shard, &UNSET_PRESENCE, session, "");
         if let Ok(unavailable) = parse_element(

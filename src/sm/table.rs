@@ -34,6 +34,8 @@ pub struct Bound<Id = SinkId> {
     pub watch: Watch,
     /// The connection whose session had the same full JID and was replaced; it gets a `conflict` error.
     pub replaced: Option<Id>,
+    /// Whether the replaced session was available (its contacts are owed an unavailable presence).
+    pub replaced_available: bool,
 }
 
 /// An account with sessions here: its sessions and the modules that watch its traffic.
@@ -92,7 +94,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         let sessions = &mut account.sessions;
         let full: Arc<str> = format!("{bare}/{resource}").into();
         if let Some(s) = sessions.iter_mut().find(|s| &*s.resource == resource) {
-            let replaced = s.sink;
+            let (replaced, replaced_available) = (s.sink, s.available);
             *s = Session {
                 resource: resource.into(),
                 full: full.clone(),
@@ -106,6 +108,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
                 bare: shared_bare,
                 watch,
                 replaced: Some(replaced),
+                replaced_available,
             });
         }
         if sessions.len() >= max {
@@ -128,6 +131,7 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
             bare: shared_bare,
             watch,
             replaced: None,
+            replaced_available: false,
         })
     }
 
