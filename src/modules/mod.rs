@@ -7,6 +7,7 @@
 //! module has a file of its own, named after it and saying in its `PROTOCOLS` which specifications it
 //! implements; [`builtin`] lists them, and [`util`] holds the few helpers they share.
 
+pub mod carbons;
 pub mod cputime;
 pub mod ctx;
 pub mod disco;
@@ -80,6 +81,7 @@ pub fn builtin() -> &'static [&'static dyn Module] {
         &register::Register,
         &offline::Offline,
         &roster::Roster,
+        &carbons::Carbons,
         &fault_probe::FaultProbe,
     ];
     ALL
@@ -458,7 +460,7 @@ mod tests {
             "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
              mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
              mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n\
-             mod_roster = true\n",
+             mod_roster = true\nmod_carbons = true\n",
             &["example.org".to_string()],
         )
         .unwrap();

@@ -117,6 +117,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_private",
     "mod_offline",
     "mod_roster",
+    "mod_carbons",
 ];
 
 pub type SpanError = (Option<Range<usize>>, String);

@@ -4,6 +4,7 @@
 //! peer, fuzzed, and moved to another runtime unchanged.
 
 pub mod c2s;
+pub mod carbons;
 pub mod component;
 pub mod errors;
 pub mod jid;
