@@ -5,8 +5,9 @@
 //! carbons-enabled resource for what reaches Alice (at her bare JID or a full JID), a `<sent/>` copy to
 //! each other carbons-enabled resource for what she sends, and nothing more; `<private/>` and XEP-0334
 //! `<no-copy/>` stop copies, a message that is not eligible gets none, and after `<disable/>` a
-//! resource gets none. The server advertises the feature where the module runs (per host), and refuses
-//! an IQ that tries to switch carbons for another account.
+//! resource gets none, nor does a session that replaced one with the same full JID until it enables
+//! them. The server advertises the feature where the module runs (per host), and refuses an IQ that
+//! tries to switch carbons for another account.
 //!
 //! "Nothing more" is checked without guessing at timing: the copies of a stanza are written on the
 //! account's home shard before (sent) or right after (received) the original is handed on, so once the
@@ -495,6 +496,48 @@ fn the_feature_is_advertised_where_the_module_runs() {
             error_condition(&r).as_deref(),
             Some("service-unavailable"),
             "{r}"
+        );
+    }
+}
+
+#[test]
+fn a_session_that_replaces_another_starts_without_carbons() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        let (alice, bob) = names(shards);
+        server.add_user(&alice, "pw");
+        server.add_user(&bob, "pw");
+        let mut a1 = Client::login(&server, &alice, "pw", "a1");
+        a1.available(1);
+        let mut old = Client::login(&server, &alice, "pw", "a2");
+        old.available(0);
+        let mut b = Client::login(&server, &bob, "pw", "r");
+        b.available(0);
+        set_carbons(&mut a1, "enable");
+        set_carbons(&mut old, "enable");
+        // The same full JID binds again: the old connection ends with `conflict`.
+        let mut new = Client::login(&server, &alice, "pw", "a2");
+        assert_eq!(old.stream_error().as_deref(), Some("conflict"));
+        new.available(0);
+        settle(&mut a1, &alice);
+        settle(&mut new, &alice);
+        let bob_full = b.jid.clone();
+        let to_a1 = |b: &mut Client, body: &str| {
+            b.send(&format!(
+                "<message to='{alice}/a1' type='chat'><body>{body}</body></message>"
+            ));
+        };
+        to_a1(&mut b, "c1");
+        assert_eq!(next_message(&mut a1, &alice), plain(&bob_full, "c1"));
+        assert_eq!(settle(&mut new, &alice), vec![], "{shards} shard(s)");
+        // Once it enables them, the old session's end has not taken them away.
+        set_carbons(&mut new, "enable");
+        to_a1(&mut b, "c2");
+        assert_eq!(next_message(&mut a1, &alice), plain(&bob_full, "c2"));
+        assert_eq!(
+            settle(&mut new, &alice),
+            vec![carbon("received", &bob_full, &format!("{alice}/a1"), "c2")],
+            "{shards} shard(s)"
         );
     }
 }
