@@ -3,7 +3,7 @@
 //! (§7 `received`, §8 `sent`, wrapped per XEP-0297). Pure: the module that keeps track of which
 //! resources enabled carbons (`mod_carbons`) asks these functions and writes what they build.
 
-use super::xml::{Element, Limits, Node, Stanza, TargetStream, escape, parse_element};
+use super::xml::{CONTENT_NAMESPACES, Element, Limits, Node, Stanza, parse_element};
 
 pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
@@ -100,9 +100,9 @@ pub fn without_private(message: &Element) -> Option<Stanza> {
 /// The forwarded copy of `original` for the account's resource `to` (a full JID): from the account's
 /// bare JID `account`, keeping the original's `type`, holding `<sent/>` or `<received/>` with the
 /// XEP-0297 `<forwarded/>` around the original, whose `from` is set to `original_from` (the sender's
-/// full JID as stamped; a stanza in transit may not carry it yet). The original's bytes are copied
-/// as they are, with the declarations it relied on from its stream written on it. `None` only when the
-/// result does not parse, which would be a bug here.
+/// full JID as stamped; a stanza in transit may not carry it yet). The original is written in
+/// `jabber:client`, whatever stream it came in on (a component's, later a server's), as the client
+/// would have received it. `None` only when the result does not parse, which would be a bug here.
 pub fn forwarded_copy(
     direction: Direction,
     original: &Stanza,
@@ -110,29 +110,32 @@ pub fn forwarded_copy(
     account: &str,
     to: &str,
 ) -> Option<Stanza> {
-    let mut out: Vec<u8> = Vec::with_capacity(original.as_bytes().len() + 256);
-    out.extend_from_slice(b"<message xmlns='jabber:client' from='");
-    out.extend_from_slice(escape(account).as_bytes());
-    out.extend_from_slice(b"' to='");
-    out.extend_from_slice(escape(to).as_bytes());
-    out.push(b'\'');
-    if let Some(ty) = original.type_() {
-        out.extend_from_slice(b" type='");
-        out.extend_from_slice(escape(&ty).as_bytes());
-        out.push(b'\'');
+    let mut inner = original.to_element();
+    let in_content_ns = original
+        .namespace()
+        .is_some_and(|ns| CONTENT_NAMESPACES.contains(&&*ns));
+    if in_content_ns && original.prefix().is_none() {
+        inner.set_attr("xmlns", NS_CLIENT);
     }
-    out.extend_from_slice(b"><");
-    out.extend_from_slice(direction.element_name().as_bytes());
-    out.extend_from_slice(b" xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>");
-    original.write_to(
-        &mut out,
-        &TargetStream::STANDALONE,
-        Some(original_from),
-        None,
+    inner.set_attr("from", original_from);
+    let mut copy = Element::new("message")
+        .with_attr("xmlns", NS_CLIENT)
+        .with_attr("from", account)
+        .with_attr("to", to);
+    if let Some(ty) = original.type_() {
+        copy.set_attr("type", ty);
+    }
+    let copy = copy.with_child(
+        Element::new(direction.element_name())
+            .with_attr("xmlns", NS_CARBONS)
+            .with_child(
+                Element::new("forwarded")
+                    .with_attr("xmlns", NS_FORWARD)
+                    .with_child(inner),
+            ),
     );
-    out.extend_from_slice(b"</forwarded></");
-    out.extend_from_slice(direction.element_name().as_bytes());
-    out.extend_from_slice(b"></message>");
+    let mut out: Vec<u8> = Vec::with_capacity(original.as_bytes().len() + 256);
+    copy.write_to(&mut out);
     parse_element(&out, &roomy(out.len())).ok()
 }
 
@@ -380,5 +383,28 @@ mod tests {
         assert_eq!(inner.attr("xmlns"), Some("jabber:client"));
         assert_eq!(inner.attr("from"), Some("c@d/r"));
         assert_eq!(copy.type_(), None);
+    }
+
+    #[test]
+    fn a_copy_of_a_message_from_a_component_is_in_the_client_namespace() {
+        let mut p = crate::proto::xml::StreamParser::new(Limits::default());
+        p.feed(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'><message from='icq.example' to='a@b/x' type='chat'><body>x</body></message>");
+        let mut stanza = None;
+        while let Some(ev) = p.next_event().unwrap() {
+            if let crate::proto::xml::Event::Stanza(s) = ev {
+                stanza = Some(s);
+            }
+        }
+        let copy =
+            forwarded_copy(Received, &stanza.unwrap(), "icq.example", "a@b", "a@b/y").unwrap();
+        let e = copy.to_element();
+        let inner = e
+            .child("received")
+            .and_then(|r| r.child("forwarded"))
+            .and_then(|f| f.child("message"))
+            .unwrap();
+        assert_eq!(inner.attr("xmlns"), Some("jabber:client"), "{e}");
+        assert_eq!(inner.child("body").unwrap().attr("xmlns"), None, "{e}");
+        assert_eq!(copy.type_().as_deref(), Some("chat"));
     }
 }
