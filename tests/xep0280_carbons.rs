@@ -6,8 +6,9 @@
 //! each other carbons-enabled resource for what she sends, and nothing more; `<private/>` and XEP-0334
 //! `<no-copy/>` stop copies, a message that is not eligible gets none, and after `<disable/>` a
 //! resource gets none, nor does a session that replaced one with the same full JID until it enables
-//! them. The server advertises the feature where the module runs (per host), and refuses an IQ that
-//! tries to switch carbons for another account.
+//! them; a resource that enabled carbons before its initial presence gets copies. The server
+//! advertises the feature where the module runs (per host), and refuses an IQ that tries to switch
+//! carbons for another account.
 //!
 //! "Nothing more" is checked without guessing at timing: the copies of a stanza are written on the
 //! account's home shard before (sent) or right after (received) the original is handed on, so once the
@@ -539,5 +540,43 @@ fn a_session_that_replaces_another_starts_without_carbons() {
             vec![carbon("received", &bob_full, &format!("{alice}/a1"), "c2")],
             "{shards} shard(s)"
         );
+    }
+}
+
+#[test]
+fn a_resource_that_enabled_carbons_before_its_presence_gets_copies() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        let (alice, bob) = names(shards);
+        server.add_user(&alice, "pw");
+        server.add_user(&bob, "pw");
+        let mut a1 = Client::login(&server, &alice, "pw", "a1");
+        a1.available(0);
+        // Enabled, and no presence yet (as the XEP's wiki advises clients to do).
+        let mut early = Client::login(&server, &alice, "pw", "early");
+        set_carbons(&mut early, "enable");
+        let mut b = Client::login(&server, &bob, "pw", "r");
+        b.available(0);
+        settle(&mut a1, &alice);
+        let bob_full = b.jid.clone();
+        b.send(&format!(
+            "<message to='{alice}' type='chat'><body>e1</body></message>"
+        ));
+        assert_eq!(next_message(&mut a1, &alice), plain(&bob_full, "e1"));
+        assert_eq!(
+            settle(&mut early, &alice),
+            vec![carbon("received", &bob_full, &alice, "e1")],
+            "{shards} shard(s)"
+        );
+        a1.send(&format!(
+            "<message to='{bob_full}' type='chat'><body>e2</body></message>"
+        ));
+        assert_eq!(next_message(&mut b, &bob), plain(&a1.jid, "e2"));
+        assert_eq!(
+            settle(&mut early, &alice),
+            vec![carbon("sent", &a1.jid, &bob_full, "e2")],
+            "{shards} shard(s)"
+        );
+        assert_eq!(settle(&mut a1, &alice), vec![]);
     }
 }

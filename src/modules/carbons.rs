@@ -3,8 +3,11 @@
 //! (`ModuleCtx::watch`) and, on its home shard, writes forwarded copies to its carbons-enabled
 //! resources: of each eligible message one of its sessions sends (`<sent/>`, to every enabled resource
 //! but the sender) and of each eligible message that reaches it (`<received/>`, to every enabled
-//! resource the delivery rules did not give the original to). Which messages are eligible, and the
-//! copies themselves, are `proto::carbons`. A message kept offline gets no copy: no resource was there.
+//! resource the delivery rules did not give the original to). A carbons-enabled resource gets copies
+//! whether or not it is available: XEP-0280 speaks of carbons-enabled resources only, and clients are
+//! advised to enable carbons before their initial presence. Which messages are eligible, and the
+//! copies themselves, are `proto::carbons`. A message kept offline (no resource available) gets no
+//! copy: the account gets it at its next initial presence.
 //! `<private/>` (§9) is removed from what the account's sessions receive. Accounts nobody enabled
 //! carbons for are not watched, so their stanzas keep the allocation-free paths.
 
