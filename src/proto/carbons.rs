@@ -13,6 +13,8 @@ const NS_CLIENT: &str = "jabber:client";
 const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 /// XEP-0249 direct MUC invitations.
 const NS_CONFERENCE: &str = "jabber:x:conference";
+/// XEP-0353 Jingle Message Initiation, both versions in use.
+const NS_JINGLE_MESSAGE: [&str; 2] = ["urn:xmpp:jingle-message:0", "urn:xmpp:jingle-message:1"];
 
 /// Which side of the account a message passed: what the copy is wrapped in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +36,9 @@ impl Direction {
 
 /// Whether a `<message/>` is copied to the account's other carbons-enabled resources (§6, §9).
 ///
-/// Copied: `chat`; `normal` (or no type) with a `<body/>` or a MUC invitation (XEP-0249, or a mediated
-/// XEP-0045 one). Never: `groupchat`, `headline`, `error` (correlating an error with the message it
+/// Copied: `chat`; `normal` (or no type) with a `<body/>`, a MUC invitation (XEP-0249, or a mediated
+/// XEP-0045 one) or a XEP-0353 call signal (so that a call answered on one device stops ringing on the
+/// others, as Prosody does). Never: `groupchat`, `headline`, `error` (correlating an error with the message it
 /// answers is left out, as §6 allows); anything carrying `<private xmlns='urn:xmpp:carbons:2'/>` or
 /// XEP-0334 `<no-copy/>`; a carbon copy itself (`<sent/>` or `<received/>`); and, received, a message
 /// from a MUC room or one of its occupants (the room already sends it to each joined client), known by
@@ -50,9 +53,10 @@ pub fn eligible(direction: Direction, message: &Element) -> bool {
                 && ns == NS_MUC_USER
                 && c.child_elements().any(|i| local(&i.name) == "invite")
         });
+    let call = || children(message).any(|(_, ns)| NS_JINGLE_MESSAGE.contains(&ns));
     let by_type = match message.attr("type") {
         Some("chat") => true,
-        None | Some("normal") => has_child(message, "body", NS_CLIENT) || invitation,
+        None | Some("normal") => has_child(message, "body", NS_CLIENT) || invitation || call(),
         _ => false,
     };
     if !by_type {
@@ -297,6 +301,22 @@ mod tests {
                 "<message><x xmlns='http://jabber.org/protocol/muc#user'><invite from='a@b'/></x></message>",
                 true,
                 true,
+            ),
+            // XEP-0353 call signals, either version.
+            (
+                "<message><propose xmlns='urn:xmpp:jingle-message:0' id='c'/></message>",
+                true,
+                true,
+            ),
+            (
+                "<message type='normal'><accept xmlns='urn:xmpp:jingle-message:1' id='c'/></message>",
+                true,
+                true,
+            ),
+            (
+                "<message type='headline'><propose xmlns='urn:xmpp:jingle-message:0' id='c'/></message>",
+                false,
+                false,
             ),
             ("<presence/>", false, false),
         ];
