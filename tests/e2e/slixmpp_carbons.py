@@ -59,11 +59,11 @@ async def scenario(host, port, cafile, aj, ap, bj, bp):
         c.connect(host=host, port=port)
     await asyncio.gather(phone.ready.wait(), laptop.ready.wait(), bob.ready.wait())
 
-    info = await phone["xep_0030"].get_info(jid=phone.boundjid.domain)
+    info = await phone.plugin["xep_0030"].get_info(jid=phone.boundjid.domain)
     if "urn:xmpp:carbons:2" in info["disco_info"]["features"]:
         print("DISCO CARBONS", flush=True)
     for c in (phone, laptop):
-        await c["xep_0280"].enable()
+        await c.plugin["xep_0280"].enable()
         print(c.name, "CARBONS ENABLED", flush=True)
 
     # Received: Bob writes to the phone's full JID; the laptop gets the copy.
@@ -82,8 +82,8 @@ async def scenario(host, port, cafile, aj, ap, bj, bp):
     fwd = c["carbon_sent"]
     print("LAPTOP GOT", kind, "FROM", fwd["from"], "TO", fwd["to"], "BODY", fwd["body"], flush=True)
 
-    # A ping round trip on the phone: any copy written to it would have arrived before the answer.
-    await phone["xep_0030"].get_info(jid=phone.boundjid.domain)
+    # A disco round trip on the phone: any copy written to it would have arrived before the answer.
+    await phone.plugin["xep_0030"].get_info(jid=phone.boundjid.domain)
     await asyncio.sleep(0.3)
     print("PHONE CARBONS", phone.carbons.qsize(), flush=True)
     print("LAPTOP MESSAGES", laptop.messages.qsize(), flush=True)
