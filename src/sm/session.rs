@@ -178,6 +178,8 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     let kind = stanza.kind();
     let ty = StanzaType::classify(kind, stanza.type_().as_deref());
     let bare = to.bare();
+    // A receive handler that readdressed the stanza made it another account's business.
+    let delivered = delivered.filter(|(account, _)| **account == *bare);
     // A subscription stanza for this account: the roster's keeper (mod_roster) takes it over.
     if ty == StanzaType::Subscription
         && shard.has_hook(&IN_SUBSCRIPTION)
