@@ -114,9 +114,8 @@ impl Enabled {
 /// resources has them on.
 fn set(ctx: &ModuleCtx, bare: &str, full: &Arc<str>, on: bool) {
     let enabled = ctx.state::<Enabled>();
-    let (was_watched, watched) = {
+    let watched = {
         let mut map = enabled.0.borrow_mut();
-        let was = map.contains_key(bare);
         if on {
             let fulls = map.entry(Arc::from(bare)).or_default();
             if !fulls.contains(full) {
@@ -128,11 +127,11 @@ fn set(ctx: &ModuleCtx, bare: &str, full: &Arc<str>, on: bool) {
                 map.remove(bare);
             }
         }
-        (was, map.contains_key(bare))
+        map.contains_key(bare)
     };
-    if watched != was_watched {
-        ctx.watch(bare, MODULE, watched);
-    }
+    // Asked every time rather than on a change: the account's watch ends with its last session, and
+    // this keeps the two in step even if one was missed (the module stopped and started meanwhile).
+    ctx.watch(bare, MODULE, watched);
 }
 
 /// `<enable/>` and `<disable/>` (§4, §5), from a session of the account itself.
