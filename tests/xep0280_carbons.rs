@@ -7,8 +7,8 @@
 //! `<no-copy/>` stop copies, a message that is not eligible gets none, and after `<disable/>` a
 //! resource gets none, nor does a session that replaced one with the same full JID until it enables
 //! them; a resource that enabled carbons before its initial presence gets copies. The server
-//! advertises the feature where the module runs (per host), and refuses an IQ that tries to switch
-//! carbons for another account.
+//! advertises the feature where the module runs (per host) and stops copying when a reload stops the
+//! module, and refuses an IQ that tries to switch carbons for another account.
 //!
 //! "Nothing more" is checked without guessing at timing: the copies of a stanza are written on the
 //! account's home shard before (sent) or right after (received) the original is handed on, so once the
@@ -578,5 +578,45 @@ fn a_resource_that_enabled_carbons_before_its_presence_gets_copies() {
             "{shards} shard(s)"
         );
         assert_eq!(settle(&mut a1, &alice), vec![]);
+    }
+}
+
+#[test]
+fn a_reload_that_stops_the_module_stops_the_copies() {
+    for shards in SHARDS {
+        let mut server = TestServer::start(shards, "");
+        let mut p = party(&server, shards);
+        let (alice, bob) = (p.alice.clone(), p.bob_full());
+        server.set_extra("[modules]\nmod_disco = true\nmod_ping = true\n");
+        common::signal(server.pid(), libc::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|l| !l.contains("modules reloaded"))
+        {
+            assert!(std::time::Instant::now() < deadline, "no reload reported");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every shard applies the plan within its housekeeping tick.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!features(&mut p.a[0], DOMAIN).contains(&NS.to_string()));
+        let r = p.a[0].iq(None, "set", &format!("<enable xmlns='{NS}'/>"));
+        assert_eq!(
+            error_condition(&r).as_deref(),
+            Some("service-unavailable"),
+            "{r}"
+        );
+        p.b.send(&format!(
+            "<message to='{alice}' type='chat'><body>after</body></message>"
+        ));
+        assert_eq!(next_message(&mut p.a[0], &alice), plain(&bob, "after"));
+        assert_eq!(
+            p.settle_all(),
+            vec![vec![], vec![], vec![], vec![]],
+            "{shards} shard(s)"
+        );
     }
 }
