@@ -1,7 +1,8 @@
 //! End to end with clients nobody here wrote: go-sendxmpp (Debian) delivers a message over STARTTLS to a
 //! user logged in with the test client, and slixmpp (PyPI) does the same over STARTTLS with SCRAM, after
 //! asking the server for service discovery and pinging it with its own XEP-0030 and XEP-0199 plugins. Both
-//! verify the server's certificate against the one rjabberd generated. `.ci/run` installs both. On a
+//! verify the server's certificate against the one rjabberd generated; slixmpp clients also become
+//! contacts (rosters, presence) and get message carbons (XEP-0280). `.ci/run` installs both. On a
 //! machine without them, `RJABBERD_SKIP_E2E=1 cargo test` builds them `#[ignore]`d (see build.rs), so
 //! cargo reports them as ignored, not passed. With 1 and 2 shards.
 
@@ -138,6 +139,44 @@ fn slixmpp_contacts_subscribe_and_see_each_other_come_and_go() {
             "ROMEO SUBSCRIPTION both",
             "JULIET SUBSCRIPTION both",
             "ROMEO SAW OFFLINE juliet@localhost",
+            "DONE",
+        ] {
+            assert!(
+                stdout.lines().any(|l| l == line),
+                "{shards} shard(s): `{line}` missing (pip install slixmpp, or set RJABBERD_SKIP_E2E=1):\n{stdout}\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(rjabberd_skip_e2e, ignore = "RJABBERD_SKIP_E2E is set (needs slixmpp)")]
+fn slixmpp_clients_get_message_carbons() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        server.add_user("romeo@localhost", "montague");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_carbons.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg("127.0.0.1")
+            .arg(server.starttls.port().to_string())
+            .arg(server.cert_path())
+            .args(["juliet@localhost", "pencil", "romeo@localhost", "montague"])
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in [
+            "DISCO CARBONS",
+            "PHONE CARBONS ENABLED",
+            "LAPTOP CARBONS ENABLED",
+            "PHONE GOT romeo@localhost wherefore art thou",
+            "LAPTOP GOT RECEIVED FROM romeo@localhost TO juliet@localhost/phone BODY wherefore art thou",
+            "BOB GOT juliet@localhost/phone deny thy father",
+            "LAPTOP GOT SENT FROM juliet@localhost/phone TO romeo@localhost BODY deny thy father",
+            "PHONE CARBONS 0",
+            "LAPTOP MESSAGES 0",
             "DONE",
         ] {
             assert!(

@@ -168,6 +168,20 @@ pub struct WatchedPacket {
     pub stanza: Stanza,
 }
 
+/// What the delivery rules did with a stanza that passed `watched_receive_packet`: the sessions of the
+/// account it was written to. It does not run when no session got the stanza (kept offline, bounced,
+/// dropped, or answered for the account).
+pub struct WatchedDelivered {
+    /// The watched account's bare JID.
+    pub account: Arc<str>,
+    /// The sender, as stamped.
+    pub from: Arc<str>,
+    /// The stanza as it reached the account, before `watched_receive_packet` handlers altered it.
+    pub stanza: Stanza,
+    /// The full JIDs of the sessions the rules chose.
+    pub sessions: Vec<Arc<str>>,
+}
+
 /// A session of a watched account sent a stanza (before routing; ejabberd's `user_send_packet` and
 /// `privacy_check_packet` out).
 pub const WATCHED_SEND: HookPoint<WatchedPacket> = HookPoint::new("watched_send_packet");
@@ -176,6 +190,10 @@ pub const WATCHED_SEND: HookPoint<WatchedPacket> = HookPoint::new("watched_send_
 pub const WATCHED_RECEIVE: HookPoint<WatchedPacket> = HookPoint::new("watched_receive_packet");
 /// A stanza is about to be written to one session of a watched account.
 pub const WATCHED_DELIVER: HookPoint<WatchedPacket> = HookPoint::new("watched_deliver_packet");
+/// A stanza that reached a watched account was written to these of its sessions (carbon copies go to
+/// the others).
+pub const WATCHED_DELIVERED: HookPoint<WatchedDelivered> =
+    HookPoint::new("watched_delivered_packet");
 
 /// A bound session said whether its user is using it (XEP-0352 `<active/>` / `<inactive/>`), on the
 /// account's home shard, where the session is. The handlers run before the stream's next element is

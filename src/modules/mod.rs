@@ -8,6 +8,7 @@
 //! implements; [`builtin`] lists them, and [`util`] holds the few helpers they share.
 
 pub mod blocking;
+pub mod carbons;
 pub mod client_state;
 pub mod cputime;
 pub mod ctx;
@@ -85,6 +86,7 @@ pub fn builtin() -> &'static [&'static dyn Module] {
         &roster::Roster,
         &blocking::Blocking,
         &client_state::ClientStateIndication,
+        &carbons::Carbons,
         &fault_probe::FaultProbe,
     ];
     ALL
@@ -463,7 +465,7 @@ mod tests {
             "[modules]\nmod_cputime = true\nmod_echo = true\nmod_disco = true\nmod_version = true\n\
              mod_ping = true\nmod_time = true\nmod_last = true\nmod_vcard = true\nmod_private = true\n\
              mod_server_info = true\nmod_fault_probe = true\nmod_register = true\nmod_offline = true\n\
-             mod_roster = true\nmod_blocking = true\nmod_client_state = true\n",
+             mod_roster = true\nmod_blocking = true\nmod_client_state = true\nmod_carbons = true\n",
             &["example.org".to_string()],
         )
         .unwrap();

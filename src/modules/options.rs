@@ -119,6 +119,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "mod_roster",
     "mod_blocking",
     "mod_client_state",
+    "mod_carbons",
 ];
 
 pub type SpanError = (Option<Range<usize>>, String);

@@ -5,6 +5,7 @@
 
 pub mod blocking;
 pub mod c2s;
+pub mod carbons;
 pub mod component;
 pub mod csi;
 pub mod errors;

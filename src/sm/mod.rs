@@ -6,3 +6,6 @@
 pub mod deliver;
 pub mod session;
 pub mod table;
+
+#[cfg(test)]
+mod tests;

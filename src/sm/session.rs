@@ -13,7 +13,7 @@ use crate::modules::hooks::{
     self, IN_SUBSCRIPTION, OFFLINE_MESSAGE, OfflineMessage, PRESENCE_PROBE, PresenceProbe,
     PresenceUpdate, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION, SessionEvent, SubscriptionStanza,
     UNSET_PRESENCE, USER_AVAILABLE, USER_PRESENCE, USER_RECEIVE_PACKET, WATCHED_DELIVER,
-    WATCHED_RECEIVE, WatchedPacket, run_packet,
+    WATCHED_DELIVERED, WATCHED_RECEIVE, WatchedDelivered, WatchedPacket, run_packet,
 };
 use crate::modules::iq::{self, Component};
 use crate::proto::c2s::BindError;
@@ -140,10 +140,12 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
         }
         return;
     }
-    // A watched account's modules see the stanza before the rules choose where it goes.
-    let stanza = match watched_recipient(shard, &stanza, &from) {
+    // A watched account's modules see the stanza before the rules choose where it goes, and (with the
+    // stanza as it arrived) which of its sessions they chose.
+    let (stanza, delivered) = match watched_recipient(shard, &stanza, &from) {
         Some(account) => {
             let host = domain_of(&account).to_string();
+            let arrived = shard.has_hook(&WATCHED_DELIVERED).then(|| stanza.clone());
             let mut packet = WatchedPacket {
                 account,
                 session: None,
@@ -153,9 +155,9 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
             if hooks::run(&shard.ctx(), &WATCHED_RECEIVE, &host, &mut packet) == hooks::Flow::Stop {
                 return;
             }
-            packet.stanza
+            (packet.stanza, arrived.map(|a| (packet.account, a)))
         }
-        None => stanza,
+        None => (stanza, None),
     };
     let to_attr = stanza.to();
     let owned;
@@ -190,6 +192,8 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     let kind = stanza.kind();
     let ty = StanzaType::classify(kind, stanza.type_().as_deref());
     let bare = to.bare();
+    // A receive handler that readdressed the stanza made it another account's business.
+    let delivered = delivered.filter(|(account, _)| **account == *bare);
     // A subscription stanza for this account: the roster's keeper (mod_roster) takes it over.
     if ty == StanzaType::Subscription
         && shard.has_hook(&IN_SUBSCRIPTION)
@@ -222,6 +226,9 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
         };
         if let Some(sink) = sink {
             deliver_to_session(shard, sink, &stanza, &from, to.text);
+            if let Some((account, arrived)) = delivered {
+                watched_delivered(shard, account, arrived, &from, &[sink]);
+            }
             return;
         }
     }
@@ -232,8 +239,15 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
             let states = table.states(bare);
             decide(kind, ty, true, to.resource, &states)
         };
+        let chosen = match (&delivered, &decision) {
+            (Some(_), Delivery::Sessions(sinks)) => Some(sinks.clone()),
+            _ => None,
+        };
         let arrival = shard.arrival_key();
         apply(shard, &stanza, &from, to.text, kind, ty, decision, &arrival);
+        if let (Some((account, arrived)), Some(sinks)) = (delivered, chosen) {
+            watched_delivered(shard, account, arrived, &from, &sinks);
+        }
         return;
     }
     // No session: whether the account exists decides between silence and an error, unless the rules
@@ -337,9 +351,35 @@ pub fn deliver_multicast(
     }
 }
 
+/// Runs `watched_delivered_packet`: `arrived` (for the watched `account`) went to the sessions `sinks`.
+fn watched_delivered(
+    shard: &Rc<Shard>,
+    account: Arc<str>,
+    arrived: Stanza,
+    from: &Arc<str>,
+    sinks: &[SinkId],
+) {
+    let sessions = shard
+        .sessions()
+        .borrow()
+        .sessions(&account)
+        .iter()
+        .filter(|s| sinks.contains(&s.sink))
+        .map(|s| s.full.clone())
+        .collect();
+    let host = domain_of(&account).to_string();
+    let mut event = WatchedDelivered {
+        account,
+        from: from.clone(),
+        stanza: arrived,
+        sessions,
+    };
+    hooks::run(&shard.ctx(), &WATCHED_DELIVERED, &host, &mut event);
+}
+
 /// The bare JID of the account a stanza is for, when a module watches it and a handler waits.
 fn watched_recipient(shard: &Shard, stanza: &Stanza, from: &str) -> Option<Arc<str>> {
-    if !shard.has_hook(&WATCHED_RECEIVE) {
+    if !shard.has_hook(&WATCHED_RECEIVE) && !shard.has_hook(&WATCHED_DELIVERED) {
         return None;
     }
     let to_attr = stanza.to();
