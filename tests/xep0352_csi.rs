@@ -363,3 +363,24 @@ fn a_reload_that_stops_the_module_writes_out_what_it_held() {
         assert_eq!(label(&s.phone.el()), label_of(&r1, "back"));
     }
 }
+
+#[test]
+fn a_carbon_copy_for_an_inactive_session_comes_after_what_it_held() {
+    for shards in SHARDS {
+        let mut s = Scene::new(shards, "", 1);
+        let enable = "<enable xmlns='urn:xmpp:carbons:2'/>";
+        let on = s.phone.iq(None, "set", enable);
+        assert_eq!(on.attr("type"), Some("result"), "{on}");
+        s.inactive();
+        s.presence(1, "busy");
+        nothing(&mut s.phone, "a presence update held while inactive");
+        // The desk writes to Romeo: the phone's sent copy matters, so what was held goes first.
+        let romeo = s.romeo_jid.clone();
+        s.desk.send(&format!(
+            "<message to='{romeo}' type='chat'><body>hello</body></message>"
+        ));
+        let got = next_labels(&mut s.phone, 2);
+        assert_eq!(got[0], label_of(&s.r(1), "busy"), "{got:?}");
+        assert_eq!(got[1], format!("{} message sent", s.juliet), "{got:?}");
+    }
+}

@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use super::hooks::{
     DISCO_FEATURES, DiscoQuery, SM_REGISTER_CONNECTION, SM_REMOVE_CONNECTION, SessionEvent,
-    WATCHED_DELIVERED, WATCHED_RECEIVE, WATCHED_SEND, WatchedDelivered, WatchedPacket,
+    WATCHED_DELIVER, WATCHED_DELIVERED, WATCHED_RECEIVE, WATCHED_SEND, WatchedDelivered,
+    WatchedPacket,
 };
 use super::iq::handler;
 use super::util::iqdisc;
@@ -227,7 +228,18 @@ fn copy(
     for to in targets {
         match forwarded_copy(direction, original, from, account, to) {
             Some(c) => {
-                ctx.write_to_session(account, to, &c, account);
+                // Through `watched_deliver_packet` like any stanza for the session, so that a client
+                // state module writes out what it holds for an inactive session first.
+                let mut packet = WatchedPacket {
+                    account: account.clone(),
+                    session: Some(to.clone()),
+                    from: account.clone(),
+                    stanza: c,
+                };
+                let host = crate::proto::jid::domain_of(account);
+                if super::hooks::run(ctx, &WATCHED_DELIVER, host, &mut packet) == Flow::Continue {
+                    ctx.write_to_session(account, to, &packet.stanza, account);
+                }
             }
             None => log::error!("mod_carbons: a copy for {to} did not parse"),
         }
