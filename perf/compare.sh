@@ -14,6 +14,10 @@
 # Each server gets a temporary directory, loopback ports, the domain `localhost` and the same users
 # (`u0`…`u{N-1}`, password `pw`), plaintext c2s with SASL allowed without TLS, and no shapers, rate
 # limits or traffic caps. Servers run on CPU 0 (SERVER_CPUS), the harness on CPU 1 (HARNESS_CPUS).
+# Each runs the instant-messaging modules rjabberd runs by default: rosters, blocking, carbons and client
+# state (ejabberd: mod_carboncopy, mod_blocking with mod_privacy, mod_client_state; Prosody: carbons,
+# blocklist, csi_simple), so that `--carbons` (every session enables XEP-0280) works everywhere:
+#   perf/compare.sh chat 1000 --rate 1000 --duration 5 --carbons
 # An A/B of a change in one sitting: RJABBERD_BASELINE=/path/to/an/older/rjabberd and the server name
 # `baseline` in SERVERS run that binary with rjabberd's configuration and users, e.g.
 #   RJABBERD_BASELINE=../old/target/release/rjabberd SERVERS="baseline rjabberd" perf/compare.sh chat 1000
@@ -148,6 +152,10 @@ modules:
   mod_disco: {}
   mod_ping: {}
   mod_roster: {}
+  mod_carboncopy: {}
+  mod_privacy: {}
+  mod_blocking: {}
+  mod_client_state: {}
 EOF
     cp /etc/ejabberd/inetrc "$d/"
     chown -R ejabberd:ejabberd "$d"
@@ -205,7 +213,7 @@ c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 limits = { c2s = { rate = "1000mb/s" } }
 network_backend = "epoll"
-modules_enabled = { "roster", "saslauth", "disco", "ping" }
+modules_enabled = { "roster", "saslauth", "disco", "ping", "carbons", "blocklist", "csi_simple" }
 modules_disabled = { "s2s", "tls" }
 VirtualHost "localhost"
 EOF

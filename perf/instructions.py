@@ -5,7 +5,7 @@ contacts each), divided by the messages (presence deliveries) carried. Unlike CP
 with what else the machine is doing, so an A/B of a change on this shared VM is a single run each.
 
     perf/instructions.py [--rate R] [--duration S] [--users N] [--runs K]
-                         [--scenario chat|presence] [--contacts K] BINARY [BINARY…]
+                         [--scenario chat|presence] [--contacts K] [--carbons] BINARY [BINARY…]
 
 Each binary is run K times in alternation (one shard, plaintext, 127.0.0.1, its own temporary data
 directory with N users provisioned by `rjabberd-bench provision`), under callgrind; `rjabberd-bench run
@@ -51,7 +51,8 @@ def run_once(binary, port, args):
     harness = subprocess.Popen([BENCH, "run", "--scenario", args.scenario, "--users", str(args.users), "--rate",
                                 str(args.rate), "--duration", str(args.duration), "--server",
                                 f"127.0.0.1:{port}", "--server-pid", str(server.pid)]
-                               + (["--contacts", str(args.contacts)] if args.contacts else []),
+                               + (["--contacts", str(args.contacts)] if args.contacts else [])
+                               + (["--carbons"] if args.carbons else []),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = last = None
     for line in harness.stdout:
@@ -86,6 +87,7 @@ def main():
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--scenario", default="chat", choices=["chat", "presence"])
     p.add_argument("--contacts", type=int, default=0)
+    p.add_argument("--carbons", action="store_true", help="every session enables XEP-0280 carbons")
     args = p.parse_args()
     port = 36400
     results = {b: [] for b in args.binaries}

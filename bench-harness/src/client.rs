@@ -1017,6 +1017,20 @@ async fn login(
             String::from_utf8_lossy(bound.as_bytes())
         ));
     }
+    if args.carbons {
+        send(
+            &mut stream,
+            b"<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+        )
+        .await?;
+        let enabled = element(&mut stream, &mut p, &mut buf).await?;
+        if enabled.type_().as_deref() != Some("result") {
+            return Err(format!(
+                "carbons: {}",
+                String::from_utf8_lossy(enabled.as_bytes())
+            ));
+        }
+    }
     send(&mut stream, b"<presence/>").await?;
     // Once bound, the session can be sent stanzas before its presence comes back (chat to this full
     // JID while it logs in again): they are kept for the steady state to account for.

@@ -188,6 +188,10 @@ pub struct RunArgs {
     /// The server's process id, for its CPU time and RSS.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Enable message carbons (XEP-0280) on every session after binding, before initial presence: what
+    /// a modern client does, so the server carries each message on its carbons path.
+    #[arg(long)]
+    pub carbons: bool,
     /// A name for the server in reports (rjabberd, ejabberd, prosody).
     #[arg(long, default_value = "server")]
     pub label: String,

@@ -44,6 +44,7 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         p99_bound_ms: 10.0,
         settle: 0.0,
         server_pid: Some(std::process::id()),
+        carbons: false,
         label: "rjabberd".into(),
         json: None,
         svg: None,

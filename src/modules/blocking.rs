@@ -322,6 +322,9 @@ fn session_opened(ctx: &ModuleCtx, bare: &str) {
 /// blocked: a domain item naming the account's own domain would otherwise cut it off from its server's
 /// answers and its own pushes.
 fn blocked(list: &[String], account: &str, other: &str) -> bool {
+    if list.is_empty() {
+        return false;
+    }
     let other_bare = bare_of(other);
     if other_bare == account || other_bare == domain_of(account) {
         return false;
@@ -346,6 +349,10 @@ fn outbound(ctx: &ModuleCtx, p: &mut WatchedPacket) -> Flow {
         // Not read yet (just after bind): see the module's docs.
         return Flow::Continue;
     };
+    // Watched for another module's sake.
+    if list.is_empty() {
+        return Flow::Continue;
+    }
     let Some(to) = addressee(&p.stanza) else {
         return Flow::Continue;
     };

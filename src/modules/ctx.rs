@@ -19,6 +19,32 @@ use crate::proto::errors::{StanzaErrorCondition, StreamErrorCondition};
 use crate::proto::xml::Stanza;
 use crate::storage::StoreWorkers;
 
+/// Modules' per-shard state by type ([`ModuleCtx::state`]). A `TypeId` is a hash already: hashing it
+/// again (SipHash) cost more than the rest of the lookup on every watched stanza.
+pub type StateMap = HashMap<TypeId, Rc<dyn Any>, std::hash::BuildHasherDefault<TypeIdHasher>>;
+
+/// Passes a `TypeId`'s own bits through as its hash.
+#[derive(Default)]
+pub struct TypeIdHasher(u64);
+
+impl std::hash::Hasher for TypeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for a TypeId (it writes integers), but correct for anything.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= n as u64 ^ (n >> 64) as u64;
+    }
+}
+
 /// Work sent to another shard ([`ModuleCtx::send_home`]): it runs there with that shard's context.
 pub type ModuleJob = Box<dyn FnOnce(&ModuleCtx) + Send>;
 
@@ -67,7 +93,7 @@ pub trait ShardServices {
     fn deliver_to_available(&self, bare: &str, stanza: &Stanza, from: &Arc<str>) -> usize;
     /// The components connected under `host` (disco#items).
     fn components_under(&self, host: &str) -> Vec<String>;
-    fn state_map(&self) -> &RefCell<HashMap<TypeId, Rc<dyn Any>>>;
+    fn state_map(&self) -> &RefCell<StateMap>;
     /// When the server started.
     fn started(&self) -> Instant;
 }
@@ -222,7 +248,7 @@ pub(crate) mod testing {
         pub sessions: RefCell<HashMap<String, Vec<SessionInfo>>>,
         config: Config,
         store: StoreWorkers,
-        state: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+        state: RefCell<StateMap>,
         started: Instant,
     }
 
@@ -235,7 +261,7 @@ pub(crate) mod testing {
                 sessions: RefCell::new(HashMap::new()),
                 config: Config::default(),
                 store: StoreWorkers::with_backends(Vec::new()).expect("no workers to start"),
-                state: RefCell::new(HashMap::new()),
+                state: RefCell::new(StateMap::default()),
                 started: Instant::now(),
             })
         }
@@ -346,7 +372,7 @@ pub(crate) mod testing {
         fn components_under(&self, _host: &str) -> Vec<String> {
             Vec::new()
         }
-        fn state_map(&self) -> &RefCell<HashMap<TypeId, Rc<dyn Any>>> {
+        fn state_map(&self) -> &RefCell<StateMap> {
             &self.state
         }
         fn started(&self) -> Instant {

@@ -248,6 +248,7 @@ impl HookRegistration {
     }
 }
 
+#[derive(Clone)]
 struct Entry {
     seq: i32,
     host: String,
@@ -256,14 +257,16 @@ struct Entry {
     handler: Rc<dyn Any>,
 }
 
-/// The handlers registered on one shard, by hook point. Only points with handlers are present.
+/// The handlers registered on one shard, by hook point. Only points with handlers are present. Each
+/// point's list is shared (`Rc`): a run takes the list as it is and walks it with the table released,
+/// and a change (a module started or stopped) writes a new list.
 #[derive(Default)]
 pub struct HookTable {
-    points: Vec<(&'static str, Vec<Entry>)>,
+    points: Vec<(&'static str, Rc<Vec<Entry>>)>,
 }
 
 impl HookTable {
-    fn point(&self, name: &str) -> Option<&Vec<Entry>> {
+    fn point(&self, name: &str) -> Option<&Rc<Vec<Entry>>> {
         self.points
             .iter()
             .find(|(n, _)| std::ptr::eq(*n, name) || *n == name)
@@ -279,11 +282,11 @@ impl HookTable {
         let i = match self.points.iter().position(|(n, _)| *n == reg.name) {
             Some(i) => i,
             None => {
-                self.points.push((reg.name, Vec::new()));
+                self.points.push((reg.name, Rc::new(Vec::new())));
                 self.points.len() - 1
             }
         };
-        let entries = &mut self.points[i].1;
+        let entries = Rc::make_mut(&mut self.points[i].1);
         entries.push(Entry {
             seq: reg.seq,
             host: host.to_string(),
@@ -296,40 +299,40 @@ impl HookTable {
 
     pub(super) fn remove(&mut self, host: &str, module: &str) {
         for (_, entries) in self.points.iter_mut() {
-            entries.retain(|e| !(e.host == host && e.module == module));
+            if entries.iter().any(|e| e.host == host && e.module == module) {
+                Rc::make_mut(entries).retain(|e| !(e.host == host && e.module == module));
+            }
         }
         self.points.retain(|(_, e)| !e.is_empty());
     }
 
     /// The handlers of `point` for `host`, in order.
     pub fn handlers<E: 'static>(&self, point: &HookPoint<E>, host: &str) -> Vec<HookFn<E>> {
-        (0..).map_while(|i| self.handler(point, host, i)).collect()
-    }
-
-    /// The `nth` handler of `point` for `host`.
-    fn handler<E: 'static>(
-        &self,
-        point: &HookPoint<E>,
-        host: &str,
-        nth: usize,
-    ) -> Option<HookFn<E>> {
-        self.point(point.name)?
-            .iter()
-            .filter(|e| e.host == host)
-            .filter_map(|e| e.handler.downcast_ref::<HookFn<E>>())
-            .nth(nth)
-            .cloned()
+        self.point(point.name)
+            .map(|entries| handlers_in(entries, host).cloned().collect())
+            .unwrap_or_default()
     }
 }
 
+/// The handlers in `entries` for `host`, in order, as `HookFn<E>`.
+fn handlers_in<'a, E: 'static>(
+    entries: &'a [Entry],
+    host: &'a str,
+) -> impl Iterator<Item = &'a HookFn<E>> {
+    entries
+        .iter()
+        .filter(move |e| e.host == host)
+        .filter_map(|e| e.handler.downcast_ref::<HookFn<E>>())
+}
+
 /// Runs the handlers of `point` for `host` in order over `event`; [`Flow::Stop`] when one stopped it.
-/// Each handler is taken out on its turn, so none runs with the table borrowed and nothing is
-/// allocated.
+/// The point's list is taken as it is (a reference count, nothing allocated) and walked with the table
+/// released, so a handler may register or run hooks itself.
 pub fn run<E: 'static>(ctx: &ModuleCtx, point: &HookPoint<E>, host: &str, event: &mut E) -> Flow {
-    for nth in 0.. {
-        let Some(h) = ctx.modules().borrow().hooks().handler(point, host, nth) else {
-            break;
-        };
+    let Some(entries) = ctx.modules().borrow().hooks().point(point.name).cloned() else {
+        return Flow::Continue;
+    };
+    for h in handlers_in::<E>(&entries, host) {
         if h(ctx, event) == Flow::Stop {
             return Flow::Stop;
         }

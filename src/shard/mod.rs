@@ -14,7 +14,6 @@ pub use pool::Server;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -25,7 +24,7 @@ use std::time::{Instant, SystemTime};
 use crate::auth::ExtAuth;
 use crate::config::{Config, ListenerKind, TlsMode};
 use crate::mesh::{Outbox, Overflow, Peers, ShardMsg};
-use crate::modules::ctx::{ModuleCtx, ModuleJob, SessionInfo, ShardServices};
+use crate::modules::ctx::{ModuleCtx, ModuleJob, SessionInfo, ShardServices, StateMap};
 use crate::modules::{HookPoint, HostModules, ModuleTable};
 use crate::net::tls::HostCertificates;
 use crate::placement::{Home, Placement};
@@ -95,7 +94,7 @@ pub struct Shard {
     routes: RefCell<RouteTable>,
     modules: RefCell<ModuleTable>,
     /// Per-shard state of modules, one value per type ([`ModuleCtx::state`]).
-    module_state: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    module_state: RefCell<StateMap>,
     /// The channels to the other shards (glommio's mesh; a test's own in the harness).
     mesh: Option<Box<dyn Peers<ShardMsg>>>,
     outbox: Outbox<ShardMsg>,
@@ -123,7 +122,7 @@ impl Shard {
             sessions: RefCell::new(SessionTable::default()),
             routes: RefCell::new(routes),
             modules: RefCell::new(ModuleTable::default()),
-            module_state: RefCell::new(HashMap::new()),
+            module_state: RefCell::new(StateMap::default()),
             mesh,
             closing: Cell::new(false),
             read_buf: Rc::new(RefCell::new(vec![0; 16 * 1024])),
@@ -471,7 +470,7 @@ impl ShardServices for Shard {
         self.routes.borrow().components_under(host)
     }
 
-    fn state_map(&self) -> &RefCell<HashMap<TypeId, Rc<dyn Any>>> {
+    fn state_map(&self) -> &RefCell<StateMap> {
         &self.module_state
     }
 

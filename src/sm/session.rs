@@ -144,15 +144,15 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     // stanza as it arrived) which of its sessions they chose.
     let (stanza, delivered) = match watched_recipient(shard, &stanza, &from) {
         Some(account) => {
-            let host = domain_of(&account).to_string();
             let arrived = shard.has_hook(&WATCHED_DELIVERED).then(|| stanza.clone());
             let mut packet = WatchedPacket {
-                account,
+                account: account.clone(),
                 session: None,
                 from: from.clone(),
                 stanza,
             };
-            if hooks::run(&shard.ctx(), &WATCHED_RECEIVE, &host, &mut packet) == hooks::Flow::Stop {
+            let host = domain_of(&account);
+            if hooks::run(&shard.ctx(), &WATCHED_RECEIVE, host, &mut packet) == hooks::Flow::Stop {
                 return;
             }
             (packet.stanza, arrived.map(|a| (packet.account, a)))
@@ -367,14 +367,18 @@ fn watched_delivered(
         .filter(|s| sinks.contains(&s.sink))
         .map(|s| s.full.clone())
         .collect();
-    let host = domain_of(&account).to_string();
     let mut event = WatchedDelivered {
-        account,
+        account: account.clone(),
         from: from.clone(),
         stanza: arrived,
         sessions,
     };
-    hooks::run(&shard.ctx(), &WATCHED_DELIVERED, &host, &mut event);
+    hooks::run(
+        &shard.ctx(),
+        &WATCHED_DELIVERED,
+        domain_of(&account),
+        &mut event,
+    );
 }
 
 /// The bare JID of the account a stanza is for, when a module watches it and a handler waits.
@@ -518,15 +522,18 @@ fn write_to_session(shard: &Rc<Shard>, sink: SinkId, stanza: &Stanza, from: &Arc
             })
         };
         if let Some((account, full)) = watched {
-            let host = domain_of(&account).to_string();
             let mut packet = WatchedPacket {
-                account,
+                account: account.clone(),
                 session: Some(full),
                 from: from.clone(),
                 stanza: stanza.clone(),
             };
-            if hooks::run(&shard.ctx(), &WATCHED_DELIVER, &host, &mut packet)
-                == hooks::Flow::Continue
+            if hooks::run(
+                &shard.ctx(),
+                &WATCHED_DELIVER,
+                domain_of(&account),
+                &mut packet,
+            ) == hooks::Flow::Continue
             {
                 s.deliver(&packet.stanza, from);
             }
