@@ -10,9 +10,8 @@
 //! account's home shard while it has sessions, and for some offline accounts (bounded) so that
 //! messages to them are checked without a store read each.
 //!
-//! Not covered: the few milliseconds between a session's bind and the first load of its account's list,
-//! during which what the session itself sends is not yet checked (what it receives is: it waits for the
-//! list).
+//! Between a session's bind and the first read of its account's list (a store round trip), what it
+//! sends and what reaches it waits, in order, and is then checked and let go.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -345,33 +344,64 @@ fn addressee(stanza: &Stanza) -> Option<String> {
 
 /// What a watched account's session sends: nothing goes to a blocked JID (§3.3).
 fn outbound(ctx: &ModuleCtx, p: &mut WatchedPacket) -> Flow {
-    let Some(list) = ctx.state::<Lists>().get(&p.account) else {
-        // Not read yet (just after bind): see the module's docs.
-        return Flow::Continue;
+    let lists = ctx.state::<Lists>();
+    let Some(list) = lists.get(&p.account) else {
+        // Not read yet (just after bind): held until it is, then checked and let go (in order).
+        let (stanza, account) = (p.stanza.clone(), p.account.clone());
+        let session: Arc<str> = p.session.clone().unwrap_or_else(|| p.from.clone());
+        lists.with_list(
+            ctx,
+            &p.account,
+            Box::new(move |ctx, list| {
+                if !refuse_outbound(ctx, list, &account, &session, &stanza) {
+                    ctx.resume_send(&account, &session, stanza);
+                }
+            }),
+        );
+        return Flow::Stop;
     };
     // Watched for another module's sake.
     if list.is_empty() {
         return Flow::Continue;
     }
-    let Some(to) = addressee(&p.stanza) else {
-        return Flow::Continue;
-    };
-    if !blocked(&list, &p.account, &to) {
-        return Flow::Continue;
-    }
     let session = p.session.as_deref().unwrap_or(&p.from);
+    if refuse_outbound(ctx, &list, &p.account, session, &p.stanza) {
+        Flow::Stop
+    } else {
+        Flow::Continue
+    }
+}
+
+/// Answers a stanza `session` of `account` sent to a JID its list blocks (`not-acceptable` with
+/// `<blocked/>`); false, doing nothing, when the addressee is not blocked.
+fn refuse_outbound(
+    ctx: &ModuleCtx,
+    list: &[String],
+    account: &str,
+    session: &str,
+    stanza: &Stanza,
+) -> bool {
+    if list.is_empty() {
+        return false;
+    }
+    let Some(to) = addressee(stanza) else {
+        return false;
+    };
+    if !blocked(list, account, &to) {
+        return false;
+    }
     let mut bytes = Vec::new();
     if write_error_between_with(
         &mut bytes,
-        &p.stanza,
+        stanza,
         &to,
         session,
         Cond::NotAcceptable,
         BLOCKED_ERROR,
     ) {
-        ctx.send_to_session(&p.account, session, &bytes);
+        ctx.send_to_session(account, session, &bytes);
     }
-    Flow::Stop
+    true
 }
 
 /// Answers (or silently drops) a stanza a blocked JID sent the account (§3.5 of v1.3's rules: presence

@@ -63,6 +63,7 @@ pub trait ShardServices {
     fn is_home(&self, key: &str) -> bool;
     fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>);
     fn route_multicast(self: Rc<Self>, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]);
+    fn resume_send(self: Rc<Self>, bare: &str, full: &str, stanza: Stanza);
     fn bounce(
         self: Rc<Self>,
         stanza: &Stanza,
@@ -128,6 +129,13 @@ impl ModuleCtx {
     /// route_multicast): presence broadcasts and probes.
     pub fn route_multicast(&self, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]) {
         self.shard.clone().route_multicast(stanza, from, recipients)
+    }
+
+    /// Lets go a stanza the session `full` of the watched account `bare` sent, which this module's
+    /// `watched_send_packet` handler held back (stopped) until it could decide: it is routed as that
+    /// session's own, past the send hooks. Nothing happens when the session is gone.
+    pub fn resume_send(&self, bare: &str, full: &str, stanza: Stanza) {
+        self.shard.clone().resume_send(bare, full, stanza)
     }
 
     /// Answers `stanza` from `sender` with an error from `replier` (never an error with an error).
@@ -280,6 +288,9 @@ pub(crate) mod testing {
         }
         fn route(self: Rc<Self>, stanza: Stanza, from: Arc<str>) {
             self.routed.borrow_mut().push((stanza, from));
+        }
+        fn resume_send(self: Rc<Self>, _bare: &str, full: &str, stanza: Stanza) {
+            self.routed.borrow_mut().push((stanza, full.into()));
         }
         // Recorded as the copies a recipient would see.
         fn route_multicast(

@@ -87,6 +87,37 @@ pub fn route(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<st
         }
         _ => stanza,
     };
+    route_past_send_hooks(shard, origin, stanza, from)
+}
+
+/// Continues routing a stanza a session of a watched account sent, which a `watched_send_packet`
+/// handler held back (waiting for what it needed to decide) and now lets go: as that session's own
+/// (an error goes straight back to it), past the send hooks, which ran. Dropped when the session is
+/// gone (the shard's [`crate::shard::Wiring`]).
+pub fn resume_from_session(shard: &Rc<Shard>, bare: &str, full: &str, stanza: Stanza) {
+    let session = {
+        let table = shard.sessions().borrow();
+        table
+            .sessions(bare)
+            .iter()
+            .find(|s| &*s.full == full)
+            .map(|s| (s.full.clone(), s.sink))
+            .zip(table.account_watch(bare))
+    };
+    let Some(((full, sink), (bare, watch))) = session else {
+        return;
+    };
+    let session = SessionRef {
+        bare,
+        full: full.clone(),
+        sink,
+        watch,
+    };
+    route_past_send_hooks(shard, Origin::Session(&session), stanza, full);
+}
+
+/// [`route`] from after the send hooks.
+fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, from: Arc<str>) {
     let Some(stanza) = filter(shard, stanza, &from) else {
         return;
     };

@@ -13,7 +13,7 @@ fn a_message_to_a_full_jid_reaches_that_session_with_from_stamped() {
         let bob = h.login("bob@localhost/b", Some(0));
         let bob2 = h.login("bob@localhost/c", Some(0));
         // The accounts' blocklists are read at login; until then what reaches them waits.
-        h.settle(50).await;
+        h.settle(100).await;
         bob.received();
         bob2.received();
         h.send(
@@ -36,7 +36,7 @@ fn a_chat_to_a_bare_jid_goes_to_the_highest_priority_and_negative_priority_gets_
         let low = h.login("bob@localhost/low", Some(1));
         let high = h.login("bob@localhost/high", Some(5));
         let hidden = h.login("bob@localhost/neg", Some(-1));
-        h.settle(50).await;
+        h.settle(100).await;
         for s in [&low, &high, &hidden] {
             s.received();
         }
@@ -55,6 +55,7 @@ fn unreachable_and_malformed_destinations_are_answered_to_the_sender() {
     run(|| async {
         let h = Harness::new("", &["alice@localhost"]);
         let alice = h.login("alice@localhost/a", Some(0));
+        h.settle(100).await;
         alice.received();
         h.send(
             &alice,
@@ -86,6 +87,8 @@ fn an_iq_to_the_server_is_answered_by_its_module_and_routed_back() {
     run(|| async {
         let h = Harness::new("", &["alice@localhost"]);
         let alice = h.login("alice@localhost/a", None);
+        // The account's blocklist is read at login; until then what it sends waits.
+        h.settle(100).await;
         h.send(
             &alice,
             "<iq to='localhost' type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
@@ -189,6 +192,8 @@ fn at_a_full_mesh_server_stanzas_wait_and_session_stanzas_bounce_past_the_cap() 
         let (local, remote) = (homed_on(0), homed_on(1));
         let h = Harness::with_mesh("", &[&local], 2, Some(Box::new(FullMesh)));
         let me = h.login(&format!("{local}/a"), Some(0));
+        // The account's blocklist is read at login; until then what it sends waits.
+        h.settle(100).await;
         me.received();
         // An IQ answer the server generated for an account on the other shard: it waits, it is not lost.
         h.send_as_server(
@@ -231,7 +236,7 @@ fn a_stanza_the_server_generates_reaches_a_local_session() {
     run(|| async {
         let h = Harness::new("", &["alice@localhost"]);
         let alice = h.login("alice@localhost/a", Some(0));
-        h.settle(50).await;
+        h.settle(100).await;
         alice.received();
         // A generated stanza (an IQ result) routed like any other reaches the session.
         h.send_as_server(
@@ -271,13 +276,12 @@ fn a_multicast_crosses_the_mesh_once_per_destination_shard_and_stamps_each_to() 
         let h = Harness::with_mesh("", &users, 3, Some(Box::new(mesh.clone())));
         let sessions: Vec<_> = here
             .iter()
-            .map(|b| {
-                let s = h.login(&format!("{b}/r"), Some(0));
-                s.received();
-                s
-            })
+            .map(|b| h.login(&format!("{b}/r"), Some(0)))
             .collect();
-        h.settle(50).await;
+        h.settle(100).await;
+        for s in &sessions {
+            s.received();
+        }
         let recipients: Vec<std::sync::Arc<str>> = here
             .iter()
             .chain(&one)
@@ -313,5 +317,67 @@ fn a_multicast_crosses_the_mesh_once_per_destination_shard_and_stamps_each_to() 
             assert_eq!(got[0].attr("from"), Some("someone@localhost/x"));
             assert!(got[0].child("show").is_some());
         }
+    });
+}
+
+#[test]
+fn what_a_session_sends_before_its_blocklist_is_read_waits_and_is_checked() {
+    use crate::storage::AccountData;
+    run(|| async {
+        let h = Harness::new("", &["alice@localhost", "bob@localhost", "carol@localhost"]);
+        let db = crate::storage::UserDb::open(&h.shard.config().data_dir).unwrap();
+        db.data_put(
+            "localhost",
+            "alice",
+            "blocking",
+            &[("bob@localhost".into(), Some(Vec::new()))],
+        )
+        .unwrap();
+        let bob = h.login("bob@localhost/b", Some(0));
+        let carol = h.login("carol@localhost/c", Some(0));
+        // Their presence echoes come once their own lists are known.
+        let (mut echoes_b, mut echoes_c) = (0, 0);
+        for _ in 0..100 {
+            h.settle(20).await;
+            echoes_b += bob.received().len();
+            echoes_c += carol.received().len();
+            if echoes_b > 0 && echoes_c > 0 {
+                break;
+            }
+        }
+        // Alice's list is read from the store after her bind: what she sends at once waits for it.
+        let alice = h.login("alice@localhost/a", None);
+        h.send(
+            &alice,
+            "<message to='bob@localhost/b' id='no' type='chat'><body>x</body></message>",
+        );
+        h.send(
+            &alice,
+            "<message to='carol@localhost/c' id='yes' type='chat'><body>x</body></message>",
+        );
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            h.settle(20).await;
+            got.extend(alice.received());
+            if !got.is_empty() {
+                break;
+            }
+        }
+        h.settle(20).await;
+        got.extend(alice.received());
+        let refused: Vec<_> = got.iter().filter(|e| e.attr("id") == Some("no")).collect();
+        assert_eq!(refused.len(), 1, "{got:?}");
+        assert!(
+            refused[0]
+                .child("error")
+                .and_then(|e| e.child("blocked"))
+                .is_some(),
+            "{got:?}"
+        );
+        assert!(bob.received().is_empty(), "nothing reaches a blocked JID");
+        let got = carol.received();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].attr("id"), Some("yes"));
+        assert_eq!(got[0].attr("from"), Some("alice@localhost/a"));
     });
 }

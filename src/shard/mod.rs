@@ -83,6 +83,9 @@ pub struct Wiring {
     pub route: fn(&Rc<Shard>, Stanza, Arc<str>),
     /// The router's entry for one stanza the server sends to many (`router::route_multicast`).
     pub multicast: MulticastFn,
+    /// The router's entry for a watched session's stanza that a module held back and lets go
+    /// (`router::resume_from_session`: bare JID, full JID, stanza).
+    pub resume: fn(&Rc<Shard>, &str, &str, Stanza),
 }
 
 /// One shard's state. Shared by the shard's tasks through an `Rc`; never crosses threads.
@@ -334,6 +337,10 @@ impl ShardServices for Shard {
 
     fn route_multicast(self: Rc<Self>, stanza: Stanza, from: Arc<str>, recipients: &[Arc<str>]) {
         Shard::route_multicast(&self, stanza, from, recipients)
+    }
+
+    fn resume_send(self: Rc<Self>, bare: &str, full: &str, stanza: Stanza) {
+        (self.wiring.resume)(&self, bare, full, stanza)
     }
 
     fn bounce(

@@ -42,6 +42,7 @@ pub(crate) const WIRING: Wiring = Wiring {
     handle,
     route: crate::router::route_generated,
     multicast: crate::router::route_multicast,
+    resume: crate::router::resume_from_session,
 };
 
 /// Handles a message from the mesh (or from this shard's own fast path).

@@ -174,6 +174,13 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         true
     }
 
+    /// The account's shared bare JID and watch mark, while it has sessions.
+    pub fn account_watch(&self, bare: &str) -> Option<(Arc<str>, Watch)> {
+        self.users
+            .get(bare)
+            .map(|a| (a.bare.clone(), a.watch.clone()))
+    }
+
     /// The account's bare JID, shared, when some module watches it.
     pub fn watched(&self, bare: &str) -> Option<Arc<str>> {
         self.users
