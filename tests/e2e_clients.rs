@@ -2,7 +2,7 @@
 //! user logged in with the test client, and slixmpp (PyPI) does the same over STARTTLS with SCRAM, after
 //! asking the server for service discovery and pinging it with its own XEP-0030 and XEP-0199 plugins. Both
 //! verify the server's certificate against the one rjabberd generated; slixmpp clients also become
-//! contacts (rosters, presence) and get message carbons (XEP-0280). `.ci/run` installs both. On a
+//! contacts (rosters, presence), get message carbons (XEP-0280) and block each other (XEP-0191). `.ci/run` installs both. On a
 //! machine without them, `RJABBERD_SKIP_E2E=1 cargo test` builds them `#[ignore]`d (see build.rs), so
 //! cargo reports them as ignored, not passed. With 1 and 2 shards.
 
@@ -177,6 +177,39 @@ fn slixmpp_clients_get_message_carbons() {
             "LAPTOP GOT SENT FROM juliet@localhost/phone TO romeo@localhost BODY deny thy father",
             "PHONE CARBONS 0",
             "LAPTOP MESSAGES 0",
+            "DONE",
+        ] {
+            assert!(
+                stdout.lines().any(|l| l == line),
+                "{shards} shard(s): `{line}` missing (pip install slixmpp, or set RJABBERD_SKIP_E2E=1):\n{stdout}\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(rjabberd_skip_e2e, ignore = "RJABBERD_SKIP_E2E is set (needs slixmpp)")]
+fn slixmpp_blocks_and_unblocks() {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        server.add_user("romeo@localhost", "montague");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_blocking.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg("127.0.0.1")
+            .arg(server.starttls.port().to_string())
+            .arg(server.cert_path())
+            .args(["juliet@localhost", "pencil", "romeo@localhost", "montague"])
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in [
+            "DISCO BLOCKING",
+            "BLOCKLIST romeo@localhost",
+            "ROMEO GOT error service-unavailable",
+            "JULIET GOT romeo@localhost it is the east 0",
             "DONE",
         ] {
             assert!(
