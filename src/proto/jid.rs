@@ -212,14 +212,16 @@ impl<'a> JidView<'a> {
     /// A view of `s` when it is an all-ASCII JID already in canonical form (lower-case local and domain
     /// parts, nothing PRECIS would map); `None` means "run [`Jid::parse`]", not "invalid".
     pub fn canonical(s: &'a str) -> Option<JidView<'a>> {
-        let (rest, resource) = match s.find('/') {
-            Some(i) => (&s[..i], Some(&s[i + 1..])),
-            None => (s, None),
+        // Byte scans: these strings are short, and the char searchers' set-up cost more than the
+        // search on the message path.
+        let bytes = s.as_bytes();
+        let slash = position(bytes, b'/');
+        let rest_end = slash.unwrap_or(bytes.len());
+        let (local, domain) = match position(&bytes[..rest_end], b'@') {
+            Some(i) => (Some(&s[..i]), &s[i + 1..rest_end]),
+            None => (None, &s[..rest_end]),
         };
-        let (local, domain) = match rest.find('@') {
-            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
-            None => (None, rest),
-        };
+        let resource = slash.map(|i| &s[i + 1..]);
         let local_ok = local.is_none_or(|l| {
             !l.is_empty()
                 && l.len() <= MAX_PART
@@ -232,14 +234,16 @@ impl<'a> JidView<'a> {
         let domain_ok = !domain.is_empty()
             && domain.len() <= MAX_PART
             && !domain.ends_with('.')
-            && domain.split('.').all(|l| {
-                let a_label = l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--");
-                let shape_ok =
-                    !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-');
+            && domain.as_bytes().split(|&b| b == b'.').all(|l| {
+                let a_label = l.len() >= 4 && l[..4].eq_ignore_ascii_case(b"xn--");
+                let shape_ok = !l.is_empty()
+                    && l.len() <= 63
+                    && l.first() != Some(&b'-')
+                    && l.last() != Some(&b'-');
                 shape_ok
                     && !a_label
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && l.iter()
+                        .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             });
         let resource_ok = resource.is_none_or(|r| {
             !r.is_empty() && r.len() <= MAX_PART && r.bytes().all(|b| (0x20..0x7f).contains(&b))
@@ -365,20 +369,39 @@ pub fn prep_domain(s: &str) -> Result<String, JidError> {
     Ok(prepared)
 }
 
+/// The first `byte` in `bytes`.
+fn position(bytes: &[u8], byte: u8) -> Option<usize> {
+    bytes.iter().position(|&b| b == byte)
+}
+
 /// The bare part of a JID string (everything before the resource), without preparing it.
 pub fn bare_of(jid: &str) -> &str {
-    jid.split_once('/').map_or(jid, |(b, _)| b)
+    position(jid.as_bytes(), b'/').map_or(jid, |i| &jid[..i])
 }
 
 /// The domain part of a JID string, without preparing it: for JIDs the server stamped or prepared.
 pub fn domain_of(jid: &str) -> &str {
-    let rest = jid.split_once('@').map_or(jid, |(_, d)| d);
-    rest.split_once('/').map_or(rest, |(d, _)| d)
+    let bare = bare_of(jid);
+    position(bare.as_bytes(), b'@').map_or(bare, |i| &bare[i + 1..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_and_domain_of_a_stamped_jid() {
+        for (jid, bare, domain) in [
+            ("a@b/c", "a@b", "b"),
+            ("a@b", "a@b", "b"),
+            ("b", "b", "b"),
+            ("b/r@x/y", "b", "b"),
+            ("a@b/r@x", "a@b", "b"),
+        ] {
+            assert_eq!(bare_of(jid), bare, "{jid}");
+            assert_eq!(domain_of(jid), domain, "{jid}");
+        }
+    }
 
     #[test]
     fn examples_from_rfc_7622_section_3_5() {

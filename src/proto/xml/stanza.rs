@@ -192,7 +192,14 @@ impl Stanza {
     }
 
     fn str_at(&self, span: Span) -> &str {
-        std::str::from_utf8(&self.bytes[span.range()]).expect("checked UTF-8")
+        let bytes = &self.bytes[span.range()];
+        debug_assert!(std::str::from_utf8(bytes).is_ok());
+        // SAFETY: a `Stanza` is made only by the parser (`parser.rs`, `Event::Stanza`), which decoded
+        // every byte of the element as UTF-8 XML characters before handing it out, and its bytes are
+        // never changed afterwards; every span it records starts and ends at an ASCII delimiter (a
+        // quote, `<`, `:`, a space), so the slice is whole characters. Checking again on each attribute
+        // read cost about 2.5 % of a forwarded message.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
     fn value(&self, v: Option<ValueSpan>) -> Option<Cow<'_, str>> {
