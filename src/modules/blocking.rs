@@ -13,7 +13,7 @@
 //! Between a session's bind and the first read of its account's list (a store round trip), what it
 //! sends and what reaches it waits, in order, and is then checked and let go.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use super::hooks::{
     SessionEvent, SubscriptionStanza, WATCHED_RECEIVE, WATCHED_SEND, WatchedPacket,
 };
 use super::iq::async_handler;
-use super::util::iqdisc;
+use super::util::{LoadJob, Loader, iqdisc};
 use super::{
     Component, Flow, Iq, IqError, IqResult, IqType, Module, ModuleCtx, ModuleOpts, OptKind,
     OptionSpec, Registrations,
@@ -34,13 +34,12 @@ use crate::proto::errors::{StanzaErrorCondition as Cond, write_error_between_wit
 use crate::proto::jid::{JidView, bare_of, domain_of};
 use crate::proto::roster::Subscription;
 use crate::proto::xml::{Limits, Stanza, StanzaKind, escape, parse_element};
+use crate::storage::{Store, StoreError};
 
 pub const PROTOCOLS: &[&str] = &["XEP-0191 v1.3"];
 
 /// The module's key in the account data store.
 const MODULE: &str = "blocking";
-/// Reads of a list that keep meeting concurrent changes before what is known is taken.
-const LOAD_ATTEMPTS: usize = 3;
 /// Offline accounts' lists kept per shard before the cache of them starts over.
 const OFFLINE_CACHE: usize = 10_000;
 
@@ -122,17 +121,15 @@ impl Module for Blocking {
 struct Interested(RefCell<HashSet<Arc<str>>>);
 
 /// Work waiting for an account's list to load.
-type ListJob = Box<dyn FnOnce(&ModuleCtx, &[String])>;
+type ListJob = LoadJob<Vec<String>>;
 
 /// The blocklists this shard knows: of the accounts with sessions here (their home), and of some
-/// offline ones (bounded), with the work waiting for a list being read.
+/// offline ones (bounded), with the reads under way.
 #[derive(Default)]
 struct Lists {
     online: RefCell<HashMap<String, Rc<Vec<String>>>>,
     offline: RefCell<HashMap<String, Rc<Vec<String>>>>,
-    loading: RefCell<HashMap<String, Vec<ListJob>>>,
-    /// Counts changes written here: a read that saw one happen meanwhile is read again.
-    writes: Cell<u64>,
+    loader: Rc<Loader<Vec<String>>>,
 }
 
 impl Lists {
@@ -143,7 +140,7 @@ impl Lists {
 
     /// Replaces a list after a change written by the account (which has a session here).
     fn set(&self, bare: &str, list: Vec<String>) {
-        self.writes.set(self.writes.get() + 1);
+        self.loader.wrote();
         self.offline.borrow_mut().remove(bare);
         self.online
             .borrow_mut()
@@ -172,59 +169,36 @@ impl Lists {
         if let Some(list) = self.get(bare) {
             return job(ctx, &list);
         }
-        if let Some(waiting) = self.loading.borrow_mut().get_mut(bare) {
-            waiting.push(job);
-            return;
-        }
-        self.loading
-            .borrow_mut()
-            .insert(bare.to_string(), vec![job]);
-        let (lists, ctx, bare) = (self.clone(), ctx.clone(), bare.to_string());
-        glommio::spawn_local(async move {
-            let mut attempts = 0;
-            let list = loop {
-                attempts += 1;
-                let writes_before = lists.writes.get();
-                match read_list(&ctx, &bare).await {
-                    Ok(list) if lists.writes.get() == writes_before => {
-                        let list = Rc::new(list);
-                        lists.keep(&ctx, &bare, list.clone());
-                        break Ok(list);
-                    }
-                    // A change was written meanwhile (maybe this account's, which then is kept
-                    // already): read again, a few times, then take what is known.
-                    Ok(list) if attempts >= LOAD_ATTEMPTS => {
-                        break Ok(lists.get(&bare).unwrap_or_else(|| Rc::new(list)));
-                    }
-                    Ok(_) => continue,
-                    Err(e) => break Err(e),
+        let (user, host) = bare.split_once('@').unwrap_or(("", bare));
+        let (user, host) = (user.to_string(), host.to_string());
+        let (lists, key) = (self.clone(), bare.to_string());
+        self.loader.load(
+            ctx,
+            bare,
+            job,
+            "blocklist",
+            move |db| list_of(db, &host, &user),
+            move |ctx, list, fresh| {
+                if fresh {
+                    let list = Rc::new(list);
+                    lists.keep(ctx, &key, list.clone());
+                    list
+                } else {
+                    // A change was written meanwhile (maybe this account's, which then is kept).
+                    lists.get(&key).unwrap_or_else(|| Rc::new(list))
                 }
-            };
-            let waiting = lists.loading.borrow_mut().remove(&bare).unwrap_or_default();
-            match list {
-                Ok(list) => {
-                    for job in waiting {
-                        job(&ctx, &list);
-                    }
-                }
-                Err(e) => log::warn!(
-                    "mod_blocking: {bare}'s blocklist did not load ({e}); {} stanzas held for it are dropped",
-                    waiting.len()
-                ),
-            }
-        })
-        .detach();
+            },
+        );
     }
 }
 
-async fn read_list(ctx: &ModuleCtx, bare: &str) -> Result<Vec<String>, crate::storage::StoreError> {
-    let (user, host) = bare.split_once('@').unwrap_or(("", bare));
-    let (u, h) = (user.to_string(), host.to_string());
-    let rows = ctx
-        .store()
-        .run(move |db| db.data_all(&h, &u, MODULE))
-        .await?;
-    Ok(rows.into_iter().map(|(jid, _)| jid).collect())
+/// An account's blocked JIDs, as stored (one key each in the module's account data).
+fn list_of(db: &dyn Store, host: &str, user: &str) -> Result<Vec<String>, StoreError> {
+    Ok(db
+        .data_all(host, user, MODULE)?
+        .into_iter()
+        .map(|(jid, _)| jid)
+        .collect())
 }
 
 /// Which accounts homed on this shard have a list at all, per host, read once from the store: the
@@ -397,7 +371,7 @@ fn refuse_outbound(
         &to,
         session,
         Cond::NotAcceptable,
-        BLOCKED_ERROR,
+        Some(BLOCKED_ERROR),
     ) {
         ctx.send_to_session(account, session, &bytes);
     }
@@ -532,8 +506,13 @@ async fn blocking_iq(iq: Iq, max_items: usize) -> IqResult {
 }
 
 async fn get(iq: Iq) -> IqResult {
-    let bare = iq.to.bare_str().to_string();
-    let list = read_list(&iq.ctx, &bare).await.map_err(IqError::internal)?;
+    let (host, user) = iq.account();
+    let list = iq
+        .ctx
+        .store()
+        .run(move |db| list_of(db, &host, &user))
+        .await
+        .map_err(IqError::internal)?;
     iq.ctx
         .state::<Interested>()
         .0
@@ -559,11 +538,7 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
         .ctx
         .store()
         .run(move |db| {
-            let before: Vec<String> = db
-                .data_all(&host, &user, MODULE)?
-                .into_iter()
-                .map(|(jid, _)| jid)
-                .collect();
+            let before = list_of(db, &host, &user)?;
             let touched: Vec<String> = match &req {
                 BlockingSet::Block(items) => items
                     .iter()
@@ -587,11 +562,7 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
                 .map(|j| (j.clone(), block.then(Vec::new)))
                 .collect();
             db.data_put(&host, &user, MODULE, &values)?;
-            let list = db
-                .data_all(&host, &user, MODULE)?
-                .into_iter()
-                .map(|(jid, _)| jid)
-                .collect();
+            let list = list_of(db, &host, &user)?;
             let mut with_subscription = Vec::new();
             for jid in touched {
                 let subscription = db

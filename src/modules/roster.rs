@@ -27,7 +27,7 @@ use super::hooks::{
     SessionEvent, SubscriptionStanza, USER_AVAILABLE, USER_PRESENCE,
 };
 use super::iq::async_handler;
-use super::util::iqdisc;
+use super::util::{LoadJob, Loader, iqdisc};
 use super::{
     Component, Flow, HostModules, Iq, IqError, IqResult, IqType, Module, ModuleCtx, ModuleOpts,
     OptKind, OptionSpec, Registrations,
@@ -203,25 +203,15 @@ impl CachedRoster {
     }
 }
 
-/// Work waiting for an account's roster to load, in the order it came.
-type RosterJob = Box<dyn FnOnce(&ModuleCtx, &CachedRoster)>;
-
 /// The rosters of the accounts with sessions on this shard (their home), kept while they have sessions:
 /// every presence broadcast reads one, and every change made here writes through. Changes made beside
 /// the server (`rjabberd roster …`) reach it at the account's next roster request or login.
 #[derive(Default)]
 struct RosterCache {
     rosters: RefCell<std::collections::HashMap<String, Rc<CachedRoster>>>,
-    /// Accounts whose roster is being read from the store, with the work waiting for it: an account's
-    /// broadcasts keep their order, and other accounts' loads do not wait for it.
-    loading: RefCell<std::collections::HashMap<String, Vec<RosterJob>>>,
-    /// Counts the changes written through: a read that saw one happen meanwhile may be older than it,
-    /// and is not kept.
-    writes: std::cell::Cell<u64>,
+    /// Reads under way, with the work waiting for them, and the count of changes written through.
+    loader: Rc<Loader<CachedRoster>>,
 }
-
-/// Reads of a roster that keep meeting concurrent changes before one is run uncached.
-const LOAD_ATTEMPTS: usize = 3;
 
 impl RosterCache {
     fn get(&self, bare: &str) -> Option<Rc<CachedRoster>> {
@@ -230,7 +220,7 @@ impl RosterCache {
 
     /// Keeps a roster read from the store, unless a change was written through since `writes_before`.
     fn put_read(&self, bare: &str, items: Vec<RosterItem>, writes_before: u64) {
-        if self.writes.get() == writes_before {
+        if self.loader.writes() == writes_before {
             self.rosters
                 .borrow_mut()
                 .insert(bare.to_string(), Rc::new(CachedRoster::new(items)));
@@ -239,7 +229,7 @@ impl RosterCache {
 
     /// Writes through a stored item (`None`: removed), when the roster is cached.
     fn write(&self, bare: &str, jid: &str, item: Option<&RosterItem>) {
-        self.writes.set(self.writes.get() + 1);
+        self.loader.wrote();
         let mut rosters = self.rosters.borrow_mut();
         let Some(cached) = rosters.get_mut(bare) else {
             return;
@@ -260,58 +250,29 @@ impl RosterCache {
     /// Runs `job` over `bare`'s roster: at once when it is cached, otherwise once it is read (behind the
     /// work already waiting for the same roster). The roster read is kept while the account has
     /// sessions here.
-    fn with_roster(self: &Rc<Self>, ctx: &ModuleCtx, bare: &str, job: RosterJob) {
+    fn with_roster(self: &Rc<Self>, ctx: &ModuleCtx, bare: &str, job: LoadJob<CachedRoster>) {
         if let Some(roster) = self.get(bare) {
             return job(ctx, &roster);
         }
-        if let Some(waiting) = self.loading.borrow_mut().get_mut(bare) {
-            waiting.push(job);
-            return;
-        }
-        self.loading
-            .borrow_mut()
-            .insert(bare.to_string(), vec![job]);
         let Some((user, host)) = bare.split_once('@') else {
-            self.loading.borrow_mut().remove(bare);
             return;
         };
-        let (user, host, bare) = (user.to_string(), host.to_string(), bare.to_string());
-        let (cache, ctx) = (self.clone(), ctx.clone());
-        glommio::spawn_local(async move {
-            let mut attempts = 0;
-            let roster = loop {
-                attempts += 1;
-                let writes_before = cache.writes.get();
-                let (h, u) = (host.clone(), user.clone());
-                match ctx.store().run(move |db| db.roster(&h, &u)).await {
-                    Ok((_, items)) => {
-                        let fresh = cache.writes.get() == writes_before;
-                        if fresh || attempts >= LOAD_ATTEMPTS {
-                            let roster = Rc::new(CachedRoster::new(items));
-                            if fresh && !ctx.sessions(&bare).is_empty() {
-                                let kept = roster.clone();
-                                cache.rosters.borrow_mut().insert(bare.clone(), kept);
-                            }
-                            break Ok(roster);
-                        }
-                    }
-                    Err(e) => break Err(e),
+        let (user, host) = (user.to_string(), host.to_string());
+        let (cache, key) = (self.clone(), bare.to_string());
+        self.loader.load(
+            ctx,
+            bare,
+            job,
+            "roster",
+            move |db| db.roster(&host, &user).map(|(_, items)| items),
+            move |ctx, items, fresh| {
+                let roster = Rc::new(CachedRoster::new(items));
+                if fresh && !ctx.sessions(&key).is_empty() {
+                    cache.rosters.borrow_mut().insert(key, roster.clone());
                 }
-            };
-            let waiting = cache.loading.borrow_mut().remove(&bare).unwrap_or_default();
-            match roster {
-                Ok(roster) => {
-                    for job in waiting {
-                        job(&ctx, &roster);
-                    }
-                }
-                Err(e) => log::warn!(
-                    "mod_roster: {bare}'s roster did not load ({e}); {} presence updates are lost",
-                    waiting.len()
-                ),
-            }
-        })
-        .detach();
+                roster
+            },
+        );
     }
 }
 
@@ -370,7 +331,7 @@ async fn get(iq: Iq, settings: &Settings) -> IqResult {
     let (host, user) = iq.account();
     let asked = iq.payload.attr("ver").map(str::to_string);
     let cache = iq.ctx.state::<RosterCache>();
-    let writes_before = cache.writes.get();
+    let writes_before = cache.loader.writes();
     let (version, items) = iq
         .ctx
         .store()

@@ -1,13 +1,18 @@
 //! Helpers shared by the built-in modules: the `iqdisc` option of their IQ handlers, the `<query/>`
 //! element most of them answer with, the refusal of `set` where only `get` means anything, and XEP-0082
-//! timestamps (mod_time answers with them, mod_offline stamps its XEP-0203 `<delay/>`s with them). They
-//! live here so that no module file imports another.
+//! timestamps (mod_time answers with them, mod_offline stamps its XEP-0203 `<delay/>`s with them), and the
+//! [`Loader`] behind the per-account caches of mod_roster and mod_blocking. They live here so that no
+//! module file imports another.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Iq, IqError, IqType, OptKind, OptionSpec};
+use super::{Iq, IqError, IqType, ModuleCtx, OptKind, OptionSpec};
 use crate::proto::errors::StanzaErrorCondition as Cond;
 use crate::proto::xml::Element;
+use crate::storage::{Store, StoreError};
 
 pub(super) const fn iqdisc(default: &'static str) -> OptionSpec {
     OptionSpec {
@@ -58,6 +63,97 @@ pub(super) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+/// Work waiting for a value a [`Loader`] reads, in the order it came.
+pub(super) type LoadJob<T> = Box<dyn FnOnce(&ModuleCtx, &Rc<T>)>;
+
+/// Reads of one key that keep meeting changes written meanwhile before the last is taken as it is.
+const LOAD_ATTEMPTS: usize = 3;
+
+/// Reads per-account values from the store for a module's per-shard cache (rosters, blocklists): one
+/// read per key at a time, with whatever needs the value meanwhile waiting behind it in order, so that
+/// an account's work keeps its order and other accounts' reads do not wait for it. The store runs on
+/// several threads: a read that a change written through here may have overtaken is read again, a few
+/// times, and the cache is told whether the value it finally gets may be kept.
+pub(super) struct Loader<T> {
+    waiting: RefCell<HashMap<String, Vec<LoadJob<T>>>>,
+    writes: Cell<u64>,
+}
+
+impl<T> Default for Loader<T> {
+    fn default() -> Self {
+        Loader {
+            waiting: RefCell::new(HashMap::new()),
+            writes: Cell::new(0),
+        }
+    }
+}
+
+impl<T: 'static> Loader<T> {
+    /// A change was written through to the cache: reads under way may be older than it.
+    pub(super) fn wrote(&self) {
+        self.writes.set(self.writes.get() + 1);
+    }
+
+    /// The count of changes written through, to tell later whether a read was overtaken.
+    pub(super) fn writes(&self) -> u64 {
+        self.writes.get()
+    }
+
+    /// Queues `job` for `key` and, unless a read of it is under way, starts one: `read` runs on a
+    /// store worker, and `keep` turns what it read into what the waiting work gets, told whether no
+    /// change overtook the read (only then may it keep the value). A failed read drops the waiting
+    /// work, logged with `what` it was.
+    pub(super) fn load<V, R, K>(
+        self: &Rc<Self>,
+        ctx: &ModuleCtx,
+        key: &str,
+        job: LoadJob<T>,
+        what: &'static str,
+        read: R,
+        keep: K,
+    ) where
+        V: Send + 'static,
+        R: FnOnce(&dyn Store) -> Result<V, StoreError> + Send + Clone + 'static,
+        K: FnOnce(&ModuleCtx, V, bool) -> Rc<T> + 'static,
+    {
+        if let Some(waiting) = self.waiting.borrow_mut().get_mut(key) {
+            waiting.push(job);
+            return;
+        }
+        self.waiting.borrow_mut().insert(key.to_string(), vec![job]);
+        let (loader, ctx, key) = (self.clone(), ctx.clone(), key.to_string());
+        glommio::spawn_local(async move {
+            let mut attempts = 0;
+            let value = loop {
+                attempts += 1;
+                let writes_before = loader.writes();
+                match ctx.store().run(read.clone()).await {
+                    Ok(v) => {
+                        let fresh = loader.writes() == writes_before;
+                        if fresh || attempts >= LOAD_ATTEMPTS {
+                            break Ok(keep(&ctx, v, fresh));
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let waiting = loader.waiting.borrow_mut().remove(&key).unwrap_or_default();
+            match value {
+                Ok(value) => {
+                    for job in waiting {
+                        job(&ctx, &value);
+                    }
+                }
+                Err(e) => log::warn!(
+                    "{key}'s {what} did not load ({e}); {} waiting for it dropped",
+                    waiting.len()
+                ),
+            }
+        })
+        .detach();
+    }
 }
 
 #[cfg(test)]

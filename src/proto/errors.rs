@@ -278,21 +278,7 @@ pub fn write_error_between(
     to: &str,
     condition: StanzaErrorCondition,
 ) -> bool {
-    if !may_bounce(stanza) {
-        return false;
-    }
-    write_error(
-        out,
-        stanza,
-        stanza.local_name(),
-        Some("jabber:client"),
-        from,
-        Some(to),
-        condition,
-        None,
-        None,
-    );
-    true
+    write_error_between_with(out, stanza, from, to, condition, None)
 }
 
 /// [`write_error_between`] with an application-specific condition (RFC 6120 §8.3.2): `app` is a
@@ -304,7 +290,7 @@ pub fn write_error_between_with(
     from: &str,
     to: &str,
     condition: StanzaErrorCondition,
-    app: &str,
+    app: Option<&str>,
 ) -> bool {
     if !may_bounce(stanza) {
         return false;
@@ -318,7 +304,7 @@ pub fn write_error_between_with(
         Some(to),
         condition,
         None,
-        Some(app),
+        app,
     );
     true
 }

@@ -315,6 +315,18 @@ impl Shard {
         self.modules.borrow().hooks().has(point)
     }
 
+    /// The connection serving the session `full` of `bare`, when it is bound here.
+    pub fn session_sink(&self, bare: &str, full: &str) -> Option<Rc<Sink>> {
+        let id = self
+            .sessions
+            .borrow()
+            .sessions(bare)
+            .iter()
+            .find(|s| &*s.full == full)
+            .map(|s| s.sink)?;
+        self.sink(id)
+    }
+
     /// The sink of a connection of this shard.
     pub fn sink(&self, id: SinkId) -> Option<Rc<Sink>> {
         self.sinks.borrow().get(id)
@@ -390,39 +402,15 @@ impl ShardServices for Shard {
     }
 
     fn write_to_session(&self, bare: &str, full: &str, stanza: &Stanza, from: &Arc<str>) -> bool {
-        let sink = {
-            let table = self.sessions.borrow();
-            table
-                .sessions(bare)
-                .iter()
-                .find(|s| &*s.full == full)
-                .map(|s| s.sink)
-        };
-        match sink.and_then(|id| self.sink(id)) {
-            Some(sink) => {
-                sink.deliver(stanza, from);
-                true
-            }
-            None => false,
-        }
+        self.session_sink(bare, full)
+            .map(|sink| sink.deliver(stanza, from))
+            .is_some()
     }
 
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool {
-        let sink = {
-            let table = self.sessions.borrow();
-            table
-                .sessions(bare)
-                .iter()
-                .find(|s| &*s.full == full)
-                .map(|s| s.sink)
-        };
-        match sink.and_then(|id| self.sink(id)) {
-            Some(sink) => {
-                sink.send_bytes(bytes);
-                true
-            }
-            None => false,
-        }
+        self.session_sink(bare, full)
+            .map(|sink| sink.send_bytes(bytes))
+            .is_some()
     }
 
     fn watch(&self, bare: &str, module: &'static str, on: bool) -> bool {
