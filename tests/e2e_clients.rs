@@ -116,22 +116,10 @@ fn slixmpp_delivers_over_starttls_with_scram() {
 #[test]
 #[cfg_attr(rjabberd_skip_e2e, ignore = "RJABBERD_SKIP_E2E is set (needs slixmpp)")]
 fn slixmpp_contacts_subscribe_and_see_each_other_come_and_go() {
-    for shards in SHARDS {
-        let server = TestServer::start(shards, "");
-        server.add_user("juliet@localhost", "pencil");
-        server.add_user("romeo@localhost", "montague");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_roster.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg("127.0.0.1")
-            .arg(server.starttls.port().to_string())
-            .arg(server.cert_path())
-            .args(["romeo@localhost", "montague", "juliet@localhost", "pencil"])
-            .output()
-            .expect("python3 runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        for line in [
+    two_accounts_script(
+        "slixmpp_roster",
+        &["romeo@localhost", "montague", "juliet@localhost", "pencil"],
+        &[
             "ROMEO ROSTER 0",
             "JULIET ROSTER 0",
             "ROMEO SAW ONLINE juliet@localhost",
@@ -140,34 +128,17 @@ fn slixmpp_contacts_subscribe_and_see_each_other_come_and_go() {
             "JULIET SUBSCRIPTION both",
             "ROMEO SAW OFFLINE juliet@localhost",
             "DONE",
-        ] {
-            assert!(
-                stdout.lines().any(|l| l == line),
-                "{shards} shard(s): `{line}` missing (pip install slixmpp, or set RJABBERD_SKIP_E2E=1):\n{stdout}\n{stderr}"
-            );
-        }
-    }
+        ],
+    );
 }
 
 #[test]
 #[cfg_attr(rjabberd_skip_e2e, ignore = "RJABBERD_SKIP_E2E is set (needs slixmpp)")]
 fn slixmpp_clients_get_message_carbons() {
-    for shards in SHARDS {
-        let server = TestServer::start(shards, "");
-        server.add_user("juliet@localhost", "pencil");
-        server.add_user("romeo@localhost", "montague");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_carbons.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg("127.0.0.1")
-            .arg(server.starttls.port().to_string())
-            .arg(server.cert_path())
-            .args(["juliet@localhost", "pencil", "romeo@localhost", "montague"])
-            .output()
-            .expect("python3 runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        for line in [
+    two_accounts_script(
+        "slixmpp_carbons",
+        &["juliet@localhost", "pencil", "romeo@localhost", "montague"],
+        &[
             "DISCO CARBONS",
             "PHONE CARBONS ENABLED",
             "LAPTOP CARBONS ENABLED",
@@ -178,42 +149,49 @@ fn slixmpp_clients_get_message_carbons() {
             "PHONE CARBONS 0",
             "LAPTOP MESSAGES 0",
             "DONE",
-        ] {
-            assert!(
-                stdout.lines().any(|l| l == line),
-                "{shards} shard(s): `{line}` missing (pip install slixmpp, or set RJABBERD_SKIP_E2E=1):\n{stdout}\n{stderr}"
-            );
-        }
-    }
+        ],
+    );
 }
 
 #[test]
 #[cfg_attr(rjabberd_skip_e2e, ignore = "RJABBERD_SKIP_E2E is set (needs slixmpp)")]
 fn slixmpp_blocks_and_unblocks() {
-    for shards in SHARDS {
-        let server = TestServer::start(shards, "");
-        server.add_user("juliet@localhost", "pencil");
-        server.add_user("romeo@localhost", "montague");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/slixmpp_blocking.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .arg("127.0.0.1")
-            .arg(server.starttls.port().to_string())
-            .arg(server.cert_path())
-            .args(["juliet@localhost", "pencil", "romeo@localhost", "montague"])
-            .output()
-            .expect("python3 runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        for line in [
+    two_accounts_script(
+        "slixmpp_blocking",
+        &["juliet@localhost", "pencil", "romeo@localhost", "montague"],
+        &[
             "DISCO BLOCKING",
             "BLOCKLIST romeo@localhost",
             "ROMEO GOT error service-unavailable",
             "JULIET GOT romeo@localhost it is the east 0",
             "DONE",
-        ] {
+        ],
+    );
+}
+
+/// Runs `tests/e2e/{script}.py` with 1 and 2 shards against a server with the accounts juliet (password
+/// `pencil`) and romeo (`montague`): its arguments are the STARTTLS address, the certificate and
+/// `accounts` (JIDs and passwords in the order it takes them); every line of `expected` must be among
+/// what it printed.
+fn two_accounts_script(script: &str, accounts: &[&str], expected: &[&str]) {
+    for shards in SHARDS {
+        let server = TestServer::start(shards, "");
+        server.add_user("juliet@localhost", "pencil");
+        server.add_user("romeo@localhost", "montague");
+        let path = format!("{}/tests/e2e/{script}.py", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("python3")
+            .arg(path)
+            .arg("127.0.0.1")
+            .arg(server.starttls.port().to_string())
+            .arg(server.cert_path())
+            .args(accounts)
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for line in expected {
             assert!(
-                stdout.lines().any(|l| l == line),
+                stdout.lines().any(|l| l == *line),
                 "{shards} shard(s): `{line}` missing (pip install slixmpp, or set RJABBERD_SKIP_E2E=1):\n{stdout}\n{stderr}"
             );
         }

@@ -22,23 +22,6 @@ fn names(shards: usize) -> (String, String, String) {
     ("juliet".into(), romeo, "nurse".into())
 }
 
-fn roster_add(server: &TestServer, owner: &str, contact: &str, subscription: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rjabberd"))
-        .arg("--config")
-        .arg(server.config_path())
-        .args([
-            "roster",
-            "add",
-            owner,
-            contact,
-            "--subscription",
-            subscription,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// The next presence from `from` (a full JID), skipping the echo of one's own presence.
 fn presence_from(c: &mut Client, from: &str) -> Element {
     loop {
@@ -77,10 +60,10 @@ fn presence_flows_along_subscriptions() {
         for u in [&jj, &rj, &nj] {
             server.add_user(u, "pw");
         }
-        roster_add(&server, &jj, &rj, "both");
-        roster_add(&server, &rj, &jj, "both");
+        server.roster_add(&jj, &rj, "both");
+        server.roster_add(&rj, &jj, "both");
         // The nurse is on Juliet's roster without a subscription: no presence either way.
-        roster_add(&server, &jj, &nj, "none");
+        server.roster_add(&jj, &nj, "none");
 
         let mut romeo = Client::login(&server, &rj, "pw", "r");
         romeo.available(0);
@@ -206,8 +189,8 @@ fn a_session_replaced_by_the_same_full_jid_goes_unavailable_first() {
         let (jj, rj) = (format!("{j}@localhost"), format!("{r}@localhost"));
         server.add_user(&jj, "pw");
         server.add_user(&rj, "pw");
-        roster_add(&server, &jj, &rj, "both");
-        roster_add(&server, &rj, &jj, "both");
+        server.roster_add(&jj, &rj, "both");
+        server.roster_add(&rj, &jj, "both");
         let mut romeo = Client::login(&server, &rj, "pw", "r");
         romeo.available(0);
         let mut juliet = Client::login(&server, &jj, "pw", "balcony");

@@ -8,34 +8,15 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, Got, SHARDS, TestServer, error_condition};
-use rjabberd::placement::home;
 use rjabberd::proto::xml::Element;
 
 /// Juliet and Romeo; with two shards they live on different shards.
 fn names(shards: usize) -> (String, String) {
-    let a = home("juliet@localhost", shards).shard;
-    let romeo = (0..100)
-        .map(|i| format!("romeo{i}@localhost"))
-        .find(|o| shards == 1 || home(o, shards).shard != a)
-        .expect("an account on the other shard");
-    ("juliet@localhost".into(), romeo)
-}
-
-fn roster_add(server: &TestServer, owner: &str, contact: &str, subscription: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rjabberd"))
-        .arg("--config")
-        .arg(server.config_path())
-        .args([
-            "roster",
-            "add",
-            owner,
-            contact,
-            "--subscription",
-            subscription,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let juliet = "juliet@localhost";
+    (
+        juliet.into(),
+        common::on_another_shard(juliet, "romeo", shards),
+    )
 }
 
 const NS: &str = "urn:xmpp:blocking";
@@ -169,8 +150,8 @@ fn a_blocked_jid_reaches_nothing_and_is_reached_by_nothing() {
         let (j, r) = names(shards);
         server.add_user(&j, "pw");
         server.add_user(&r, "pw");
-        roster_add(&server, &j, &r, "both");
-        roster_add(&server, &r, &j, "both");
+        server.roster_add(&j, &r, "both");
+        server.roster_add(&r, &j, "both");
         let mut juliet = Client::login(&server, &j, "pw", "balcony");
         juliet.available(0);
         let mut romeo = Client::login(&server, &r, "pw", "garden");

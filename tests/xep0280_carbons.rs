@@ -20,7 +20,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, Got, SHARDS, TestServer, error_condition};
-use rjabberd::placement::home;
 use rjabberd::proto::xml::Element;
 
 const NS: &str = "urn:xmpp:carbons:2";
@@ -28,12 +27,8 @@ const DOMAIN: &str = "localhost";
 
 /// Alice and, with two shards, a contact homed on the other shard.
 fn names(shards: usize) -> (String, String) {
-    let a = home("alice@localhost", shards).shard;
-    let bob = (0..100)
-        .map(|i| format!("bob{i}"))
-        .find(|o| shards == 1 || home(&format!("{o}@localhost"), shards).shard != a)
-        .expect("an account on the other shard");
-    ("alice@localhost".into(), format!("{bob}@localhost"))
+    let alice = "alice@localhost";
+    (alice.into(), common::on_another_shard(alice, "bob", shards))
 }
 
 /// What one connection got, simplified for exact comparison.

@@ -12,7 +12,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, Got, SHARDS, TestServer};
-use rjabberd::placement::home;
 use rjabberd::proto::xml::Element;
 
 const INACTIVE: &str = "<inactive xmlns='urn:xmpp:csi:0'/>";
@@ -21,22 +20,11 @@ const PING: &str = "<ping xmlns='urn:xmpp:ping'/>";
 
 /// Juliet and, with two shards, a Romeo on the other shard.
 fn names(shards: usize) -> (String, String) {
-    let a = home("juliet@localhost", shards).shard;
-    let romeo = (0..100)
-        .map(|i| format!("romeo{i}@localhost"))
-        .find(|o| shards == 1 || home(o, shards).shard != a)
-        .expect("an account on the other shard");
-    ("juliet@localhost".into(), romeo)
-}
-
-fn roster_add(server: &TestServer, owner: &str, contact: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rjabberd"))
-        .arg("--config")
-        .arg(server.config_path())
-        .args(["roster", "add", owner, contact, "--subscription", "both"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let juliet = "juliet@localhost";
+    (
+        juliet.into(),
+        common::on_another_shard(juliet, "romeo", shards),
+    )
 }
 
 struct Scene {
@@ -57,8 +45,8 @@ impl Scene {
         let (jj, rj) = names(shards);
         server.add_user(&jj, "pw");
         server.add_user(&rj, "pw");
-        roster_add(&server, &jj, &rj);
-        roster_add(&server, &rj, &jj);
+        server.roster_add(&jj, &rj, "both");
+        server.roster_add(&rj, &jj, "both");
         let mut romeo: Vec<Client> = (1..=romeos)
             .map(|i| {
                 let mut c = Client::login(&server, &rj, "pw", &format!("r{i}"));

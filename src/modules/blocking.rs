@@ -24,7 +24,7 @@ use super::hooks::{
     SessionEvent, SubscriptionStanza, WATCHED_RECEIVE, WATCHED_SEND, WatchedPacket,
 };
 use super::iq::async_handler;
-use super::util::{LoadJob, Loader, iqdisc};
+use super::util::{LoadJob, Loader, iqdisc, route_presence};
 use super::{
     Component, Flow, Iq, IqError, IqResult, IqType, Module, ModuleCtx, ModuleOpts, OptKind,
     OptionSpec, Registrations,
@@ -588,7 +588,7 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
         for (jid, subscription) in &changed.touched {
             if matches!(subscription, Subscription::From | Subscription::Both) {
                 for (full, _) in ctx.available_presences(&bare) {
-                    send_presence(ctx, Some("unavailable"), jid, full);
+                    route_presence(ctx, "unavailable", jid, full);
                 }
             }
         }
@@ -609,7 +609,7 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
             // What the contact said while blocked was dropped: ask again.
             if matches!(subscription, Subscription::To | Subscription::Both) {
                 for (full, _) in ctx.available_presences(&bare) {
-                    send_presence(ctx, Some("probe"), jid, full);
+                    route_presence(ctx, "probe", jid, full);
                 }
             }
         }
@@ -621,19 +621,6 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
     };
     push(ctx, &bare, &pushed);
     Ok(None)
-}
-
-/// Routes a childless presence (of `type_`, or available) to `to` from `from`.
-fn send_presence(ctx: &ModuleCtx, type_: Option<&str>, to: &str, from: Arc<str>) {
-    let type_attr = type_.map(|t| format!(" type='{t}'")).unwrap_or_default();
-    let xml = format!(
-        "<presence xmlns='jabber:client'{type_attr} to='{}'/>",
-        escape(to)
-    );
-    match parse_element(xml.as_bytes(), &Limits::default()) {
-        Ok(p) => ctx.route(p, from),
-        Err(e) => log::error!("mod_blocking: a presence did not parse: {e}"),
-    }
 }
 
 /// Sends a block or unblock push to each interested resource of `owner` (§3.3, §3.4).

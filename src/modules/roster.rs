@@ -27,7 +27,7 @@ use super::hooks::{
     SessionEvent, SubscriptionStanza, USER_AVAILABLE, USER_PRESENCE,
 };
 use super::iq::async_handler;
-use super::util::{LoadJob, Loader, iqdisc};
+use super::util::{LoadJob, Loader, childless_presence, iqdisc, route_presence};
 use super::{
     Component, Flow, HostModules, Iq, IqError, IqResult, IqType, Module, ModuleCtx, ModuleOpts,
     OptKind, OptionSpec, Registrations,
@@ -281,25 +281,8 @@ fn unavailable_to(ctx: &ModuleCtx, full: &Arc<str>, targets: &[Arc<str>]) {
     if targets.is_empty() {
         return;
     }
-    match parse_element(
-        b"<presence xmlns='jabber:client' type='unavailable'/>",
-        &Limits::default(),
-    ) {
-        Ok(p) => ctx.route_multicast(p, full.clone(), targets),
-        Err(e) => log::error!("mod_roster: an unavailable presence did not parse: {e}"),
-    }
-}
-
-/// Routes a childless presence of `type_` (unavailable, probe, a subscription type) to `to`, from
-/// `from`.
-fn send_presence_of_type(ctx: &ModuleCtx, type_: &str, to: &str, from: Arc<str>) {
-    let xml = format!(
-        "<presence xmlns='jabber:client' type='{type_}' to='{}'/>",
-        escape(to)
-    );
-    match parse_element(xml.as_bytes(), &Limits::default()) {
-        Ok(p) => ctx.route(p, from),
-        Err(e) => log::error!("mod_roster: a {type_} presence did not parse: {e}"),
+    if let Some(p) = childless_presence("unavailable", None) {
+        ctx.route_multicast(p, full.clone(), targets);
     }
 }
 
@@ -467,7 +450,7 @@ fn unsubscribe_on_removal(ctx: &ModuleCtx, owner: &str, item: &RosterItem) {
         kinds.push("unsubscribed");
     }
     for kind in kinds {
-        send_presence_of_type(ctx, kind, &item.jid, owner.into());
+        route_presence(ctx, kind, &item.jid, owner.into());
     }
 }
 
@@ -623,7 +606,7 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
             }
         }
         if let Some(reply) = outcome.reply {
-            send_presence_of_type(&ctx, reply.as_str(), &contact, owner_jid);
+            route_presence(&ctx, reply.as_str(), &contact, owner_jid);
         }
     })
     .detach();
@@ -709,12 +692,8 @@ fn send_presence(
     };
     if !probe_to.is_empty() {
         // From the full JID: the answers come to this resource alone.
-        match parse_element(
-            b"<presence xmlns='jabber:client' type='probe'/>",
-            &Limits::default(),
-        ) {
-            Ok(probe) => ctx.route_multicast(probe, full.clone(), &probe_to),
-            Err(e) => log::error!("mod_roster: a probe did not parse: {e}"),
+        if let Some(probe) = childless_presence("probe", None) {
+            ctx.route_multicast(probe, full.clone(), &probe_to);
         }
     }
 }

@@ -7,11 +7,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Iq, IqError, IqType, ModuleCtx, OptKind, OptionSpec};
 use crate::proto::errors::StanzaErrorCondition as Cond;
-use crate::proto::xml::Element;
+use crate::proto::xml::{Element, Limits, Stanza, escape, parse_element};
 use crate::storage::{Store, StoreError};
 
 pub(super) const fn iqdisc(default: &'static str) -> OptionSpec {
@@ -63,6 +64,26 @@ pub(super) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+/// A presence without children, of `type_` (unavailable, probe, a subscription type), to `to` when
+/// given: what the server sends on an account's behalf. `None` (logged) only if it did not parse, which
+/// would be a bug here.
+pub(super) fn childless_presence(type_: &str, to: Option<&str>) -> Option<Stanza> {
+    let to_attr = to
+        .map(|t| format!(" to='{}'", escape(t)))
+        .unwrap_or_default();
+    let xml = format!("<presence xmlns='jabber:client' type='{type_}'{to_attr}/>");
+    parse_element(xml.as_bytes(), &Limits::default())
+        .map_err(|e| log::error!("a {type_} presence did not parse: {e}"))
+        .ok()
+}
+
+/// Routes a [`childless_presence`] of `type_` to `to`, from `from`.
+pub(super) fn route_presence(ctx: &ModuleCtx, type_: &str, to: &str, from: Arc<str>) {
+    if let Some(p) = childless_presence(type_, Some(to)) {
+        ctx.route(p, from);
+    }
 }
 
 /// Work waiting for a value a [`Loader`] reads, in the order it came.

@@ -97,15 +97,15 @@ pub fn unbind(shard: &Rc<Shard>, session: &SessionRef) {
 /// A session is gone (its connection ended, or a newer one took its full JID): when it was available,
 /// the account's other resources and its contacts are told; the session hooks run.
 fn ended(shard: &Rc<Shard>, session: &SessionRef, was_available: bool) {
-    if was_available {
-        broadcast_unavailable(shard, session);
-        session_hook(shard, &UNSET_PRESENCE, session, "");
-        if let Ok(unavailable) = parse_element(
+    if was_available
+        && let Ok(unavailable) = parse_element(
             b"<presence xmlns='jabber:client' type='unavailable'/>",
             &Limits::default(),
-        ) {
-            presence_hook(shard, session, false, false, unavailable);
-        }
+        )
+    {
+        broadcast_unavailable(shard, session, &unavailable);
+        session_hook(shard, &UNSET_PRESENCE, session, "");
+        presence_hook(shard, session, false, false, unavailable);
     }
     session_hook(shard, &SM_REMOVE_CONNECTION, session, "");
 }
@@ -631,13 +631,7 @@ fn session_hook(
 }
 
 /// A session ended without unavailable presence: its other available resources are told.
-fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
-    let Ok(presence) = parse_element(
-        b"<presence xmlns='jabber:client' type='unavailable'/>",
-        &Limits::default(),
-    ) else {
-        return;
-    };
+fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef, presence: &Stanza) {
     let recipients: Vec<SinkId> = shard
         .sessions()
         .borrow()
@@ -647,7 +641,7 @@ fn broadcast_unavailable(shard: &Rc<Shard>, session: &SessionRef) {
         .map(|s| s.sink)
         .collect();
     for id in recipients {
-        write_to_session(shard, id, &presence, &session.full, &session.bare);
+        write_to_session(shard, id, presence, &session.full, &session.bare);
     }
 }
 

@@ -146,6 +146,25 @@ impl TestServer {
         );
     }
 
+    /// Puts `contact` on `owner`'s roster with `subscription` (`none`, `to`, `from`, `both`) through
+    /// `rjabberd roster add`, as an operator would.
+    pub fn roster_add(&self, owner: &str, contact: &str, subscription: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_rjabberd"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args([
+                "roster",
+                "add",
+                owner,
+                contact,
+                "--subscription",
+                subscription,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -611,4 +630,14 @@ pub fn error_condition(e: &Element) -> Option<String> {
 
 pub fn element_string(e: &Element) -> String {
     e.to_xml_string()
+}
+
+/// The first of `{prefix}0@localhost`, `{prefix}1@localhost`, … whose home is not `anchor`'s among
+/// `shards` (any, with one shard): the two users of a test on different shards.
+pub fn on_another_shard(anchor: &str, prefix: &str, shards: usize) -> String {
+    let a = rjabberd::placement::home(anchor, shards).shard;
+    (0..100)
+        .map(|i| format!("{prefix}{i}@localhost"))
+        .find(|o| shards == 1 || rjabberd::placement::home(o, shards).shard != a)
+        .expect("an account on the other shard")
 }
