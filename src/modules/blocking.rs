@@ -24,7 +24,7 @@ use super::hooks::{
     SessionEvent, SubscriptionStanza, WATCHED_RECEIVE, WATCHED_SEND, WatchedPacket,
 };
 use super::iq::async_handler;
-use super::util::{LoadJob, Loader, iqdisc, route_presence};
+use super::util::{HoldersIndex, LoadJob, Loader, iqdisc, route_presence};
 use super::{
     Component, Flow, Iq, IqError, IqResult, IqType, Module, ModuleCtx, ModuleOpts, OptKind,
     OptionSpec, Registrations,
@@ -201,70 +201,17 @@ fn list_of(db: &dyn Store, host: &str, user: &str) -> Result<Vec<String>, StoreE
         .collect())
 }
 
-/// Which accounts homed on this shard have a list at all, per host, read once from the store: the
-/// others (nearly everyone) need no read at login and no watch.
-#[derive(Default)]
-struct WithLists {
-    accounts: RefCell<HashSet<String>>,
-    /// Hosts whose accounts with lists are known here.
-    loaded: RefCell<HashSet<String>>,
-    /// Hosts whose read has started.
-    loading: RefCell<HashSet<String>>,
-}
-
-impl WithLists {
-    /// Whether `bare` surely has no list (false while its host is not known yet).
-    fn surely_none(&self, bare: &str) -> bool {
-        self.loaded.borrow().contains(domain_of(bare)) && !self.accounts.borrow().contains(bare)
-    }
-
-    fn set(&self, bare: &str, has_list: bool) {
-        if has_list {
-            self.accounts.borrow_mut().insert(bare.to_string());
-        } else {
-            self.accounts.borrow_mut().remove(bare);
-        }
-    }
-
-    /// Starts reading, once per host, which of its accounts homed here have a list.
-    fn load(self: &Rc<Self>, ctx: &ModuleCtx, host: &str) {
-        if !self.loading.borrow_mut().insert(host.to_string()) {
-            return;
-        }
-        let (known, ctx, host) = (self.clone(), ctx.clone(), host.to_string());
-        glommio::spawn_local(async move {
-            let h = host.clone();
-            match ctx
-                .store()
-                .run(move |db| db.data_accounts(&h, MODULE))
-                .await
-            {
-                Ok(users) => {
-                    let mut accounts = known.accounts.borrow_mut();
-                    for u in users {
-                        let bare = format!("{u}@{host}");
-                        if ctx.is_home(&bare) {
-                            accounts.insert(bare);
-                        }
-                    }
-                    known.loaded.borrow_mut().insert(host);
-                }
-                Err(e) => {
-                    log::warn!("mod_blocking: cannot list {host}'s blocklists: {e}");
-                    known.loading.borrow_mut().remove(&host);
-                }
-            }
-        })
-        .detach();
-    }
-}
-
 /// Whether `bare`'s list is surely empty without reading it (and starts learning its host's accounts).
 fn surely_empty(ctx: &ModuleCtx, bare: &str) -> bool {
-    let known = ctx.state::<WithLists>();
-    known.load(ctx, domain_of(bare));
-    known.surely_none(bare)
+    let index = ctx.state::<WithLists>();
+    index.0.load(ctx, domain_of(bare), MODULE);
+    !index.0.may_hold(bare)
 }
+
+/// Which accounts homed on this shard have a blocklist at all: the others (nearly everyone) need no
+/// read at login and no watch.
+#[derive(Default)]
+struct WithLists(Rc<HoldersIndex>);
 
 /// A session was bound: an account with a list is watched from now until the list is known to be
 /// empty, so that nothing reaches it unchecked.
@@ -594,7 +541,7 @@ async fn set(iq: Iq, max_items: usize) -> IqResult {
         }
     }
     let empty = changed.list.is_empty();
-    ctx.state::<WithLists>().set(&bare, !empty);
+    ctx.state::<WithLists>().0.set(&bare, !empty);
     ctx.state::<Lists>().set(&bare, changed.list);
     ctx.watch(&bare, "mod_blocking", !empty);
     if !blocking {

@@ -4,15 +4,14 @@
 //! the sender, as XEP-0160 §3 says); the account's first available presence then receives them, in
 //! order, after its presence echo. Built on the `offline_message` and `user_available` hooks.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::hooks::{
     DISCO_FEATURES, DiscoQuery, OFFLINE_MESSAGE, OfflineMessage, SessionEvent, USER_AVAILABLE,
 };
-use super::util::utc_timestamp;
+use super::util::{HoldersIndex, utc_timestamp};
 use super::{Component, Flow, Module, ModuleCtx, ModuleOpts, OptKind, OptionSpec, Registrations};
 use crate::proto::errors::StanzaErrorCondition;
 use crate::proto::xml::{Element, Node, Stanza};
@@ -23,56 +22,10 @@ pub struct Offline;
 
 const MODULE: &str = "offline";
 
-/// This shard's knowledge of who has messages waiting.
+/// The accounts homed on this shard that may have messages waiting, so that a login costs no store
+/// round trip when there are none (the common case).
 #[derive(Default)]
-struct Waiting {
-    /// The accounts homed on this shard that may have messages waiting, so that a login costs no store
-    /// round trip when there are none (the common case).
-    accounts: RefCell<HashSet<String>>,
-    /// Hosts whose waiting accounts this shard has loaded from the store; until then every login looks.
-    loaded: RefCell<HashSet<String>>,
-    /// Hosts whose load has started on this shard.
-    loading: RefCell<HashSet<String>>,
-}
-
-/// Loads, for `host`, the accounts homed on this shard that have messages kept from an earlier run.
-fn load_waiting(ctx: &ModuleCtx, host: &str) {
-    let store = ctx.store().clone();
-    let ctx = ctx.clone();
-    let host = host.to_string();
-    let waiting = ctx.state::<Waiting>();
-    if !waiting.loading.borrow_mut().insert(host.clone()) {
-        return;
-    }
-    glommio::spawn_local(async move {
-        let h = host.clone();
-        match store.run(move |db| db.data_accounts(&h, MODULE)).await {
-            Ok(users) => {
-                let mut w = waiting.accounts.borrow_mut();
-                for u in users {
-                    let bare = format!("{u}@{host}");
-                    if ctx.is_home(&bare) {
-                        w.insert(bare);
-                    }
-                }
-                waiting.loaded.borrow_mut().insert(host);
-            }
-            Err(e) => {
-                log::warn!("mod_offline: cannot list waiting messages of {host}: {e}");
-                // The next login tries again.
-                waiting.loading.borrow_mut().remove(&host);
-            }
-        }
-    })
-    .detach();
-}
-
-/// Whether `bare` may have messages waiting (and forgets it: they are about to be handed out).
-fn take_waiting(ctx: &ModuleCtx, host: &str, bare: &str) -> bool {
-    let waiting = ctx.state::<Waiting>();
-    let removed = waiting.accounts.borrow_mut().remove(bare);
-    removed || !waiting.loaded.borrow().contains(host)
-}
+struct Waiting(Rc<HoldersIndex>);
 
 impl Module for Offline {
     fn name(&self) -> &'static str {
@@ -137,9 +90,8 @@ fn keep(ctx: &ModuleCtx, m: &OfflineMessage, max: u64) {
     let value = stored_form(&m.stanza, &m.from, &m.host);
     let (host, user) = (m.host.clone(), m.user.clone());
     ctx.state::<Waiting>()
-        .accounts
-        .borrow_mut()
-        .insert(format!("{user}@{host}"));
+        .0
+        .set(&format!("{user}@{host}"), true);
     let stanza = m.stanza.clone();
     let from: Arc<str> = m.from.clone();
     let bare = format!("{user}@{host}");
@@ -175,8 +127,9 @@ fn keep(ctx: &ModuleCtx, m: &OfflineMessage, max: u64) {
 
 fn deliver_stored(ctx: &ModuleCtx, e: &SessionEvent) {
     // The first login on this shard loads who has messages kept from an earlier run.
-    load_waiting(ctx, &e.host);
-    if !take_waiting(ctx, &e.host, &format!("{}@{}", e.user, e.host)) {
+    let waiting = ctx.state::<Waiting>();
+    waiting.0.load(ctx, &e.host, MODULE);
+    if !waiting.0.take(&format!("{}@{}", e.user, e.host)) {
         return;
     }
     let (host, user, full) = (e.host.clone(), e.user.clone(), e.full.to_string());
@@ -201,10 +154,7 @@ fn deliver_stored(ctx: &ModuleCtx, e: &SessionEvent) {
             .all(|(_, xml)| ctx.send_to_session(&bare, &full, xml));
         if !delivered {
             // The session ended meanwhile: they wait for the next one.
-            ctx.state::<Waiting>()
-                .accounts
-                .borrow_mut()
-                .insert(bare.clone());
+            ctx.state::<Waiting>().0.set(&bare, true);
             let back: Vec<(String, Option<Vec<u8>>)> =
                 stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
             let r = store

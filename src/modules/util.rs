@@ -86,6 +86,81 @@ pub(super) fn route_presence(ctx: &ModuleCtx, type_: &str, to: &str, from: Arc<s
     }
 }
 
+/// Which accounts homed on this shard hold any of one module's account data, per host, read once from
+/// the store (mod_offline: who has messages waiting; mod_blocking: who has a blocklist). The rest
+/// need no store read until they gain some. Until a host is known, every account may hold some.
+#[derive(Default)]
+pub(super) struct HoldersIndex {
+    accounts: RefCell<std::collections::HashSet<String>>,
+    /// Hosts whose holders are known here.
+    loaded: RefCell<std::collections::HashSet<String>>,
+    /// Hosts whose read has started.
+    loading: RefCell<std::collections::HashSet<String>>,
+}
+
+impl HoldersIndex {
+    /// Starts reading, once per host, which of its accounts homed here hold data of `module`.
+    pub(super) fn load(self: &Rc<Self>, ctx: &ModuleCtx, host: &str, module: &'static str) {
+        if !self.loading.borrow_mut().insert(host.to_string()) {
+            return;
+        }
+        let (index, ctx, host) = (self.clone(), ctx.clone(), host.to_string());
+        glommio::spawn_local(async move {
+            let h = host.clone();
+            match ctx
+                .store()
+                .run(move |db| db.data_accounts(&h, module))
+                .await
+            {
+                Ok(users) => {
+                    let mut accounts = index.accounts.borrow_mut();
+                    for u in users {
+                        let bare = format!("{u}@{host}");
+                        if ctx.is_home(&bare) {
+                            accounts.insert(bare);
+                        }
+                    }
+                    index.loaded.borrow_mut().insert(host);
+                }
+                Err(e) => {
+                    log::warn!("{module}: cannot list {host}'s accounts with data: {e}");
+                    // The next one to ask tries again.
+                    index.loading.borrow_mut().remove(&host);
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Whether `bare` may hold data (true while its host is not known yet).
+    pub(super) fn may_hold(&self, bare: &str) -> bool {
+        !self
+            .loaded
+            .borrow()
+            .contains(crate::proto::jid::domain_of(bare))
+            || self.accounts.borrow().contains(bare)
+    }
+
+    /// Records whether `bare` holds data now.
+    pub(super) fn set(&self, bare: &str, holds: bool) {
+        if holds {
+            self.accounts.borrow_mut().insert(bare.to_string());
+        } else {
+            self.accounts.borrow_mut().remove(bare);
+        }
+    }
+
+    /// Whether `bare` may hold data, forgetting that it does (what it holds is about to be taken).
+    pub(super) fn take(&self, bare: &str) -> bool {
+        let removed = self.accounts.borrow_mut().remove(bare);
+        removed
+            || !self
+                .loaded
+                .borrow()
+                .contains(crate::proto::jid::domain_of(bare))
+    }
+}
+
 /// Work waiting for a value a [`Loader`] reads, in the order it came.
 pub(super) type LoadJob<T> = Box<dyn FnOnce(&ModuleCtx, &Rc<T>)>;
 
