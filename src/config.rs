@@ -29,6 +29,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub metrics: MetricsConfig,
     /// `[modules]`: module name = true | false | { options }, for every host. Serde only reserves the
     /// key; the module framework reads it with its spans from [`Config::source`] (the configuration
     /// is the ground floor: it knows no module).
@@ -155,6 +156,27 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint and per-stage latency sampling.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ip:port` serving `GET /metrics` (Prometheus text format); absent: no endpoint. The figures
+    /// are not secret but not public either: bind it to loopback or a management network.
+    pub listen: Option<Spanned<String>>,
+    /// Per-stage latency follows one stanza in this many: 1 every stanza, N one in N, 0 off. Read by
+    /// `rjabberd ctl latency` and the endpoint's histograms.
+    pub latency_sample: u32,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            latency_sample: 1,
+        }
+    }
+}
+
 /// TLS session resumption (what a reconnect wave costs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -242,6 +264,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
             modules_table: None,
             components: Vec::new(),
             source: String::new(),
@@ -371,6 +394,28 @@ impl Config {
                 return Err((
                     Some(l.address.span()),
                     format!("address {addr} is used twice"),
+                ));
+            }
+        }
+        if let Some(listen) = &self.metrics.listen {
+            let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
+                (
+                    Some(listen.span()),
+                    format!(
+                        "metrics.listen: `{}` is not an ip:port address",
+                        listen.get_ref()
+                    ),
+                )
+            })?;
+            if addr.port() != 0
+                && self
+                    .listeners
+                    .iter()
+                    .any(|l| l.address.get_ref().parse::<SocketAddr>().ok() == Some(addr))
+            {
+                return Err((
+                    Some(listen.span()),
+                    format!("metrics.listen: {addr} is already an XMPP listener"),
                 ));
             }
         }
@@ -524,5 +569,23 @@ mod tests {
         assert_eq!(err.line, 3);
         let err = parse("[auth]\nscram_iterations = 10\n").unwrap_err();
         assert!(err.message.contains("4096"));
+    }
+
+    #[test]
+    fn the_metrics_section_is_checked() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9560\"\nlatency_sample = 100\n").unwrap();
+        assert_eq!(c.metrics.latency_sample, 100);
+        assert_eq!(
+            c.metrics.listen.as_ref().map(|l| l.get_ref().as_str()),
+            Some("127.0.0.1:9560")
+        );
+        assert_eq!(parse("").unwrap().metrics.listen, None);
+        let err = parse("\n[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.message.contains("metrics.listen"), "{err}");
+        let err = parse("[metrics]\nlatency_sample = -1\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        let err = parse("[metrics]\nlisten = \"127.0.0.1:5222\"\n").unwrap_err();
+        assert!(err.message.contains("already"), "{err}");
     }
 }

@@ -34,11 +34,13 @@
 //!
 //! `tests/layering.rs` turns the arrows into rules.
 
+pub mod admin;
 pub mod auth;
 pub mod c2s;
 pub mod component;
 pub mod config;
 pub mod mesh;
+pub mod metrics;
 pub mod modules;
 pub mod net;
 pub mod placement;

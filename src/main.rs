@@ -158,6 +158,9 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
             }
         }
     }
+    if let Some(addr) = server.shared.metrics_addr {
+        println!("rjabberd: metrics on http://{addr}/metrics");
+    }
     println!(
         "rjabberd: serving {} with {} shard(s); data in {}",
         hosts.join(", "),

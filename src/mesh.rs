@@ -114,13 +114,38 @@ impl Peers<ShardMsg> for Senders<ShardMsg> {
 /// This shard's spill queues, one per peer, and the policy over them.
 pub struct Outbox<T> {
     queues: RefCell<Vec<VecDeque<T>>>,
+    counts: RefCell<OutboxCounts>,
+}
+
+/// What an outbox did, for the metrics: messages handed to each peer's channel, messages that had to
+/// wait in a spill queue, messages refused at its cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub sent: Vec<u64>,
+    pub spilled: u64,
+    pub refused: u64,
 }
 
 impl<T> Outbox<T> {
     pub fn new(peers: usize) -> Outbox<T> {
         Outbox {
             queues: RefCell::new((0..peers).map(|_| VecDeque::new()).collect()),
+            counts: RefCell::new(OutboxCounts {
+                sent: vec![0; peers],
+                ..OutboxCounts::default()
+            }),
         }
+    }
+
+    /// The counts so far, and what waits for each peer now.
+    pub fn counts(&self) -> (OutboxCounts, Vec<u64>) {
+        let waiting = self
+            .queues
+            .borrow()
+            .iter()
+            .map(|q| q.len() as u64)
+            .collect();
+        (self.counts.borrow().clone(), waiting)
     }
 
     /// Sends without waiting. A full channel applies `policy`; the message comes back only for
@@ -140,7 +165,10 @@ impl<T> Outbox<T> {
         // Order is kept: while a spill queue holds messages, new ones go behind them.
         let msg = if queue.is_empty() {
             match peers.try_send_to(to, msg) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.counts.borrow_mut().sent[to] += 1;
+                    return Ok(());
+                }
                 Err(Refused::Full(m)) => m,
                 Err(Refused::Closed(_)) => {
                     log::debug!("mesh: shard {to} is gone; a message is dropped at shutdown");
@@ -155,8 +183,10 @@ impl<T> Outbox<T> {
             Overflow::Spill => usize::MAX,
         };
         if queue.len() >= cap {
+            self.counts.borrow_mut().refused += 1;
             return Err(msg);
         }
+        self.counts.borrow_mut().spilled += 1;
         queue.push_back(msg);
         drop(queues);
         self.flush(peers, to);
@@ -169,7 +199,7 @@ impl<T> Outbox<T> {
         let queue = &mut queues[to];
         while let Some(msg) = queue.pop_front() {
             match peers.try_send_to(to, msg) {
-                Ok(()) => {}
+                Ok(()) => self.counts.borrow_mut().sent[to] += 1,
                 Err(Refused::Full(m)) => {
                     queue.push_front(m);
                     break;
@@ -264,6 +294,10 @@ mod tests {
         assert_eq!(peers.drain(1), vec![8, 9, 10]);
         assert!(!out.spilled());
         assert!(peers.drain(0).is_empty(), "other peers untouched");
+        let (counts, waiting) = out.counts();
+        assert_eq!(counts.sent, vec![0, 11]);
+        assert_eq!(counts.spilled, 7, "4 to 10 waited");
+        assert_eq!(waiting, vec![0, 0]);
     }
 
     #[test]
@@ -277,6 +311,7 @@ mod tests {
         // What must not be lost (a server-generated IQ answer, a connection moving home) still waits.
         assert!(out.send(&peers, 0, 100, Overflow::Spill).is_ok());
         assert_eq!(out.waiting(0), SPILL_CAP + 1);
+        assert_eq!(out.counts().0.refused, 1);
     }
 
     #[test]

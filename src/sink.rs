@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use slab::Slab;
 
 use crate::proto::errors::StreamErrorCondition;
-use crate::proto::xml::{Stanza, TargetStream};
+use crate::proto::xml::{Stanza, TargetStream, Trace};
 
 /// A connection of one shard: its slot and the generation that slot had when it was given out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,7 +58,12 @@ pub struct Sink {
     max_out: usize,
     /// What the peer's stream declares (a client's or a component's).
     target: TargetStream<'static>,
+    /// Sampled stanzas written into `out` and not yet on the wire (per-stage latency); a few at most.
+    traces: RefCell<Vec<Trace>>,
 }
+
+/// Sampled stanzas a sink follows at once; more (a burst to one slow reader) go unrecorded.
+const MAX_TRACES: usize = 32;
 
 impl Sink {
     pub fn new(max_out: usize, target: TargetStream<'static>) -> Sink {
@@ -73,6 +78,7 @@ impl Sink {
             trim: Cell::new(false),
             max_out,
             target,
+            traces: RefCell::new(Vec::new()),
         }
     }
 
@@ -178,21 +184,43 @@ impl Sink {
         }
         let mut out = self.out.borrow_mut();
         let mut stanzas = 0;
-        for item in queue.drain(..) {
-            match item {
-                Outgoing::Stanza { stanza, from } => {
-                    stanza.write_to(&mut *out, &self.target, Some(&from), None);
-                    stanzas += 1;
+        crate::metrics::with(|m| {
+            for item in queue.drain(..) {
+                let stanza = match &item {
+                    Outgoing::Stanza { stanza, from } => {
+                        stanza.write_to(&mut *out, &self.target, Some(from), None);
+                        stanza
+                    }
+                    Outgoing::Addressed { stanza, from, to } => {
+                        stanza.write_to(&mut *out, &self.target, Some(from), Some(to));
+                        stanza
+                    }
+                    Outgoing::Bytes(b) => {
+                        out.extend_from_slice(b);
+                        continue;
+                    }
+                };
+                stanzas += 1;
+                m.stanza_out(stanza.kind());
+                if stanza.trace.sampled() {
+                    let mut traces = self.traces.borrow_mut();
+                    if traces.len() < MAX_TRACES {
+                        traces.push(stanza.trace);
+                    }
                 }
-                Outgoing::Addressed { stanza, from, to } => {
-                    stanza.write_to(&mut *out, &self.target, Some(&from), Some(&to));
-                    stanzas += 1;
-                }
-                Outgoing::Bytes(b) => out.extend_from_slice(&b),
             }
-        }
+        });
         self.queued.set(0);
         stanzas
+    }
+
+    /// Everything written is on the wire: the sampled stanzas among it end their journey now.
+    pub fn on_the_wire(&self) {
+        let mut traces = self.traces.borrow_mut();
+        if !traces.is_empty() {
+            crate::metrics::written(&traces);
+            traces.clear();
+        }
     }
 
     /// The written bytes not yet on the wire.
@@ -214,6 +242,10 @@ impl Sink {
         let mut queue = self.queue.borrow_mut();
         if queue.is_empty() && queue.capacity() > 0 {
             *queue = VecDeque::new();
+        }
+        let mut traces = self.traces.borrow_mut();
+        if traces.is_empty() && traces.capacity() > 0 {
+            *traces = Vec::new();
         }
     }
 }

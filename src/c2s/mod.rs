@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use glommio::net::TcpStream;
 
 use crate::mesh::{MovedConnection, Overflow, ShardMsg};
+use crate::metrics::ConnKind;
 use crate::modules::hooks::{self, CLIENT_STATE, ClientState};
 use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
 use crate::placement::Home;
@@ -37,6 +38,7 @@ enum Input {
 
 /// Serves a newly accepted client connection on `shard`.
 pub fn accept(shard: Rc<Shard>, stream: TcpStream, direct_tls: bool) {
+    crate::metrics::with(|m| m.accepted(ConnKind::C2s));
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
@@ -86,6 +88,9 @@ fn start(shard: Rc<Shard>, c2s: C2s, transport: Transport, auth_deadline: Option
         TargetStream::CLIENT,
     ));
     let id = shard.sinks().borrow_mut().insert(sink.clone());
+    // Up here and down in `finish` on the same shard: a connection that moves home counts on each
+    // shard while it is there.
+    crate::metrics::with(|m| m.opened(ConnKind::C2s));
     let env = DriverEnv {
         limits: shard.server().limits,
         starttls: shard.server().starttls.clone(),
@@ -306,6 +311,7 @@ impl StreamGlue for C2sGlue {
 
     fn finish(mut self, ending: Ending) {
         self.shard.sinks().borrow_mut().remove(self.id);
+        crate::metrics::with(|m| m.closed(ConnKind::C2s));
         if let Some(s) = self.session.take() {
             session::unbind(&self.shard, &s);
         }

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use glommio::net::TcpStream;
 
 use crate::mesh::ShardMsg;
+use crate::metrics::ConnKind;
 use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
 use crate::probe::hot_path;
 use crate::proto::component::{ComponentAction, ComponentStream};
@@ -34,6 +35,10 @@ pub fn accept(shard: Rc<Shard>, stream: TcpStream) {
         TargetStream::COMPONENT,
     ));
     let id = shard.sinks().borrow_mut().insert(sink.clone());
+    crate::metrics::with(|m| {
+        m.accepted(ConnKind::Component);
+        m.opened(ConnKind::Component);
+    });
     let mut stream_id = [0u8; 12];
     getrandom::fill(&mut stream_id).expect("the OS random source works");
     let stream_id: String = stream_id.iter().map(|b| format!("{b:02x}")).collect();
@@ -133,6 +138,7 @@ impl StreamGlue for ComponentGlue {
 
     fn finish(self, _ending: Ending) {
         self.shard.sinks().borrow_mut().remove(self.id);
+        crate::metrics::with(|m| m.closed(ConnKind::Component));
         if let Some(domain) = &self.domain {
             unregister(&self.shard, domain, self.id);
             log::info!("component {domain} disconnected");

@@ -72,6 +72,12 @@ pub trait ShardServices {
         condition: StanzaErrorCondition,
     );
     fn send_home(self: Rc<Self>, key: &str, job: ModuleJob);
+    /// How many shards this host runs.
+    fn shards(&self) -> usize;
+    /// Runs `job` on shard `shard` of this host (at once when that is this shard).
+    fn send_to(self: Rc<Self>, shard: usize, job: ModuleJob);
+    /// This shard's metrics now.
+    fn snapshot(&self) -> crate::metrics::Snapshot;
     fn store(&self) -> &StoreWorkers;
     fn extauth(&self) -> Option<Arc<ExtAuth>>;
     fn config(&self) -> &Config;
@@ -154,6 +160,21 @@ impl ModuleCtx {
     /// Runs `job` on the home shard of `key` (at once when that is this shard).
     pub fn send_home(&self, key: &str, job: impl FnOnce(&ModuleCtx) + Send + 'static) {
         self.shard.clone().send_home(key, Box::new(job))
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shard.shards()
+    }
+
+    /// Runs `job` on shard `shard` of this host, at once when that is this shard (operators' requests
+    /// that visit every shard).
+    pub fn send_to(&self, shard: usize, job: impl FnOnce(&ModuleCtx) + Send + 'static) {
+        self.shard.clone().send_to(shard, Box::new(job))
+    }
+
+    /// This shard's metrics now.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        self.shard.snapshot()
     }
 
     pub fn store(&self) -> &StoreWorkers {
@@ -324,6 +345,15 @@ pub(crate) mod testing {
         }
         fn send_home(self: Rc<Self>, _key: &str, job: ModuleJob) {
             job(&ModuleCtx::new(self));
+        }
+        fn shards(&self) -> usize {
+            1
+        }
+        fn send_to(self: Rc<Self>, _shard: usize, job: ModuleJob) {
+            job(&ModuleCtx::new(self));
+        }
+        fn snapshot(&self) -> crate::metrics::Snapshot {
+            crate::metrics::with(|m| m.snapshot(0))
         }
         fn store(&self) -> &StoreWorkers {
             &self.store

@@ -188,11 +188,17 @@ pub struct Reply {
     payload: Option<Element>,
     ns: String,
     answered: Cell<bool>,
+    /// A module's handler took the request: its namespace is counted for the metrics (only those of
+    /// registered handlers, so a client cannot grow the table with made-up namespaces).
+    handled: bool,
 }
 
 impl Reply {
     pub fn send(self, result: IqResult) {
         self.answered.set(true);
+        if self.handled {
+            crate::metrics::with(|m| m.iq(&self.ns, result.is_err()));
+        }
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"<iq xmlns='jabber:client' from='");
         out.extend_from_slice(escape(&self.replier).as_bytes());
@@ -256,6 +262,7 @@ impl Drop for Reply {
                 payload: None,
                 ns: std::mem::take(&mut self.ns),
                 answered: Cell::new(false),
+                handled: self.handled,
             };
             unanswered.send(Err(IqError::new(StanzaErrorCondition::InternalServerError)));
         }
@@ -319,7 +326,7 @@ pub fn dispatch(
         .and_then(namespace_of)
         .unwrap_or_default()
         .to_string();
-    let reply = Reply {
+    let mut reply = Reply {
         ctx: ctx.clone(),
         id: stanza.id().map(|i| i.into_owned()).unwrap_or_default(),
         replier: to.into(),
@@ -327,6 +334,7 @@ pub fn dispatch(
         payload: payload.clone(),
         ns: ns.clone(),
         answered: Cell::new(false),
+        handled: false,
     };
     // RFC 6120 §8.2.3: a get or set carries exactly one payload element.
     let Some(payload) = payload.filter(|_| !extra) else {
@@ -340,6 +348,7 @@ pub fn dispatch(
         reply.send(Err(IqError::new(StanzaErrorCondition::ServiceUnavailable)));
         return;
     };
+    reply.handled = true;
     let iq = Iq {
         id: reply.id.clone(),
         type_,

@@ -20,9 +20,10 @@ use bytes::{Buf, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use crate::metrics::Stage;
 use crate::probe::hot_path;
 use crate::proto::errors::StreamErrorCondition;
-use crate::proto::xml::{Event, Limits, StreamParser, XmlError};
+use crate::proto::xml::{Event, Limits, StreamParser, Trace, XmlError};
 use crate::sink::Sink;
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -160,6 +161,7 @@ pub fn spawn<G: StreamGlue + 'static>(
         eof: false,
         timer: None,
         pause: None,
+        read_at: 0,
     };
     let unparsed = transport.unparsed;
     glommio::spawn_local(async move {
@@ -199,6 +201,8 @@ struct Driver<G: StreamGlue> {
     timer: Option<(Instant, glommio::timer::Timer)>,
     /// Set while reading pauses for backpressure.
     pause: Option<glommio::timer::Timer>,
+    /// When the last socket read returned (per-stage latency; 0 while sampling is off).
+    read_at: u64,
 }
 
 impl<G: StreamGlue> Driver<G> {
@@ -268,6 +272,9 @@ impl<G: StreamGlue> Driver<G> {
                 Err(()) => return Poll::Ready(Outcome::Closed),
             }
             let flushed = self.wpos == self.wbuf.len() && self.ctl.sink.is_flushed();
+            if flushed {
+                self.ctl.sink.on_the_wire();
+            }
             if flushed && (self.closing || self.eof) {
                 return Poll::Ready(Outcome::Closed);
             }
@@ -299,6 +306,14 @@ impl<G: StreamGlue> Driver<G> {
                         progress = true;
                     }
                     Poll::Ready(Ok(n)) => {
+                        self.read_at = crate::metrics::with(|m| {
+                            m.bytes_in(n);
+                            if m.sampling() {
+                                crate::metrics::now_ns()
+                            } else {
+                                0
+                            }
+                        });
                         // Used before anything else on this shard can read into the buffer.
                         self.input(&buf[..n]);
                         progress = true;
@@ -322,6 +337,7 @@ impl<G: StreamGlue> Driver<G> {
             if self.wpos < self.wbuf.len() {
                 match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
+                        crate::metrics::with(|m| m.bytes_out(n));
                         self.wpos += n;
                         progress = true;
                         continue;
@@ -351,6 +367,7 @@ impl<G: StreamGlue> Driver<G> {
                 if !out.is_empty() {
                     match Pin::new(&mut self.stream).poll_write(cx, &out[..]) {
                         Poll::Ready(Ok(n)) if n > 0 => {
+                            crate::metrics::with(|m| m.bytes_out(n));
                             out.advance(n);
                             progress = true;
                             continue;
@@ -445,7 +462,20 @@ impl<G: StreamGlue> Driver<G> {
                     break;
                 }
                 match self.parser.next_event() {
-                    Ok(Some(event)) => {
+                    Ok(Some(mut event)) => {
+                        if let Event::Stanza(stanza) = &mut event {
+                            crate::metrics::with(|m| {
+                                m.stanza_in(stanza.kind());
+                                if self.read_at != 0 && m.take_sample() {
+                                    let now = crate::metrics::now_ns();
+                                    m.record(Stage::Parse, now.saturating_sub(self.read_at));
+                                    stanza.trace = Trace {
+                                        read: self.read_at,
+                                        mark: now,
+                                    };
+                                }
+                            });
+                        }
                         let (glue, ctl) = (self.glue.as_mut().expect("glue"), &mut self.ctl);
                         glue.event(event, ctl);
                         self.apply();

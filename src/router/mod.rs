@@ -17,6 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::mesh::{Overflow, ShardMsg};
+use crate::metrics::{self, Stage};
 use crate::modules::hooks::{
     self, DIRECTED_PRESENCE, DirectedPresence, FILTER_PACKET, OUT_SUBSCRIPTION, SubscriptionStanza,
     USER_SEND_PACKET, WATCHED_SEND, WatchedPacket, run_packet,
@@ -193,8 +194,10 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
         }
         Some(Route::Local) => {
             let home = shard.home(to.bare());
+            let mut travelling = stanza.clone();
+            metrics::stage(&mut travelling.trace, Stage::Route);
             let msg = ShardMsg::Deliver {
-                stanza: stanza.clone(),
+                stanza: travelling,
                 from: from.clone(),
             };
             if shard.send_home(home, msg, origin.overflow()).is_err() {
@@ -206,13 +209,17 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
         Some(Route::Component { shard: at, sink }) => {
             if at == shard.id() {
                 if let Some(s) = shard.sink(sink) {
-                    s.deliver(&stanza, &from);
+                    let mut travelling = stanza.clone();
+                    metrics::stage(&mut travelling.trace, Stage::Route);
+                    s.deliver_owned(travelling, from);
                 }
                 return;
             }
+            let mut travelling = stanza.clone();
+            metrics::stage(&mut travelling.trace, Stage::Route);
             let msg = ShardMsg::ToComponent {
                 domain: to.domain.into(),
-                stanza: stanza.clone(),
+                stanza: travelling,
                 from: from.clone(),
             };
             let home = Home { host: 0, shard: at };

@@ -69,6 +69,10 @@ pub struct ServerShared {
     pub dump_generation: AtomicUsize,
     /// When the server started (XEP-0012 uptime).
     pub started: Instant,
+    /// The metrics endpoint's socket, bound at start and taken by shard 0, which serves it.
+    pub metrics_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// Where the metrics endpoint listens (port 0 resolved).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The router's multicast entry: one stanza, its sender, its recipients.
@@ -233,6 +237,28 @@ impl Shard {
         self.outbox.spilled()
     }
 
+    /// This shard's figures now: its counters and histograms, its outbox, its tables.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        let mut s = crate::metrics::with(|m| m.snapshot(self.id));
+        let (counts, waiting) = self.outbox.counts();
+        s.mesh_sent = counts.sent;
+        s.mesh_spill_waiting = waiting;
+        s.mesh_spilled = counts.spilled;
+        s.mesh_refused = counts.refused;
+        let table = self.sessions.borrow();
+        s.sessions = table.len() as u64;
+        s.accounts = table.account_count() as u64;
+        s.components = self
+            .server
+            .component_owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(shard, _)| *shard == self.id)
+            .count() as u64;
+        s
+    }
+
     /// Messages waiting in the spill queue for shard `to`.
     pub fn waiting_for(&self, to: usize) -> usize {
         self.outbox.waiting(to)
@@ -363,6 +389,20 @@ impl ShardServices for Shard {
         c: StanzaErrorCondition,
     ) {
         Shard::bounce(&self, stanza, sender, replier, c)
+    }
+
+    fn shards(&self) -> usize {
+        self.server.shards
+    }
+
+    fn send_to(self: Rc<Self>, shard: usize, job: ModuleJob) {
+        let home = Home { host: 0, shard };
+        // Operators' requests wait rather than fail: one per request, and there are few.
+        let _ = Shard::send_home(&self, home, ShardMsg::Module(job), Overflow::Spill);
+    }
+
+    fn snapshot(&self) -> crate::metrics::Snapshot {
+        Shard::snapshot(self)
     }
 
     fn send_home(self: Rc<Self>, key: &str, job: ModuleJob) {

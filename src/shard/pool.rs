@@ -17,6 +17,7 @@ use super::{ServerShared, Shard, Wiring};
 use crate::auth::ExtAuth;
 use crate::config::{AuthMethod, Config, ListenerKind, TlsMode};
 use crate::mesh::ShardMsg;
+use crate::metrics::Stage;
 use crate::modules::HostModules;
 use crate::modules::client_state::csi_hosts;
 use crate::modules::register::register_hosts;
@@ -258,7 +259,23 @@ pub(crate) fn shared_state(
     } else {
         None
     };
+    // Bound here, before any shard runs, so that a taken port fails the start with its address.
+    let metrics_listener = match &config.metrics.listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr.get_ref().as_str())
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| format!("metrics.listen {}: {e}", addr.get_ref()))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
     Ok(ServerShared {
+        metrics_listener: std::sync::Mutex::new(metrics_listener),
+        metrics_addr,
         placement: Arc::new(Placement::single_host(shards)),
         started: std::time::Instant::now(),
         components,
@@ -292,14 +309,21 @@ async fn run_shard(
     receivers: Option<glommio::channels::channel_mesh::Receivers<ShardMsg>>,
 ) {
     CURRENT_SHARD.with(|c| c.set(Some(id)));
+    crate::metrics::with(|m| m.set_sampling(server.config.metrics.latency_sample));
     let mesh = senders.map(|s| Box::new(s) as Box<dyn crate::mesh::Peers<ShardMsg>>);
     let shard = Rc::new(Shard::new(id, server.clone(), mesh, WIRING));
     // Mesh consumers: one task per peer, each handling messages synchronously.
     if let Some(mut receivers) = receivers {
-        for (_, rx) in receivers.streams() {
+        for (peer, rx) in receivers.streams() {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                while let Some(msg) = rx.recv().await {
+                while let Some(mut msg) = rx.recv().await {
+                    crate::metrics::with(|m| m.mesh_received(peer));
+                    if let ShardMsg::Deliver { stanza, .. } | ShardMsg::ToComponent { stanza, .. } =
+                        &mut msg
+                    {
+                        crate::metrics::stage(&mut stanza.trace, Stage::Mesh);
+                    }
                     handle(&shard, msg);
                 }
             })
@@ -364,6 +388,7 @@ async fn run_shard(
                         "shard {}: connection cap reached, refusing a connection",
                         shard.id()
                     );
+                    crate::metrics::with(|m| m.refused_at_cap());
                     if tls == TlsMode::Starttls {
                         glommio::spawn_local(async move {
                             use futures_lite::AsyncWriteExt;
@@ -384,6 +409,23 @@ async fn run_shard(
             }
         })
         .detach();
+    }
+    let metrics_listener = (id == 0)
+        .then(|| {
+            server
+                .metrics_listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        })
+        .flatten();
+    if let Some(l) = metrics_listener {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the descriptor comes from a listening socket this process owns, handed over whole.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
+        let s = shard.clone();
+        let closing: Rc<dyn Fn() -> bool> = Rc::new(move || s.closing());
+        glommio::spawn_local(crate::admin::http::serve(listener, shard.ctx(), closing)).detach();
     }
     server.ready.fetch_add(1, Ordering::SeqCst);
     log::debug!("shard {id} ready");

@@ -245,6 +245,11 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         self.count == 0
     }
 
+    /// Accounts with sessions here.
+    pub fn account_count(&self) -> usize {
+        self.users.len()
+    }
+
     /// Every bare JID with sessions here (for checks and tests).
     pub fn accounts(&self) -> impl Iterator<Item = &str> {
         self.users.keys().map(|k| &**k)

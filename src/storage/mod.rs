@@ -160,15 +160,26 @@ impl StoreWorkers {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let started = crate::metrics::now_ns();
         let (tx, rx) = futures_channel::oneshot::channel();
         let job: Job = Box::new(move |db| {
             let _ = tx.send(f(db));
         });
-        self.jobs
-            .try_send(job)
-            .map_err(|_| StoreError("store queue full".into()))?;
-        rx.await
-            .map_err(|_| StoreError("store worker gone".into()))?
+        let result = match self.jobs.try_send(job) {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError("store worker gone".into()))),
+            Err(_) => Err(StoreError("store queue full".into())),
+        };
+        // Awaited on the shard that asked, so the figure lands in that shard's histogram.
+        let ok = result.is_ok();
+        crate::metrics::with(|m| m.store_query(crate::metrics::now_ns() - started, ok));
+        result
+    }
+
+    /// Queries waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
     }
 }
 

@@ -126,6 +126,19 @@ impl TestServer {
         self.child = Some(child);
     }
 
+    /// Where the metrics endpoint listens, as the server reported it at start.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix("rjabberd: metrics on http://"))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .expect("the server reports its metrics endpoint")
+            .parse()
+            .unwrap()
+    }
+
     /// Runs `rjabberd user …` against this server's store.
     pub fn user(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_rjabberd"))
@@ -640,4 +653,22 @@ pub fn on_another_shard(anchor: &str, prefix: &str, shards: usize) -> String {
         .map(|i| format!("{prefix}{i}@localhost"))
         .find(|o| shards == 1 || rjabberd::placement::home(o, shards).shard != a)
         .expect("an account on the other shard")
+}
+
+/// One HTTP/1.1 request (`GET /metrics`, …) over a fresh connection: the status code and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).expect("the endpoint accepts");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw)
+        .expect("the endpoint answers and closes");
+    let text = String::from_utf8(raw).expect("UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete answer");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, body.to_string())
 }

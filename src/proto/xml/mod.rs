@@ -40,7 +40,7 @@ pub use escape::{escape, unescape_attr, unescape_text};
 pub use parser::{Event, Limits, StreamParser, parse_element};
 pub use stanza::{
     CONTENT_NAMESPACES, NS_STREAMS, NS_XML, Stanza, StanzaKind, StreamHeader, StreamScope,
-    TargetStream, XmlDecl,
+    TargetStream, Trace, XmlDecl,
 };
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::chars::{
 use super::error::{BadFormat, LimitKind, Malformed, Restricted, XmlError, XmlErrorKind};
 use super::escape::unescape_attr;
 use super::stanza::{
-    NS_XML, NsRef, Span, Stanza, StanzaHead, StreamHeader, StreamScope, ValueSpan, XmlDecl,
+    NS_XML, NsRef, Span, Stanza, StanzaHead, StreamHeader, StreamScope, Trace, ValueSpan, XmlDecl,
 };
 
 const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
@@ -1497,6 +1497,7 @@ impl StreamParser {
                     bytes,
                     head,
                     scope: self.m.scope.clone(),
+                    trace: Trace::default(),
                 })))
             }
         }

@@ -129,6 +129,24 @@ pub struct Stanza {
     pub(crate) bytes: Bytes,
     pub(crate) head: StanzaHead,
     pub(crate) scope: Option<Arc<StreamScope>>,
+    /// Set by the server's shell when this stanza is sampled for per-stage latency.
+    pub trace: Trace,
+}
+
+/// The timestamps of a stanza followed for per-stage latency, in nanoseconds of the server's monotonic
+/// clock (`crate::metrics`): when the socket read that completed it returned, and the last stage
+/// boundary it passed. The shell stamps them; protocol code only carries them (copies share them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// 0: not sampled.
+    pub read: u64,
+    pub mark: u64,
+}
+
+impl Trace {
+    pub fn sampled(&self) -> bool {
+        self.read != 0
+    }
 }
 
 /// The three stanza kinds of RFC 6120 §8, or anything else (a nonza).
