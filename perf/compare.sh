@@ -21,6 +21,9 @@
 # An A/B of a change in one sitting: RJABBERD_BASELINE=/path/to/an/older/rjabberd and the server name
 # `baseline` in SERVERS run that binary with rjabberd's configuration and users, e.g.
 #   RJABBERD_BASELINE=../old/target/release/rjabberd SERVERS="baseline rjabberd" perf/compare.sh chat 1000
+# What per-stage latency sampling costs (see tuning.md): SERVERS="nosampling rjabberd" runs the same build
+# with `[metrics] latency_sample = 0` and with every stanza sampled. rjabberd's own metrics at the end
+# of a run are saved as $OUT/NAME.metrics (Prometheus text; `perf/stages.py` prints the stages).
 # ejabberd and Prosody are installed from Debian when absent. Results: $OUT (default /tmp/rjabberd-compare).
 set -euo pipefail
 
@@ -65,13 +68,23 @@ run_harness() { # name pid
         --json "$OUT/$1.json" --svg "$OUT/$1.svg" "${EXTRA[@]}" | tee "$OUT/$1.txt"
 }
 
-start_rjabberd() { start_rjabberd_binary rjabberd "$RJABBERD"; }
-start_baseline() { start_rjabberd_binary baseline "${RJABBERD_BASELINE:?RJABBERD_BASELINE names the binary to compare}"; }
+start_rjabberd() { start_rjabberd_binary rjabberd "$RJABBERD" 1; }
+# The same build with per-stage latency sampling off: what sampling every stanza costs.
+start_nosampling() { start_rjabberd_binary nosampling "$RJABBERD" 0; }
+stop_nosampling() { stop_rjabberd; }
+# An older build may not know the [metrics] section: it runs without it.
+start_baseline() { start_rjabberd_binary baseline "${RJABBERD_BASELINE:?RJABBERD_BASELINE names the binary to compare}" ""; }
 stop_baseline() { stop_rjabberd; }
 
-start_rjabberd_binary() { # name binary
+METRICS_PORT=$((PORT + 2))
+
+start_rjabberd_binary() { # name binary latency_sample (empty: no [metrics] section)
     local d="$OUT/$1"
     mkdir -p "$d"
+    local metrics=""
+    if [ -n "$3" ]; then
+        metrics=$'[metrics]\n'"listen = \"127.0.0.1:$METRICS_PORT\""$'\n'"latency_sample = $3"
+    fi
     cat >"$d/rjabberd.toml" <<EOF
 shards = $NCPUS
 data_dir = "$d/data"
@@ -86,6 +99,7 @@ max_sessions_per_user = 10
 max_output_queue_bytes = 16777216
 [auth]
 allow_plaintext = true
+$metrics
 EOF
     local contacts=()
     if [ "$SCENARIO" = presence ]; then contacts=(--contacts "$CONTACTS"); fi
@@ -96,6 +110,12 @@ EOF
 }
 
 stop_rjabberd() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
+
+# rjabberd's own view of the run (per-stage latency, counters), scraped before it stops.
+save_metrics() { # name
+    python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$METRICS_PORT/metrics', timeout=10).read().decode())" \
+        >"$OUT/$1.metrics" 2>/dev/null || rm -f "$OUT/$1.metrics"
+}
 
 start_ejabberd() {
     local d="$OUT/ejabberd"
@@ -241,6 +261,7 @@ for s in $SERVERS; do
     echo "== $s"
     "start_$s"
     run_harness "$s" "$PID" || echo "$s: the harness failed" >&2
+    case "$s" in rjabberd | nosampling) save_metrics "$s" ;; esac
     "stop_$s"
     sleep 1
 done

@@ -317,7 +317,7 @@ pub fn render(shards: &[Snapshot], process: &ProcessFigures) -> String {
     );
     for s in shards {
         for stage in Stage::ALL {
-            if stage != Stage::Store {
+            if stage.of_stanzas() {
                 histogram(
                     &mut o,
                     "stanza_stage_seconds",
@@ -331,10 +331,18 @@ pub fn render(shards: &[Snapshot], process: &ProcessFigures) -> String {
     o.header(
         "store_query_seconds",
         "histogram",
-        "Store query time, the wait for a worker included.",
+        "Store query time as the shard waits for it, the wait for a free worker included.",
     );
     for s in shards {
         histogram(&mut o, "store_query_seconds", s, Stage::Store, None);
+    }
+    o.header(
+        "store_exec_seconds",
+        "histogram",
+        "Time a store worker spent on a query (the rest of store_query_seconds is the queue).",
+    );
+    for s in shards {
+        histogram(&mut o, "store_exec_seconds", s, Stage::StoreExec, None);
     }
 
     o.header(

@@ -5,8 +5,9 @@
 //! (parsed → handed to the recipient's home: hooks, addressing, the route table), mesh (handed over →
 //! taken off the channel on the home shard; only for stanzas that cross shards), deliver (taken off →
 //! written to the recipient's socket: the session lookup, the §8.5 rules, the sink's queue, the
-//! connection task's wake-up and the write) and total (read → written). Store queries have a histogram
-//! of their own (queue wait included). Histograms are `hdrhistogram`s in nanoseconds with two significant
+//! connection task's wake-up and the write) and total (read → written). Store queries have two
+//! histograms of their own: the whole wait as the shard sees it, and the worker's time on the query
+//! (the difference is the wait for a free worker). Histograms are `hdrhistogram`s in nanoseconds with two significant
 //! digits (1 % resolution) up to a minute: about 30 KiB each.
 
 use hdrhistogram::Histogram;
@@ -20,17 +21,24 @@ pub enum Stage {
     Deliver,
     Total,
     Store,
+    StoreExec,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Parse,
         Stage::Route,
         Stage::Mesh,
         Stage::Deliver,
         Stage::Total,
         Stage::Store,
+        Stage::StoreExec,
     ];
+
+    /// The stages of a stanza's journey (the others time store queries).
+    pub fn of_stanzas(self) -> bool {
+        !matches!(self, Stage::Store | Stage::StoreExec)
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -40,6 +48,7 @@ impl Stage {
             Stage::Deliver => "deliver",
             Stage::Total => "total",
             Stage::Store => "store",
+            Stage::StoreExec => "store_exec",
         }
     }
 }

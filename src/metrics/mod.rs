@@ -205,13 +205,18 @@ impl ShardMetrics {
         r[peer] += 1;
     }
 
-    /// A store query finished after `ns` nanoseconds (its wait in the queue included).
-    pub fn store_query(&self, ns: u64, ok: bool) {
+    /// A store query answered after `ns` nanoseconds, of which a worker spent `exec_ns` on it (the
+    /// rest waited in the queue for a worker).
+    pub fn store_query(&self, ns: u64, exec_ns: u64, ok: bool) {
         add(&self.store_queries, 1);
         if !ok {
             add(&self.store_errors, 1);
         }
-        self.latency.borrow_mut().record(Stage::Store, ns);
+        let mut latency = self.latency.borrow_mut();
+        latency.record(Stage::Store, ns);
+        if exec_ns > 0 {
+            latency.record(Stage::StoreExec, exec_ns);
+        }
     }
 
     /// A module handled an IQ request of `namespace`; `error` when it answered with an error.
