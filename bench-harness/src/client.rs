@@ -123,6 +123,35 @@ fn now_ns() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// `--trace-file`, once opened: every thread appends its lines at the end of the run.
+static TRACE_OUT: OnceLock<std::sync::Mutex<std::fs::File>> = OnceLock::new();
+
+/// `--trace-file`: one harness thread's diagnostic lines (kept in memory during the run, so tracing
+/// costs a `format!` per traced event and no system call). Times are ns since the harness's time origin;
+/// the file's first line gives that origin as Unix time, to line up with server logs.
+struct Trace {
+    thread: usize,
+    threshold_ns: u64,
+    lines: RefCell<Vec<String>>,
+}
+
+impl Trace {
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        self.lines
+            .borrow_mut()
+            .push(format!("{} t{} {line}", now_ns(), self.thread));
+    }
+
+    fn flush(&self) {
+        if let Some(out) = TRACE_OUT.get() {
+            let mut f = out.lock().unwrap_or_else(|e| e.into_inner());
+            for l in self.lines.borrow_mut().drain(..) {
+                let _ = writeln!(f, "{l}");
+            }
+        }
+    }
+}
+
 /// Counters shared by all harness threads.
 #[derive(Default)]
 pub struct Shared {
@@ -254,6 +283,19 @@ fn histogram() -> Histogram<u64> {
 pub fn run(args: &RunArgs) -> Result<Summary, String> {
     let _ = now_ns();
     tls_connector(args)?;
+    if let Some(path) = &args.trace_file {
+        let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let _ = writeln!(
+            f,
+            "# origin_unix_ns={} threshold_ms={}",
+            unix_ns.saturating_sub(now_ns()),
+            args.trace_slow_ms
+        );
+        let _ = TRACE_OUT.set(std::sync::Mutex::new(f));
+    }
     let shared = Arc::new(Shared::default());
     shared
         .rate_milli
@@ -480,6 +522,8 @@ struct Online {
     waker: RefCell<Option<Waker>>,
     /// Set to drop the connection once what is queued is written (`mixed`).
     close: Cell<bool>,
+    /// When its login finished (ns since the time origin), for `--trace-file`.
+    ready_ns: u64,
 }
 
 impl Online {
@@ -497,6 +541,8 @@ struct Recorder {
     timeline: RefCell<Vec<(u64, u64)>>,
     step_start: Cell<Instant>,
     second_count: Cell<u64>,
+    /// `--trace-file`: this thread's diagnostic lines.
+    trace: Option<Rc<Trace>>,
 }
 
 impl Recorder {
@@ -538,12 +584,20 @@ async fn thread_main(
     } else {
         args.sources
     };
+    let trace = args.trace_file.as_ref().map(|_| {
+        Rc::new(Trace {
+            thread: id,
+            threshold_ns: (args.trace_slow_ms * 1e6) as u64,
+            lines: RefCell::default(),
+        })
+    });
     let recorder = Rc::new(Recorder {
         latency: RefCell::new(histogram()),
         second: RefCell::new(histogram()),
         timeline: RefCell::new(Vec::new()),
         step_start: Cell::new(Instant::now()),
         second_count: Cell::new(0),
+        trace: trace.clone(),
     });
     let login_hist = Rc::new(RefCell::new(histogram()));
     let relogin_hist = Rc::new(RefCell::new(histogram()));
@@ -560,7 +614,25 @@ async fn thread_main(
         salted: Rc::default(),
         rbuf: Rc::new(RefCell::new(vec![0u8; 64 * 1024])),
         sources,
+        trace: trace.clone(),
     });
+    if let Some(tr) = trace.clone() {
+        // Stall watchdog: a 1 ms timer that notes when this thread wakes it much later than due.
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            let tick = Duration::from_millis(1);
+            let limit = tr.threshold_ns / 5;
+            while !shared.done.load(Ordering::Relaxed) {
+                let t = now_ns();
+                glommio::timer::sleep(tick).await;
+                let late = now_ns().saturating_sub(t + tick.as_nanos() as u64);
+                if late > limit {
+                    tr.log(format_args!("stall late_ms={:.3}", late as f64 / 1e6));
+                }
+            }
+        })
+        .detach();
+    }
     let online = ctx.online.clone();
     let per_thread_rate = args.arrival_rate / threads as f64;
     let started = Instant::now();
@@ -583,6 +655,7 @@ async fn thread_main(
         logins.push(spawn_session(
             &ctx,
             user,
+            false,
             login_hist.clone(),
             move |result: Result<(), &str>| {
                 drop(permit);
@@ -652,6 +725,15 @@ async fn thread_main(
             }
             // Every message due by now goes out (open loop: falling behind does not lower the rate).
             let now = now_ns();
+            if let Some(tr) = &trace {
+                let due = start_ns + k * interval_ns;
+                if now > due + tr.threshold_ns {
+                    tr.log(format_args!(
+                        "late_send intended_ns={due} late_ms={:.3}",
+                        (now - due) as f64 / 1e6
+                    ));
+                }
+            }
             if let Some(every) = churn_ns {
                 while next_churn <= now {
                     next_churn += every;
@@ -665,10 +747,14 @@ async fn thread_main(
                     };
                     dropped.close.set(true);
                     dropped.wake();
+                    if let Some(tr) = &trace {
+                        tr.log(format_args!("drop user={}", dropped.user));
+                    }
                     let shared = shared.clone();
                     logins.push(spawn_session(
                         &ctx,
                         dropped.user,
+                        true,
                         relogin_hist.clone(),
                         move |result: Result<(), &str>| match result {
                             Ok(()) => {
@@ -736,6 +822,9 @@ async fn thread_main(
         c.wake();
     }
     drop(logins);
+    if let Some(tr) = &trace {
+        tr.flush();
+    }
     let login = login_hist.borrow().clone();
     let relogin = relogin_hist.borrow().clone();
     ThreadResult {
@@ -757,6 +846,7 @@ struct Ctx {
     rbuf: Rc<RefCell<Vec<u8>>>,
     connector: futures_rustls::TlsConnector,
     sources: usize,
+    trace: Option<Rc<Trace>>,
 }
 
 /// A task that logs `user` in (its latency into `hist`), calls `done` with the outcome, and then serves
@@ -764,23 +854,45 @@ struct Ctx {
 fn spawn_session(
     ctx: &Rc<Ctx>,
     user: usize,
+    again: bool,
     hist: Rc<RefCell<Histogram<u64>>>,
     done: impl FnOnce(Result<(), &str>) + 'static,
 ) -> glommio::task::JoinHandle<()> {
     let ctx = ctx.clone();
     glommio::spawn_local(async move {
         let t0 = Instant::now();
+        let start_ns = now_ns();
+        let connect_ns = Cell::new(0u64);
         let source = Ipv4Addr::new(127, 0, 0, 1 + (user % ctx.sources) as u8);
         // A login that has not finished in 60 s counts as failed (a server that stalls one must not
         // stall the run).
         let result = futures_lite::future::or(
-            login(&ctx.args, &ctx.connector, user, source, &ctx.salted),
+            login(
+                &ctx.args,
+                &ctx.connector,
+                user,
+                source,
+                &ctx.salted,
+                &connect_ns,
+            ),
             async {
                 glommio::timer::sleep(Duration::from_secs(60)).await;
                 Err("no answer within 60 s".to_string())
             },
         )
         .await;
+        if let Some(tr) = &ctx.trace
+            && (again || connect_ns.get() > tr.threshold_ns / 50)
+        {
+            let kind = if again { "relogin" } else { "login" };
+            tr.log(format_args!(
+                "{kind} user={user} start_ns={start_ns} connect_us={:.0} login_ms={:.3} early={} ok={}",
+                connect_ns.get() as f64 / 1e3,
+                (now_ns() - start_ns) as f64 / 1e6,
+                result.as_ref().map_or(0, |r| r.2.len()),
+                result.is_ok()
+            ));
+        }
         match result {
             Ok((stream, parser, early)) => {
                 done(Ok(()));
@@ -793,6 +905,7 @@ fn spawn_session(
                     out: RefCell::new(Vec::with_capacity(256)),
                     waker: RefCell::new(None),
                     close: Cell::new(false),
+                    ready_ns: now_ns(),
                 });
                 ctx.online.borrow_mut().push(conn.clone());
                 steady(
@@ -815,35 +928,33 @@ fn spawn_session(
 /// Accounts for one stanza an online connection received: a chat message (timed from the intended send
 /// time in its body), a bounce, or a contact's presence update (timed from its status; presence without
 /// one — logins, probes answered, the user's own echo — is not).
-fn measure(s: &Stanza, own: &str, now: u64, rec: &Recorder, shared: &Shared) {
+fn measure(s: &Stanza, own: &str, now: u64, rec: &Recorder, shared: &Shared) -> Option<u64> {
     let b = s.as_bytes();
     match s.local_name() {
         "presence" => {
             if s.from().is_some_and(|f| f.starts_with(own)) {
-                return;
+                return None;
             }
-            if let Some(sent) =
-                memchr::memmem::find(b, b"<status>").and_then(|i| leading_number(&b[i + 8..]))
-            {
-                rec.record(now.saturating_sub(sent));
-                shared.received.fetch_add(1, Ordering::Relaxed);
-            }
+            let sent =
+                memchr::memmem::find(b, b"<status>").and_then(|i| leading_number(&b[i + 8..]))?;
+            rec.record(now.saturating_sub(sent));
+            shared.received.fetch_add(1, Ordering::Relaxed);
+            Some(sent)
         }
         "message" => {
             if s.type_().as_deref() == Some("error") {
                 // The recipient was between sessions; servers that echo the payload would otherwise
                 // count it as received.
                 shared.bounced.fetch_add(1, Ordering::Relaxed);
-                return;
+                return None;
             }
-            if let Some(sent) =
-                memchr::memmem::find(b, b"<body>").and_then(|i| leading_number(&b[i + 6..]))
-            {
-                rec.record(now.saturating_sub(sent));
-                shared.received.fetch_add(1, Ordering::Relaxed);
-            }
+            let sent =
+                memchr::memmem::find(b, b"<body>").and_then(|i| leading_number(&b[i + 6..]))?;
+            rec.record(now.saturating_sub(sent));
+            shared.received.fetch_add(1, Ordering::Relaxed);
+            Some(sent)
         }
-        _ => {}
+        _ => None,
     }
 }
 
@@ -878,6 +989,7 @@ async fn login(
     user: usize,
     source: Ipv4Addr,
     salted: &RefCell<Option<SaltedPassword>>,
+    connect_ns: &Cell<u64>,
 ) -> Result<(Stream, StreamParser, Vec<Stanza>), String> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
         .map_err(|e| e.to_string())?;
@@ -885,8 +997,10 @@ async fn login(
     sock.bind(&SocketAddr::V4(SocketAddrV4::new(source, 0)).into())
         .map_err(|e| format!("bind {source}: {e}"))?;
     // A blocking connect on loopback completes at once (or fails at once when the backlog is full).
-    sock.connect(&args.server.into())
-        .map_err(|e| format!("connect: {e}"))?;
+    let t = now_ns();
+    let connected = sock.connect(&args.server.into());
+    connect_ns.set(now_ns() - t);
+    connected.map_err(|e| format!("connect: {e}"))?;
     sock.set_tcp_nodelay(true).map_err(|e| e.to_string())?;
     sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     // SAFETY: the descriptor is owned by `sock`, whose ownership moves into the glommio stream.
@@ -1131,9 +1245,36 @@ async fn steady(
     shared: Arc<Shared>,
     rbuf: Rc<RefCell<Vec<u8>>>,
 ) {
+    let trace = rec.trace.clone();
+    // `--trace-file`: a message slower than the threshold, with who sent it and how it came.
+    let slow = |s: &Stanza, sent: Option<u64>, now: u64, phase: &str| {
+        if let (Some(tr), Some(sent)) = (&trace, sent)
+            && now.saturating_sub(sent) > tr.threshold_ns
+        {
+            let b = s.as_bytes();
+            tr.log(format_args!(
+                "slow to={} from={} intended_ns={sent} recv_ns={now} lat_ms={:.3} phase={phase} since_login_ms={:.3} delayed={}",
+                conn.user,
+                s.from().as_deref().unwrap_or("-"),
+                (now - sent) as f64 / 1e6,
+                (now as f64 - conn.ready_ns as f64) / 1e6,
+                memchr::memmem::find(b, b"urn:xmpp:delay").is_some()
+            ));
+        }
+    };
     let now = now_ns();
     for s in &early {
-        measure(s, &conn.own, now, &rec, &shared);
+        let sent = measure(s, &conn.own, now, &rec, &shared);
+        slow(s, sent, now, "early");
+    }
+    // What the login's last read brought after the presence echo (e.g. offline messages, which a server
+    // sends right behind it) is already in the parser: take it now, not when the next read arrives
+    // (with ~2 messages per user per second that waited a few hundred ms and showed as latency).
+    while let Ok(Some(ev)) = parser.next_event() {
+        if let Event::Stanza(s) = ev {
+            let sent = measure(&s, &conn.own, now, &rec, &shared);
+            slow(&s, sent, now, "buffered");
+        }
     }
     let mut wpos = 0usize;
     std::future::poll_fn(|cx: &mut Context<'_>| {
@@ -1160,6 +1301,9 @@ async fn steady(
                 }
                 if conn.close.get() && out.is_empty() {
                     // Dropped as a mobile client drops: TCP closes without a stream close.
+                    if let Some(tr) = &trace {
+                        tr.log(format_args!("closed user={}", conn.user));
+                    }
                     return Poll::Ready(());
                 }
                 // TLS buffers records until flushed; plain TCP flushes at once.
@@ -1180,7 +1324,8 @@ async fn steady(
                         rest = &rest[k..];
                         while let Ok(Some(ev)) = parser.next_event() {
                             if let Event::Stanza(s) = ev {
-                                measure(&s, &conn.own, now, &rec, &shared);
+                                let sent = measure(&s, &conn.own, now, &rec, &shared);
+                                slow(&s, sent, now, "steady");
                             }
                         }
                         if k == 0 {

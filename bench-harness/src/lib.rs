@@ -200,6 +200,16 @@ pub struct RunArgs {
     /// SVG plot of the latency percentile distribution.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// Diagnostics (off by default): write to FILE one line per chat message slower than
+    /// `--trace-slow-ms` (sender, recipient, intended send and receive times, harness thread, whether it
+    /// came stamped `<delay/>` from offline storage, how long after the recipient's login), every `mixed`
+    /// drop and login again (with its connect time), late sends and harness-thread stalls. One file per
+    /// process: the first run that names one opens it.
+    #[arg(long)]
+    pub trace_file: Option<PathBuf>,
+    /// The threshold of `--trace-file` (ms): slower messages, later sends and longer stalls are logged.
+    #[arg(long, default_value_t = 50.0)]
+    pub trace_slow_ms: f64,
 }
 
 /// One credential derivation for all accounts (same password, one fixed salt): provisioning 100,000

@@ -48,6 +48,8 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         label: "rjabberd".into(),
         json: None,
         svg: None,
+        trace_file: None,
+        trace_slow_ms: 50.0,
     }
 }
 
@@ -91,7 +93,20 @@ fn login_and_chat_measure_every_message() {
     // Mixed: chat while sessions drop and log in again; every message is received or bounced.
     let mut mixed_args = args(Scenario::Mixed, addr, 100);
     mixed_args.churn = 20.0;
+    let trace = dir.join("mixed.trace");
+    mixed_args.trace_file = Some(trace.clone());
     let mixed = client::run(&mixed_args).unwrap();
+    // `--trace-file` has every drop and every login again.
+    let lines = std::fs::read_to_string(&trace).unwrap();
+    let count = |what: &str| lines.lines().filter(|l| l.contains(what)).count() as u64;
+    assert_eq!(
+        count(" drop user="),
+        mixed.relogins + mixed.relogin_failures
+    );
+    assert_eq!(
+        count(" relogin user="),
+        mixed.relogins + mixed.relogin_failures
+    );
     assert!(
         mixed.relogins >= 10,
         "{} sessions dropped and back",

@@ -274,6 +274,7 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     let arrival = shard.arrival_key();
     drop(to_attr);
     let shard = shard.clone();
+    let bare = format!("{user}@{host}");
     glommio::spawn_local(async move {
         let exists = match shard.server().extauth.clone() {
             Some(ext) => ext.isuser(&user, &host).await.unwrap_or_else(|e| {
@@ -287,7 +288,30 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
                 .await
                 .unwrap_or(false),
         };
-        let decision = decide::<SinkId>(kind, ty, exists, resource.as_deref(), &[]);
+        // The lookup yielded to the shard: a session of the account may have been bound meanwhile (a
+        // client logging in again). The rules decide with the sessions there are now; deciding with
+        // none would keep a message offline after the account's initial presence had already
+        // collected what was kept, and it would wait for the next login (seen in the `mixed` soak as
+        // messages seconds late, or lost at the end of the run).
+        let (sink, decision) = {
+            let table = shard.sessions().borrow();
+            let sink = resource.as_deref().and_then(|r| {
+                table
+                    .sessions(&bare)
+                    .iter()
+                    .find(|s| &*s.resource == r)
+                    .map(|s| s.sink)
+            });
+            let states = table.states(&bare);
+            (sink, decide(kind, ty, exists, resource.as_deref(), &states))
+        };
+        if let Some(sink) = sink
+            && ty != StanzaType::Probe
+            && ty != StanzaType::Unknown
+        {
+            deliver_to_session(&shard, sink, &stanza, &from, &to_text);
+            return;
+        }
         apply(
             &shard, &stanza, &from, &to_text, kind, ty, decision, &arrival,
         );
