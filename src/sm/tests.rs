@@ -126,3 +126,33 @@ fn watched_delivered_does_not_run_when_no_session_got_the_stanza() {
         assert!(seen.borrow().is_empty(), "{:?}", seen.borrow());
     });
 }
+
+/// A message for an account with no session waits for the store to say whether the account exists;
+/// a client that logs in meanwhile (and whose initial presence has already collected what was kept
+/// offline) must still get it — found in the `mixed` soak as messages delivered at the next login,
+/// seconds late, or lost.
+#[test]
+fn a_message_whose_recipient_logs_in_during_the_lookup_reaches_the_new_session() {
+    run(|| async {
+        let h = Harness::new("", &["alice@localhost", "bob@localhost"]);
+        let bob = h.login("bob@localhost/b", Some(0));
+        h.settle(100).await;
+        bob.received();
+        h.send(
+            &bob,
+            "<message to='alice@localhost' type='chat' id='raced'><body>hi</body></message>",
+        );
+        // Before the lookup's answer can arrive (nothing has awaited yet): alice binds and sends
+        // initial presence, which asks mod_offline for what was kept.
+        let alice = h.login("alice@localhost/a", Some(0));
+        h.settle(300).await;
+        let got: Vec<_> = alice
+            .received()
+            .into_iter()
+            .filter(|e| e.name == "message")
+            .collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].attr("id"), Some("raced"));
+        assert!(bob.received().is_empty(), "no error for bob");
+    });
+}
