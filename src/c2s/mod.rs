@@ -253,7 +253,7 @@ impl C2sGlue {
             ),
             Closing::StreamError(c) => log::info!(
                 event = "refused", reason = "stream-error", condition = c.as_str(),
-                host = self.c2s.host(), peer:% = peer;
+                peer:% = peer;
                 "stream refused before authentication"
             ),
         }
