@@ -351,6 +351,10 @@ mod tests {
             kv_value(&mut s, value, MAX_VALUE);
             assert_eq!(s, want, "{value:?}");
             assert!(!s.contains('\n') && !s.contains('\r'));
+            // And read back to what was written.
+            let back = parse_kv(&format!("k={s} next=1")).unwrap();
+            assert_eq!(back[0], ("k".to_string(), value.to_string()));
+            assert_eq!(back[1], ("next".to_string(), "1".to_string()));
         }
     }
 

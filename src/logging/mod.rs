@@ -255,3 +255,64 @@ impl<'v> VisitValue<'v> for Typed {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_in(value: &str) -> Option<IpAddr> {
+        let kvs: &[(&str, &str)] = &[("event", "login"), (PEER, value)];
+        let record = log::Record::builder()
+            .args(format_args!("x"))
+            .key_values(&kvs)
+            .build();
+        peer_of(&record)
+    }
+
+    #[test]
+    fn the_peer_field_names_the_source() {
+        for (value, want) in [
+            ("127.0.0.1:4242", Some("127.0.0.1")),
+            ("[2001:db8::1]:5222", Some("2001:db8::1")),
+            ("192.0.2.9", Some("192.0.2.9")),
+            ("2001:db8::2", Some("2001:db8::2")),
+            ("not an address", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                peer_in(value),
+                want.map(|w| w.parse().unwrap()),
+                "{value:?}"
+            );
+        }
+        // Longer than any address: not one, and no allocation to find out.
+        assert_eq!(peer_in(&"9".repeat(100)), None);
+        let none = log::Record::builder().args(format_args!("x")).build();
+        assert_eq!(peer_of(&none), None);
+    }
+
+    #[test]
+    fn fields_keep_their_types_and_absent_ones_are_left_out() {
+        let username: Option<&str> = None;
+        let kvs: Vec<(&str, log::kv::Value)> = vec![
+            ("count", log::kv::Value::from(3u64)),
+            ("tls", log::kv::Value::from(true)),
+            ("jid", log::kv::Value::from("a@x/r")),
+            ("username", log::kv::ToValue::to_value(&username)),
+        ];
+        let record = log::Record::builder()
+            .args(format_args!("x"))
+            .key_values(&kvs)
+            .build();
+        let mut fields = Fields(Vec::new());
+        record.key_values().visit(&mut fields).unwrap();
+        assert_eq!(
+            fields.0,
+            [
+                ("count".to_string(), Val::Bare("3".into())),
+                ("tls".to_string(), Val::Bare("true".into())),
+                ("jid".to_string(), Val::Str("a@x/r".into())),
+            ]
+        );
+    }
+}
