@@ -24,8 +24,11 @@ pub struct Config {
     pub shards: usize,
     /// Where the embedded store and generated certificates live.
     pub data_dir: PathBuf,
-    /// `error`, `warn`, `info`, `debug` or `trace`.
+    /// `error`, `warn`, `info`, `debug` or `trace`. Kept from before `[log]`; `[log] level` wins when both
+    /// are given (see [`Config::log_level`]).
     pub log_level: LogLevel,
+    /// `[log]`: level, line format, and the rate limits on lines about one peer.
+    pub log: LogConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
@@ -118,6 +121,55 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+/// How log lines are written (one line per record on stderr) and how many lines about one peer may be.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Overrides the top-level `log_level` when given.
+    pub level: Option<LogLevel>,
+    /// `text` (for a person at a terminal), `kv` (logfmt: key=value) or `json` (one object per line).
+    pub format: LogFormat,
+    /// Lines per second that one source address (an IPv4 address, an IPv6 /64) may produce on one shard
+    /// once its burst is spent: logins, logouts and refusals are lines a peer can cause at will.
+    pub rate_per_source: Spanned<f64>,
+    /// Lines one source may produce at once before `rate_per_source` applies.
+    pub burst: Spanned<u32>,
+    /// Sources one shard tracks at most (the limiter's memory); beyond that, lines from new sources
+    /// count against `rate_per_shard` only.
+    pub max_sources: Spanned<usize>,
+    /// Lines about peers one shard writes per second at most, whatever their sources (a flood from many
+    /// addresses).
+    pub rate_per_shard: Spanned<u32>,
+    /// Seconds between the `event=suppressed` lines that count what the limits held back.
+    pub suppressed_report_secs: Spanned<u64>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: None,
+            format: LogFormat::Text,
+            rate_per_source: Spanned::new(0..0, 5.0),
+            burst: Spanned::new(0..0, 20),
+            max_sources: Spanned::new(0..0, 4096),
+            rate_per_shard: Spanned::new(0..0, 500),
+            suppressed_report_secs: Spanned::new(0..0, 10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-01T15:50:34.123Z INFO [0] rjabberd::c2s: message key=value…`
+    #[default]
+    Text,
+    /// `ts=… level=info shard=0 target=rjabberd::c2s key=value… msg="message"` (logfmt).
+    Kv,
+    /// `{"ts":"…","level":"info","shard":0,"target":"rjabberd::c2s",…,"msg":"message"}`.
+    Json,
 }
 
 /// Bounds on what one peer can make the server hold or do.
@@ -261,6 +313,7 @@ impl Default for Config {
             shards: 0,
             data_dir: PathBuf::from("./data"),
             log_level: LogLevel::Info,
+            log: LogConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
@@ -478,6 +531,34 @@ impl Config {
                 ));
             }
         }
+        let log = &self.log;
+        let rate = *log.rate_per_source.get_ref();
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err((
+                Some(log.rate_per_source.span()),
+                "log.rate_per_source must be a number of lines per second above 0".into(),
+            ));
+        }
+        for (value, name) in [
+            (&log.burst, "log.burst"),
+            (&log.rate_per_shard, "log.rate_per_shard"),
+        ] {
+            if *value.get_ref() == 0 {
+                return Err((Some(value.span()), format!("{name} must be at least 1")));
+            }
+        }
+        if *log.max_sources.get_ref() == 0 {
+            return Err((
+                Some(log.max_sources.span()),
+                "log.max_sources must be at least 1".into(),
+            ));
+        }
+        if *log.suppressed_report_secs.get_ref() == 0 {
+            return Err((
+                Some(log.suppressed_report_secs.span()),
+                "log.suppressed_report_secs must be at least 1".into(),
+            ));
+        }
         if self.auth.scram_iterations < 4096 {
             return Err((
                 None,
@@ -485,6 +566,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The log level in force: `[log] level`, else the top-level `log_level`.
+    pub fn log_level(&self) -> LogLevel {
+        self.log.level.unwrap_or(self.log_level)
     }
 
     /// The virtual hosts, lowercased, in configuration order.
@@ -587,5 +673,50 @@ mod tests {
         assert_eq!(err.line, 2);
         let err = parse("[metrics]\nlisten = \"127.0.0.1:5222\"\n").unwrap_err();
         assert!(err.message.contains("already"), "{err}");
+    }
+
+    #[test]
+    fn the_log_section() {
+        let config = parse("log_level = \"warn\"\n").unwrap();
+        assert_eq!(
+            config.log_level(),
+            LogLevel::Warn,
+            "the old key still works"
+        );
+        assert_eq!(config.log.format, LogFormat::Text);
+        let config = parse(
+            "log_level = \"warn\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\nrate_per_source = 0.5\nburst = 3\n",
+        )
+        .unwrap();
+        assert_eq!(config.log_level(), LogLevel::Debug, "[log] level wins");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(*config.log.rate_per_source.get_ref(), 0.5);
+        assert_eq!(*config.log.burst.get_ref(), 3);
+        assert_eq!(
+            *parse("[log]\nrate_per_source = 2\n")
+                .unwrap()
+                .log
+                .rate_per_source
+                .get_ref(),
+            2.0
+        );
+        for (text, line, needle) in [
+            ("[log]\nformat = \"xml\"\n", 2, "xml"),
+            ("shards = 1\n[log]\nburst = 0\n", 3, "log.burst"),
+            ("[log]\nrate_per_source = -1\n", 2, "log.rate_per_source"),
+            ("[log]\n\nmax_sources = 0\n", 3, "log.max_sources"),
+            ("[log]\nrate_per_shard = 0\n", 2, "log.rate_per_shard"),
+            ("[log]\nlevel = \"loud\"\n", 2, "loud"),
+            (
+                "[log]\nsuppressed_report_secs = 0\n",
+                2,
+                "suppressed_report_secs",
+            ),
+            ("[log]\nrate = 3\n", 2, "rate"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, line, "{text}: {err}");
+            assert!(err.message.contains(needle), "{text}: {err}");
+        }
     }
 }

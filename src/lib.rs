@@ -26,7 +26,7 @@
 //! | | [`mesh`] | messages between shards and their overflow policy |
 //! | modules | [`modules`] | gen_mod, gen_iq_handler, the open hook registry, [`modules::ctx::ModuleCtx`] (the trait the shard implements), one file per module |
 //! | below | [`sink`], [`storage`], [`auth`], [`net`] | a connection's output queue by generational id; the store behind traits on worker threads; the extauth pool; the only sockets: the generic stream driver, TLS |
-//! | ground | [`placement`], [`config`], [`probe`] | where an account lives (a specified hash); the configuration; test probes |
+//! | ground | [`placement`], [`config`], [`logging`], [`probe`] | where an account lives (a specified hash); the configuration; the log output and its per-source rate limit; test probes |
 //! | sans-IO | [`proto`] | bytes and `now` in, events and actions out: XML, JIDs, SASL, c2s and component machines, errors |
 //!
 //! The full map, with who owns what and the journeys of a message, a login and an IQ, is
@@ -39,6 +39,7 @@ pub mod auth;
 pub mod c2s;
 pub mod component;
 pub mod config;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod modules;

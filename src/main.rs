@@ -105,11 +105,9 @@ fn main() -> ExitCode {
         eprintln!("rjabberd: {e}");
         return ExitCode::from(2);
     }
-    let level = format!("{:?}", config.log_level).to_lowercase();
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(format!("rjabberd={level}")),
-    )
-    .init();
+    if let Err(e) = rjabberd::logging::init(&config) {
+        eprintln!("rjabberd: cannot install the logger: {e}");
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.config.clone()),
         Command::User { action } => user(&config, action),

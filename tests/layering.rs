@@ -163,6 +163,24 @@ const DOWNWARD_ONLY: &[(&str, &[&str], &str)] = &[
         &["crate::"],
         "placement is a pure function of a name",
     ),
+    (
+        "src/logging",
+        &[
+            "crate::router",
+            "crate::sm",
+            "crate::shard",
+            "crate::net",
+            "crate::modules",
+            "crate::mesh",
+            "crate::c2s",
+            "crate::component",
+            "crate::proto",
+            "crate::sink",
+            "crate::storage",
+            "crate::auth",
+        ],
+        "the log output is ground floor: everything logs through it, it knows only the configuration",
+    ),
 ];
 
 #[test]

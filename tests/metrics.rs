@@ -75,6 +75,28 @@ fn counters_move_by_exactly_what_was_sent() {
             2.0
         );
         assert_eq!(total(&before, "rjabberd_shards", &[]), shards as f64);
+        // Client::login uses SCRAM-SHA-256; one wrong password is a failure of that mechanism.
+        let scram = "mechanism=\"SCRAM-SHA-256\"";
+        assert_eq!(total(&before, "rjabberd_logins_total", &[scram]), 2.0);
+        assert_eq!(
+            total(&before, "rjabberd_login_failures_total", &[scram]),
+            0.0
+        );
+        {
+            let mut wrong = Client::connect(server.starttls, server.cert_path());
+            wrong.open("localhost");
+            wrong.starttls();
+            wrong.open("localhost");
+            let r = wrong.sasl("SCRAM-SHA-256", "alice", "not-the-password", None);
+            assert_eq!(r.name, "failure", "{r}");
+        }
+        let failed = scrape(&server);
+        assert_eq!(
+            total(&failed, "rjabberd_login_failures_total", &[scram]),
+            1.0
+        );
+        assert_eq!(total(&failed, "rjabberd_logins_total", &[scram]), 2.0);
+        let before = scrape(&server);
 
         const N: usize = 25;
         for i in 0..N {

@@ -21,7 +21,7 @@ use crate::modules::hooks::{self, CLIENT_STATE, ClientState};
 use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
 use crate::placement::Home;
 use crate::proto::c2s::{Action, C2s};
-use crate::proto::errors::StreamErrorCondition;
+use crate::proto::errors::{Closing, StreamErrorCondition};
 use crate::proto::jid::domain_of;
 use crate::proto::sasl::{ChannelBindings, Credentials};
 use crate::proto::xml::{Event, TargetStream, XmlError};
@@ -104,6 +104,9 @@ fn start(shard: Rc<Shard>, c2s: C2s, transport: Transport, auth_deadline: Option
         inputs: Rc::new(RefCell::new(VecDeque::new())),
         session: None,
         auth_deadline,
+        closing: None,
+        killed: false,
+        bound_at: None,
     };
     driver::spawn(glue, sink, transport, env);
 }
@@ -121,6 +124,12 @@ struct C2sGlue {
     inputs: Rc<RefCell<VecDeque<Input>>>,
     session: Option<SessionRef>,
     auth_deadline: Option<Instant>,
+    /// Why the machine closed the stream, once it did: the reason of the logout or refusal line.
+    closing: Option<Closing>,
+    /// The shard ended the stream (`kill`: replaced, shutdown, a full output queue), not the client.
+    killed: bool,
+    /// When the session was bound, for the logout line's duration.
+    bound_at: Option<Instant>,
 }
 
 impl C2sGlue {
@@ -140,6 +149,24 @@ impl C2sGlue {
                     ctl.hold_reading(true);
                     self.lookup(ctl.sink().clone(), host, username, plain_password);
                 }
+                Action::Authentication {
+                    mechanism,
+                    username,
+                    outcome: Err(condition),
+                } => {
+                    crate::metrics::with(|m| m.login(mechanism, false));
+                    log::info!(
+                        event = "refused", reason = "sasl", mechanism = mechanism,
+                        condition = condition, username = username.as_deref(), peer:% = self.peer;
+                        "authentication failed"
+                    )
+                }
+                // The login line waits for the bind, on the home shard, where the full JID is known.
+                Action::Authentication {
+                    mechanism,
+                    outcome: Ok(()),
+                    ..
+                } => crate::metrics::with(|m| m.login(mechanism, true)),
                 Action::Authenticated(jid) => {
                     self.auth_deadline = None;
                     let home = self.shard.home(jid.bare_str());
@@ -151,8 +178,15 @@ impl C2sGlue {
                     let user = self.c2s.user().expect("bound after SASL").clone();
                     match session::bind(&self.shard, &user, resource, self.id) {
                         Ok((full, s)) => {
+                            log::info!(
+                                event = "login", jid = full.as_str(),
+                                mechanism = self.c2s.mechanism(), tls = self.c2s.is_secure(),
+                                peer:% = self.peer;
+                                "session started"
+                            );
                             self.c2s.bound(&iq, Ok(full));
                             self.session = Some(s);
+                            self.bound_at = Some(Instant::now());
                         }
                         Err(e) => self.c2s.bound(&iq, Err(e)),
                     }
@@ -189,17 +223,74 @@ impl C2sGlue {
                 Action::Register { host, iq } => {
                     let ctx = self.shard.ctx();
                     let sink = ctl.sink().clone();
-                    let ip = self.peer.ip();
+                    let peer = self.peer;
                     glommio::spawn_local(async move {
-                        let answer = crate::modules::register::preauth(&ctx, &host, ip, &iq).await;
+                        let answer =
+                            crate::modules::register::preauth(&ctx, &host, peer, &iq).await;
                         sink.send_bytes(&answer);
                     })
                     .detach();
                 }
-                Action::Close => ctl.close(),
+                Action::Close(why) => {
+                    ctl.close();
+                    self.closing.get_or_insert(why);
+                    if self.c2s.user().is_none() && !self.killed {
+                        self.log_refusal(why);
+                    }
+                }
             }
         }
         any
+    }
+
+    /// The `refused` line of a stream that ends before authentication, when the server ended it for a
+    /// cause (a client that just leaves was not refused).
+    fn log_refusal(&self, why: Closing) {
+        let peer = self.peer;
+        match why {
+            Closing::ByPeer => {}
+            Closing::AuthTimeout => log::info!(
+                event = "refused", reason = "auth-timeout", peer:% = peer;
+                "no authentication in time"
+            ),
+            Closing::TooManyAuthFailures => log::info!(
+                event = "refused", reason = "too-many-auth-failures", peer:% = peer;
+                "stream closed after repeated authentication failures"
+            ),
+            Closing::TlsRefused => log::info!(
+                event = "refused", reason = "starttls", peer:% = peer;
+                "STARTTLS refused"
+            ),
+            Closing::StreamError(c) => log::info!(
+                event = "refused", reason = "stream-error", condition = c.as_str(),
+                peer:% = peer;
+                "stream refused before authentication"
+            ),
+        }
+    }
+
+    /// The `logout` line: who, from where, how long, and why the session ended as far as this
+    /// connection can tell.
+    fn log_logout(&self, s: &SessionRef) {
+        let (reason, condition) = match self.closing {
+            None => ("dropped", None),
+            Some(Closing::ByPeer) => ("closed", None),
+            Some(Closing::StreamError(StreamErrorCondition::Conflict)) if self.killed => {
+                ("replaced", None)
+            }
+            Some(Closing::StreamError(StreamErrorCondition::SystemShutdown)) if self.killed => {
+                ("shutdown", None)
+            }
+            Some(why) if self.killed => ("killed", why.condition()),
+            Some(why) => ("stream-error", why.condition()),
+        };
+        let duration_ms = self.bound_at.map_or(0, |t| t.elapsed().as_millis() as u64);
+        log::info!(
+            event = "logout", jid = &*s.full, reason = reason,
+            condition = condition.map(|c| c.as_str()), duration_ms = duration_ms,
+            peer:% = self.peer;
+            "session ended"
+        );
     }
 
     /// Looks up credentials (and, for PLAIN, checks the password) off the reactor; the result comes back
@@ -281,6 +372,9 @@ impl StreamGlue for C2sGlue {
     }
 
     fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
+        if !self.c2s.is_closed() {
+            self.killed = true;
+        }
         self.c2s.stream_error(condition, None);
         self.do_actions(ctl);
     }
@@ -313,6 +407,7 @@ impl StreamGlue for C2sGlue {
         self.shard.sinks().borrow_mut().remove(self.id);
         crate::metrics::with(|m| m.closed(ConnKind::C2s));
         if let Some(s) = self.session.take() {
+            self.log_logout(&s);
             session::unbind(&self.shard, &s);
         }
         if let Ending::Moving { shard, detached } = ending {

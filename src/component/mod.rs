@@ -18,7 +18,7 @@ use crate::metrics::ConnKind;
 use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
 use crate::probe::hot_path;
 use crate::proto::component::{ComponentAction, ComponentStream};
-use crate::proto::errors::StreamErrorCondition;
+use crate::proto::errors::{Closing, StreamErrorCondition};
 use crate::proto::xml::{Event, TargetStream, XmlError};
 use crate::router::{self, Origin};
 use crate::shard::Shard;
@@ -54,8 +54,12 @@ pub fn accept(shard: Rc<Shard>, stream: TcpStream) {
         fsm: ComponentStream::new(settings, stream_id, now),
         shard,
         id,
+        peer,
         domain: None,
         deadline: Some(deadline),
+        closing: None,
+        killed: false,
+        connected_at: None,
     };
     let transport = Transport {
         stream,
@@ -71,8 +75,14 @@ struct ComponentGlue {
     shard: Rc<Shard>,
     id: SinkId,
     fsm: ComponentStream,
+    peer: SocketAddr,
     domain: Option<String>,
     deadline: Option<Instant>,
+    /// Why the machine closed the stream, once it did.
+    closing: Option<Closing>,
+    /// The shard ended the stream (shutdown, a full output queue).
+    killed: bool,
+    connected_at: Option<Instant>,
 }
 
 impl ComponentGlue {
@@ -85,9 +95,19 @@ impl ComponentGlue {
                 ComponentAction::Register(domain) => {
                     let ok = register(&self.shard, &domain, self.id);
                     if ok {
-                        log::info!("component {domain} connected");
+                        log::info!(
+                            event = "login", domain = domain.as_str(), peer:% = self.peer;
+                            "component connected"
+                        );
                         self.domain = Some(domain);
                         self.deadline = None;
+                        self.connected_at = Some(Instant::now());
+                    } else {
+                        log::info!(
+                            event = "refused", reason = "conflict", domain = domain.as_str(),
+                            peer:% = self.peer;
+                            "component domain already connected"
+                        );
                     }
                     self.fsm.registered(ok);
                 }
@@ -95,10 +115,34 @@ impl ComponentGlue {
                     let from: Arc<str> = stanza.from().unwrap_or_default().into();
                     hot_path(|| router::route(&self.shard, Origin::Component, stanza, from));
                 }
-                ComponentAction::Close => ctl.close(),
+                ComponentAction::Close(why) => {
+                    ctl.close();
+                    self.closing.get_or_insert(why);
+                    if self.domain.is_none() && !self.killed {
+                        self.log_refusal(why);
+                    }
+                }
             }
         }
         any
+    }
+
+    /// The `refused` line of a component stream the server ended before the handshake completed.
+    fn log_refusal(&self, why: Closing) {
+        let reason = match why {
+            Closing::ByPeer | Closing::TlsRefused => return,
+            // The registry's `conflict` has its own line, written where it is decided.
+            Closing::StreamError(StreamErrorCondition::Conflict) => return,
+            Closing::StreamError(StreamErrorCondition::NotAuthorized) => "handshake",
+            Closing::AuthTimeout => "auth-timeout",
+            Closing::StreamError(_) | Closing::TooManyAuthFailures => "stream-error",
+        };
+        log::info!(
+            event = "refused", reason = reason,
+            condition = why.condition().map(|c| c.as_str()),
+            domain = self.fsm.requested_domain(), peer:% = self.peer;
+            "component refused"
+        );
     }
 }
 
@@ -118,6 +162,9 @@ impl StreamGlue for ComponentGlue {
     }
 
     fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
+        if !self.fsm.is_closed() {
+            self.killed = true;
+        }
         self.fsm.stream_error(condition, None);
         self.do_actions(ctl);
     }
@@ -141,7 +188,24 @@ impl StreamGlue for ComponentGlue {
         crate::metrics::with(|m| m.closed(ConnKind::Component));
         if let Some(domain) = &self.domain {
             unregister(&self.shard, domain, self.id);
-            log::info!("component {domain} disconnected");
+            let reason = match self.closing {
+                None => "dropped",
+                Some(Closing::ByPeer) => "closed",
+                Some(Closing::StreamError(StreamErrorCondition::SystemShutdown)) if self.killed => {
+                    "shutdown"
+                }
+                Some(_) if self.killed => "killed",
+                Some(_) => "stream-error",
+            };
+            let duration_ms = self
+                .connected_at
+                .map_or(0, |t| t.elapsed().as_millis() as u64);
+            log::info!(
+                event = "logout", domain = domain.as_str(), reason = reason,
+                condition = self.closing.and_then(Closing::condition).map(|c| c.as_str()),
+                duration_ms = duration_ms, peer:% = self.peer;
+                "component disconnected"
+            );
         }
     }
 }

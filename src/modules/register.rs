@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -291,9 +291,26 @@ pub fn register_hosts(plan: &[HostModules]) -> Vec<String> {
 }
 
 /// Answers an in-band registration request on an unauthenticated stream: the serialised IQ answer.
-pub async fn preauth(ctx: &ModuleCtx, host: &str, ip: IpAddr, iq: &Stanza) -> Vec<u8> {
+pub async fn preauth(ctx: &ModuleCtx, host: &str, peer: SocketAddr, iq: &Stanza) -> Vec<u8> {
     let id = iq.id().map(|i| i.into_owned()).unwrap_or_default();
-    let result = preauth_result(ctx, host, ip, iq).await;
+    let result = preauth_result(ctx, host, peer.ip(), iq).await;
+    if iq.type_().as_deref() == Some("set") || result.is_err() {
+        // A peer can try at will: the line names the peer, so the log's rate limit holds it.
+        let el = iq.to_element();
+        let username = el.child("query").and_then(|q| fields(q).0);
+        match &result {
+            Ok(_) => log::info!(
+                event = "registered", host = host, username = username.as_deref(),
+                peer:% = peer;
+                "account created by in-band registration"
+            ),
+            Err(e) => log::info!(
+                event = "refused", reason = "registration", condition = e.condition.as_str(),
+                host = host, username = username.as_deref(), peer:% = peer;
+                "in-band registration refused"
+            ),
+        }
+    }
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"<iq id='");
     out.extend_from_slice(escape(&id).as_bytes());
@@ -334,7 +351,6 @@ async fn preauth_result(ctx: &ModuleCtx, host: &str, ip: IpAddr, iq: &Stanza) ->
     let limit = opts.int("registrations_per_ip_per_hour") as usize;
     let now = Instant::now();
     if !admit(ctx, ip, limit, now).await {
-        log::info!("mod_register: {ip} is over its registration limit");
         return Err(IqError::new(Cond::ResourceConstraint)
             .with_text("too many registrations from your address; try later"));
     }

@@ -406,7 +406,7 @@ impl<G: StreamGlue> Driver<G> {
                 return;
             }
             if let Err(e) = tls.process_new_packets() {
-                log::debug!("{}: TLS error: {e}", self.peer);
+                log::debug!(peer:% = self.peer; "TLS error: {e}");
                 // The alert rustls queued is written before the connection closes.
                 self.closing = true;
                 return;
@@ -539,7 +539,7 @@ impl<G: StreamGlue> Driver<G> {
             match unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }.try_clone_to_owned() {
                 Ok(fd) => fd,
                 Err(e) => {
-                    log::error!("{}: cannot hand the connection over: {e}", self.peer);
+                    log::error!(peer:% = self.peer; "cannot hand the connection over: {e}");
                     return None;
                 }
             };

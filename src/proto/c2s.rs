@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use super::csi::NS_CSI;
 use super::errors::{
-    StanzaErrorCondition, StreamErrorCondition, write_error_reply, write_stream_error,
+    Closing, StanzaErrorCondition, StreamErrorCondition, write_error_reply, write_stream_error,
 };
 use super::jid::Jid;
 use super::sasl::{ChannelBindings, Credentials, Mechanism, SaslError, SaslServer, Step};
@@ -75,6 +75,17 @@ pub enum Action {
         username: String,
         plain_password: Option<String>,
     },
+    /// A SASL attempt ended, in success or failure (RFC 6120 §6.4.5, §6.4.6): one per attempt, for the
+    /// logs and the counters. A success is followed by [`Action::Authenticated`].
+    Authentication {
+        /// The mechanism's name as offered ([`Mechanism::name`]), or `"none"` when the client named
+        /// none that is offered: a small fixed set, fit for a metric's label.
+        mechanism: &'static str,
+        /// The username the client gave (its prepared localpart), when it got that far.
+        username: Option<String>,
+        /// `Err` carries the SASL condition sent (RFC 6120 §6.5), e.g. `not-authorized`, `aborted`.
+        outcome: Result<(), &'static str>,
+    },
     /// SASL succeeded for this bare JID: the driver may move the connection to the JID's home shard.
     Authenticated(Jid),
     /// Bind a resource (`None`: the server chooses) and answer with [`C2s::bound`]. `iq` is the request.
@@ -90,8 +101,9 @@ pub enum Action {
     /// An in-band registration request (XEP-0077) before authentication, for `host`; the driver
     /// answers it (the answer carries the request's `id` and no addresses).
     Register { host: String, iq: Stanza },
-    /// Close the connection after writing what is queued (the closing tag or the stream error included).
-    Close,
+    /// Close the connection after writing what is queued (the closing tag or the stream error included);
+    /// the reason is for the logs.
+    Close(Closing),
 }
 
 /// Why a bind request was refused, decided by the session manager.
@@ -163,6 +175,10 @@ pub struct C2s {
     bindings: ChannelBindings,
     sasl: Option<SaslServer>,
     sasl_failures: u32,
+    /// The username of the SASL attempt in progress, once the client gave one.
+    sasl_username: Option<String>,
+    /// The mechanism that authenticated this stream.
+    mechanism: Option<Mechanism>,
     user: Option<Jid>,
     full: Option<Jid>,
     started: Instant,
@@ -192,6 +208,8 @@ impl C2s {
             bindings,
             sasl: None,
             sasl_failures: 0,
+            sasl_username: None,
+            mechanism: None,
             user: None,
             full: None,
             started: now,
@@ -223,6 +241,16 @@ impl C2s {
         self.full.as_ref()
     }
 
+    /// The name of the SASL mechanism that authenticated this stream.
+    pub fn mechanism(&self) -> Option<&'static str> {
+        self.mechanism.map(Mechanism::name)
+    }
+
+    /// Whether TLS is up on this stream (direct TLS or after STARTTLS).
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
     pub fn is_established(&self) -> bool {
         self.phase == Phase::Established
     }
@@ -245,7 +273,7 @@ impl C2s {
             Event::StreamOpen(header) => self.stream_open(&header),
             Event::StreamClose => {
                 self.send(b"</stream:stream>".to_vec());
-                self.close();
+                self.close(Closing::ByPeer);
             }
             Event::Stanza(stanza) => self.element(stanza),
         }
@@ -324,12 +352,20 @@ impl C2s {
             && self.phase != Phase::Closed
             && now.duration_since(self.started) >= self.settings.auth_timeout
         {
-            self.stream_error(StreamErrorCondition::ConnectionTimeout, None);
+            self.end_with(
+                StreamErrorCondition::ConnectionTimeout,
+                None,
+                Closing::AuthTimeout,
+            );
         }
     }
 
     /// Ends the stream with `condition` (e.g. `conflict` when replaced, `system-shutdown`).
     pub fn stream_error(&mut self, condition: StreamErrorCondition, text: Option<&str>) {
+        self.end_with(condition, text, Closing::StreamError(condition));
+    }
+
+    fn end_with(&mut self, condition: StreamErrorCondition, text: Option<&str>, why: Closing) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -339,12 +375,12 @@ impl C2s {
         let mut out = Vec::new();
         write_stream_error(&mut out, condition, text);
         self.send(out);
-        self.close();
+        self.close(why);
     }
 
-    fn close(&mut self) {
+    fn close(&mut self, why: Closing) {
         self.phase = Phase::Closed;
-        self.actions.push_back(Action::Close);
+        self.actions.push_back(Action::Close(why));
     }
 
     fn send(&mut self, bytes: Vec<u8>) {
@@ -522,8 +558,8 @@ impl C2s {
                 self.sasl_step(result);
             }
             (Phase::Sasl | Phase::SaslLookup, Elem::Abort) => {
-                self.sasl = None;
-                self.sasl_failure("aborted");
+                let mech = self.sasl.take().map(|s| s.mechanism());
+                self.sasl_failure(mech, "aborted");
             }
             (Phase::Bound0 | Phase::Established, Elem::Client)
                 if stanza.kind() == StanzaKind::Iq && self.is_session_iq(&stanza) =>
@@ -584,7 +620,7 @@ impl C2s {
             self.send(
                 b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>".to_vec(),
             );
-            self.close();
+            self.close(Closing::TlsRefused);
             return;
         }
         self.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".to_vec());
@@ -595,17 +631,18 @@ impl C2s {
     fn auth(&mut self, stanza: &Stanza) {
         let el = stanza.to_element();
         let name = el.attr("mechanism").unwrap_or_default();
+        let offered = Mechanism::from_name(name).filter(|m| self.mechanisms().any(|o| o == *m));
+        self.sasl_username = None;
         if !self.offers_sasl() {
-            self.sasl_failure("encryption-required");
+            self.sasl_failure(offered, "encryption-required");
             return;
         }
-        let Some(mech) = Mechanism::from_name(name).filter(|m| self.mechanisms().any(|o| o == *m))
-        else {
-            self.sasl_failure("invalid-mechanism");
+        let Some(mech) = offered else {
+            self.sasl_failure(None, "invalid-mechanism");
             return;
         };
         let Some(data) = decode_payload(&el) else {
-            self.sasl_failure("incorrect-encoding");
+            self.sasl_failure(Some(mech), "incorrect-encoding");
             return;
         };
         let mut nonce = [0u8; 18];
@@ -631,8 +668,8 @@ impl C2s {
         let el = stanza.to_element();
         let data = decode_payload(&el);
         if data.is_none() {
-            self.sasl = None;
-            self.sasl_failure("incorrect-encoding");
+            let mech = self.sasl.take().map(|s| s.mechanism());
+            self.sasl_failure(mech, "incorrect-encoding");
         }
         data
     }
@@ -641,6 +678,7 @@ impl C2s {
         match result {
             Ok(Step::NeedCredentials { username }) => {
                 self.phase = Phase::SaslLookup;
+                self.sasl_username = Some(username.clone());
                 let host = self.host.clone();
                 let plain_password = self
                     .sasl
@@ -663,9 +701,9 @@ impl C2s {
                 username,
                 additional,
             }) => {
-                self.sasl = None;
+                let mech = self.sasl.take().map(|s| s.mechanism());
                 let Ok(jid) = Jid::from_parts(Some(&username), &self.host, None) else {
-                    self.sasl_failure("not-authorized");
+                    self.sasl_failure(mech, "not-authorized");
                     return;
                 };
                 let mut out = b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'".to_vec();
@@ -677,6 +715,13 @@ impl C2s {
                     out.extend_from_slice(b"</success>");
                 }
                 self.send(out);
+                self.actions.push_back(Action::Authentication {
+                    mechanism: mech.map_or("none", Mechanism::name),
+                    username: Some(username),
+                    outcome: Ok(()),
+                });
+                self.sasl_username = None;
+                self.mechanism = mech;
                 self.actions.push_back(Action::ResetParser);
                 self.user = Some(jid.clone());
                 self.phase = Phase::Header;
@@ -684,25 +729,32 @@ impl C2s {
                 self.actions.push_back(Action::Authenticated(jid));
             }
             Err(e) => {
-                self.sasl = None;
-                self.sasl_failure(e.condition());
+                let mech = self.sasl.take().map(|s| s.mechanism());
+                self.sasl_failure(mech, e.condition());
             }
         }
     }
 
-    fn sasl_failure(&mut self, condition: &str) {
+    /// Answers a failed SASL attempt with `condition`, reports it, and closes the stream at the cap.
+    fn sasl_failure(&mut self, mechanism: Option<Mechanism>, condition: &'static str) {
         let mut out = b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><".to_vec();
         out.extend_from_slice(condition.as_bytes());
         out.extend_from_slice(b"/></failure>");
         self.send(out);
+        self.actions.push_back(Action::Authentication {
+            mechanism: mechanism.map_or("none", Mechanism::name),
+            username: self.sasl_username.take(),
+            outcome: Err(condition),
+        });
         self.phase = Phase::PreAuth;
         if condition != "aborted" {
             self.sasl_failures += 1;
         }
         if self.sasl_failures >= self.settings.max_sasl_failures {
-            self.stream_error(
+            self.end_with(
                 StreamErrorCondition::PolicyViolation,
                 Some("too many failed authentication attempts"),
+                Closing::TooManyAuthFailures,
             );
         }
     }
@@ -854,7 +906,11 @@ mod tests {
         /// The client state nonzas passed on, in order (`true`: active).
         states: Vec<bool>,
         authenticated: Option<Jid>,
+        /// Every SASL outcome reported, in order.
+        auths: Vec<(&'static str, Option<String>, Result<(), &'static str>)>,
         closed: bool,
+        /// Why the machine closed the stream.
+        closing: Option<Closing>,
         tls_started: bool,
         creds: Credentials,
         piece: usize,
@@ -881,7 +937,9 @@ mod tests {
                 routed: Vec::new(),
                 states: Vec::new(),
                 authenticated: None,
+                auths: Vec::new(),
                 closed: false,
+                closing: None,
                 tls_started: false,
                 creds: Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap(),
                 piece,
@@ -937,7 +995,18 @@ mod tests {
                             None => self.c2s.credentials(found),
                         }
                     }
-                    Action::Authenticated(j) => self.authenticated = Some(j),
+                    Action::Authentication {
+                        mechanism,
+                        username,
+                        outcome,
+                    } => self.auths.push((mechanism, username, outcome)),
+                    Action::Authenticated(j) => {
+                        assert!(
+                            matches!(self.auths.last(), Some((_, _, Ok(())))),
+                            "a success is reported before Authenticated"
+                        );
+                        self.authenticated = Some(j)
+                    }
                     Action::Bind { resource, iq } => {
                         let user = self.c2s.user().unwrap().clone();
                         let r = match resource.as_deref() {
@@ -954,7 +1023,11 @@ mod tests {
                         self.c2s.send_raw(b"<iq type='result'/>".to_vec());
                         self.routed.push(iq);
                     }
-                    Action::Close => self.closed = true,
+                    Action::Close(why) => {
+                        assert!(!self.closed, "one Close per stream");
+                        self.closed = true;
+                        self.closing = Some(why);
+                    }
                 }
             }
         }
@@ -1020,9 +1093,16 @@ mod tests {
             assert_eq!(out, "<iq type='result' id='s'/>");
             p.client("<message to='romeo@example.org' from='juliet@example.org/balcony'><body>hi</body></message>");
             assert_eq!(p.routed.len(), 1);
+            assert_eq!(
+                p.auths,
+                [("SCRAM-SHA-256", Some("juliet".to_string()), Ok(()))]
+            );
+            assert_eq!(p.c2s.mechanism(), Some("SCRAM-SHA-256"));
+            assert!(!p.c2s.is_secure());
             let out = p.client("</stream:stream>");
             assert_eq!(out, "</stream:stream>");
             assert!(p.closed);
+            assert_eq!(p.closing, Some(Closing::ByPeer));
         }
     }
 
@@ -1041,6 +1121,7 @@ mod tests {
         );
         let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABwZW5jaWw=</auth>");
         assert!(out.contains("<encryption-required/>"), "{out}");
+        assert_eq!(p.auths, [("PLAIN", None, Err("encryption-required"))]);
         let out = p.client("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         assert_eq!(out, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         assert!(p.tls_started);
@@ -1060,6 +1141,8 @@ mod tests {
         );
         let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABwZW5jaWw=</auth>");
         assert!(out.starts_with("<success"), "{out}");
+        assert_eq!(p.auths[1], ("PLAIN", Some("juliet".to_string()), Ok(())));
+        assert!(p.c2s.is_secure());
     }
 
     #[test]
@@ -1076,6 +1159,14 @@ mod tests {
             "the second failure reaches the cap of 2: {out}"
         );
         assert!(p.closed);
+        assert_eq!(
+            p.auths,
+            [
+                ("none", None, Err("invalid-mechanism")),
+                ("PLAIN", None, Err("incorrect-encoding")),
+            ]
+        );
+        assert_eq!(p.closing, Some(Closing::TooManyAuthFailures));
 
         let mut p = Peer::new(false, false, usize::MAX);
         p.client(HDR);
@@ -1090,6 +1181,45 @@ mod tests {
         let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>bixtPWp1bGlldA==</auth>");
         assert!(out.contains("<malformed-request/>"), "{out}");
         assert!(p.closed);
+        // Every attempt reported once, the abort too (it does not count towards the cap).
+        assert_eq!(
+            p.auths,
+            [
+                ("PLAIN", Some("juliet".to_string()), Err("not-authorized")),
+                ("SCRAM-SHA-1", None, Err("aborted")),
+                ("SCRAM-SHA-1", None, Err("malformed-request")),
+            ]
+        );
+        assert_eq!(p.closing, Some(Closing::TooManyAuthFailures));
+
+        // A wrong SCRAM proof names the user it tried.
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.client(HDR);
+        let mut scram = ScramClient::new(Hash::Sha256, "juliet", "wrong", "cnonce", None);
+        let out = p.client(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            B64.encode(scram.client_first())
+        ));
+        let challenge = between(
+            &out,
+            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+            "</challenge>",
+        );
+        let last = scram.client_final(&B64.decode(challenge).unwrap()).unwrap();
+        let out = p.client(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(last)
+        ));
+        assert!(out.contains("<not-authorized/>"), "{out}");
+        assert_eq!(
+            p.auths,
+            [(
+                "SCRAM-SHA-256",
+                Some("juliet".to_string()),
+                Err("not-authorized")
+            )]
+        );
+        assert!(!p.closed, "one failure is under the cap");
     }
 
     #[test]
@@ -1144,6 +1274,10 @@ mod tests {
                 );
                 assert!(out.ends_with("</stream:error></stream:stream>"));
                 assert!(p.closed);
+                assert_eq!(
+                    p.closing.and_then(Closing::condition).map(|c| c.as_str()),
+                    Some(condition)
+                );
             }
         }
         let mut p = Peer::new(false, false, usize::MAX);
@@ -1191,6 +1325,7 @@ mod tests {
         p.drain();
         assert!(p.sent.contains("<connection-timeout"), "{}", p.sent);
         assert!(p.closed);
+        assert_eq!(p.closing, Some(Closing::AuthTimeout));
 
         let mut p = Peer::new(false, false, usize::MAX);
         p.login("first");

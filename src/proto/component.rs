@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-use super::errors::{StreamErrorCondition, write_stream_error};
+use super::errors::{Closing, StreamErrorCondition, write_stream_error};
 use super::jid::Jid;
 use super::xml::{Event, Stanza, StanzaKind, StreamHeader, XmlError};
 
@@ -33,7 +33,8 @@ pub enum ComponentAction {
     Register(String),
     /// A stanza from the component, checked, for the router.
     Route(Stanza),
-    Close,
+    /// Close after writing what is queued; the reason is for the logs.
+    Close(Closing),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,12 @@ impl ComponentStream {
         (self.phase == Phase::Established).then_some(self.domain.as_str())
     }
 
+    /// The domain the component's header asked for, once it named one this server knows (for the logs
+    /// of a refused handshake).
+    pub fn requested_domain(&self) -> Option<&str> {
+        (!self.domain.is_empty()).then_some(self.domain.as_str())
+    }
+
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed
     }
@@ -91,7 +98,7 @@ impl ComponentStream {
             Event::StreamOpen(h) => self.open(&h),
             Event::StreamClose => {
                 self.send(b"</stream:stream>".to_vec());
-                self.close();
+                self.close(Closing::ByPeer);
             }
             Event::Stanza(s) => self.element(s),
         }
@@ -123,11 +130,19 @@ impl ComponentStream {
         if matches!(self.phase, Phase::Header | Phase::Handshake)
             && now.duration_since(self.started) >= self.settings.handshake_timeout
         {
-            self.stream_error(StreamErrorCondition::ConnectionTimeout, None);
+            self.end_with(
+                StreamErrorCondition::ConnectionTimeout,
+                None,
+                Closing::AuthTimeout,
+            );
         }
     }
 
     pub fn stream_error(&mut self, condition: StreamErrorCondition, text: Option<&str>) {
+        self.end_with(condition, text, Closing::StreamError(condition));
+    }
+
+    fn end_with(&mut self, condition: StreamErrorCondition, text: Option<&str>, why: Closing) {
         if self.phase == Phase::Closed {
             return;
         }
@@ -137,7 +152,7 @@ impl ComponentStream {
         let mut out = Vec::new();
         write_stream_error(&mut out, condition, text);
         self.send(out);
-        self.close();
+        self.close(why);
     }
 
     fn open(&mut self, header: &StreamHeader) {
@@ -232,9 +247,9 @@ impl ComponentStream {
         self.actions.push_back(ComponentAction::Send(bytes));
     }
 
-    fn close(&mut self) {
+    fn close(&mut self, why: Closing) {
         self.phase = Phase::Closed;
-        self.actions.push_back(ComponentAction::Close);
+        self.actions.push_back(ComponentAction::Close(why));
     }
 }
 
@@ -257,7 +272,7 @@ mod tests {
         out: String,
         routed: Vec<Stanza>,
         registered: Vec<String>,
-        closed: bool,
+        closed: Option<Closing>,
     }
 
     impl Peer {
@@ -274,7 +289,7 @@ mod tests {
                 out: String::new(),
                 routed: Vec::new(),
                 registered: Vec::new(),
-                closed: false,
+                closed: None,
             }
         }
 
@@ -298,7 +313,7 @@ mod tests {
                         self.drain();
                     }
                     self.drain();
-                    if self.closed {
+                    if self.closed.is_some() {
                         return self.out[start..].to_string();
                     }
                 }
@@ -319,7 +334,7 @@ mod tests {
                     ComponentAction::Send(b) => self.out.push_str(&String::from_utf8(b).unwrap()),
                     ComponentAction::Register(d) => self.registered.push(d),
                     ComponentAction::Route(s) => self.routed.push(s),
-                    ComponentAction::Close => self.closed = true,
+                    ComponentAction::Close(why) => self.closed = Some(why),
                 }
             }
         }
@@ -359,7 +374,7 @@ mod tests {
                 piece,
             );
             assert_eq!(p.routed.len(), 2, "piece {piece}");
-            assert!(!p.closed);
+            assert!(p.closed.is_none());
         }
     }
 
@@ -369,11 +384,19 @@ mod tests {
         p.feed(HEADER, 7);
         let out = p.feed("<handshake>0000</handshake>", 3);
         assert!(out.contains("<not-authorized"), "{out}");
-        assert!(p.closed && p.registered.is_empty());
+        assert_eq!(
+            p.closed,
+            Some(Closing::StreamError(StreamErrorCondition::NotAuthorized))
+        );
+        assert!(p.registered.is_empty());
 
         let mut p = Peer::new();
         let out = p.feed(&HEADER.replace("gw.example.org", "other.example.org"), 4);
         assert!(out.contains("<host-unknown"), "{out}");
+        assert_eq!(
+            p.closed,
+            Some(Closing::StreamError(StreamErrorCondition::HostUnknown))
+        );
 
         let mut p = Peer::new();
         let out = p.feed(
@@ -403,5 +426,6 @@ mod tests {
         p.stream.tick(Instant::now() + Duration::from_secs(6));
         p.drain();
         assert!(p.out.contains("<connection-timeout"), "{}", p.out);
+        assert_eq!(p.closed, Some(Closing::AuthTimeout));
     }
 }

@@ -40,6 +40,35 @@ pub enum StreamErrorCondition {
     UnsupportedVersion,
 }
 
+/// Why a stream machine closed its stream, for the glue's logs and counters: a stream that ends is a
+/// logout or a refusal, and the operator wants to know which and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The peer closed its stream (`</stream:stream>`), and the machine answered in kind.
+    ByPeer,
+    /// The machine sent this stream error: the peer broke a rule, or the glue asked (`conflict`,
+    /// `system-shutdown`, a full output queue).
+    StreamError(StreamErrorCondition),
+    /// The peer did not authenticate in time (`connection-timeout` was sent).
+    AuthTimeout,
+    /// The peer failed authentication as often as it may (`policy-violation` was sent).
+    TooManyAuthFailures,
+    /// STARTTLS was refused (a TLS `<failure/>` was sent, RFC 6120 §5.4.2.2).
+    TlsRefused,
+}
+
+impl Closing {
+    /// The stream error condition sent, if one was.
+    pub fn condition(self) -> Option<StreamErrorCondition> {
+        match self {
+            Closing::StreamError(c) => Some(c),
+            Closing::AuthTimeout => Some(StreamErrorCondition::ConnectionTimeout),
+            Closing::TooManyAuthFailures => Some(StreamErrorCondition::PolicyViolation),
+            Closing::ByPeer | Closing::TlsRefused => None,
+        }
+    }
+}
+
 impl StreamErrorCondition {
     pub fn as_str(self) -> &'static str {
         use StreamErrorCondition::*;

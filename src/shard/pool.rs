@@ -384,9 +384,14 @@ async fn run_shard(
                 if shard.sinks().borrow().len() >= shard.config().limits.max_connections_per_shard {
                     // The cap: refuse before any state is allocated, with `resource-constraint` on a
                     // plain listener (RFC 6120 §4.9.3.17); a direct-TLS client just sees the close.
+                    let peer = stream
+                        .peer_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
                     log::warn!(
-                        "shard {}: connection cap reached, refusing a connection",
-                        shard.id()
+                        event = "refused", reason = "connection-cap",
+                        listener = if kind == ListenerKind::C2s { "c2s" } else { "component" },
+                        peer:% = peer;
+                        "connection cap reached, refusing a connection"
                     );
                     crate::metrics::with(|m| m.refused_at_cap());
                     if tls == TlsMode::Starttls {
@@ -457,6 +462,7 @@ async fn run_shard(
                 Err(e) => log::error!("shard {id}: module reload: {e}"),
             }
         }
+        crate::logging::report_suppressed(std::time::Instant::now(), false);
         let generation = server.dump_generation.load(Ordering::SeqCst);
         if generation != dumped {
             dumped = generation;
@@ -477,5 +483,6 @@ async fn run_shard(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     drop(listeners);
+    crate::logging::report_suppressed(std::time::Instant::now(), true);
     log::debug!("shard {id} stopped");
 }

@@ -29,6 +29,10 @@ pub struct TestServer {
     pub direct: SocketAddr,
     pub shards: usize,
     pub stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The server's stderr (its log), line by line, when started with [`TestServer::start_capturing`];
+    /// otherwise stderr goes to the test's own.
+    pub stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    capture_stderr: bool,
     /// Every listener in configuration order (the two c2s ones first, then what `extra` adds).
     pub listeners: Vec<SocketAddr>,
     extra: String,
@@ -38,6 +42,15 @@ impl TestServer {
     /// Starts a server with `shards` shards for `localhost` and `example.net`; `extra` is appended to
     /// the configuration (e.g. `[limits]` overrides).
     pub fn start(shards: usize, extra: &str) -> TestServer {
+        TestServer::start_with(shards, extra, false)
+    }
+
+    /// Like [`TestServer::start`], with the server's stderr (its log) kept in [`TestServer::stderr`].
+    pub fn start_capturing(shards: usize, extra: &str) -> TestServer {
+        TestServer::start_with(shards, extra, true)
+    }
+
+    fn start_with(shards: usize, extra: &str, capture_stderr: bool) -> TestServer {
         let dir = std::env::temp_dir().join(format!(
             "rjabberd-test-{}-{}",
             std::process::id(),
@@ -52,6 +65,8 @@ impl TestServer {
             direct: "127.0.0.1:0".parse().unwrap(),
             shards,
             stdout: Arc::default(),
+            stderr: Arc::default(),
+            capture_stderr,
             listeners: Vec::new(),
             extra: extra.to_string(),
         };
@@ -88,9 +103,22 @@ impl TestServer {
             .arg("--config")
             .arg(self.config_path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if self.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("rjabberd starts");
+        if let Some(stderr) = child.stderr.take() {
+            let lines = self.stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let lines = self.stdout.clone();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -354,6 +382,11 @@ impl Client {
         .unwrap();
         self.io = Transport::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
         self.parser = StreamParser::new(Limits::default());
+    }
+
+    /// The client's address, as the server sees it (its `peer`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.io.tcp().local_addr().unwrap()
     }
 
     pub fn send(&mut self, s: &str) {
