@@ -5,7 +5,8 @@ contacts each), divided by the messages (presence deliveries) carried. Unlike CP
 with what else the machine is doing, so an A/B of a change on this shared VM is a single run each.
 
     perf/instructions.py [--rate R] [--duration S] [--users N] [--runs K]
-                         [--scenario chat|presence] [--contacts K] [--carbons] BINARY [BINARY…]
+                         [--scenario chat|presence] [--contacts K] [--carbons]
+                         [--extra-config TOML] BINARY [BINARY…]
 
 Each binary is run K times in alternation (one shard, plaintext, 127.0.0.1, its own temporary data
 directory with N users provisioned by `rjabberd-bench provision`), under callgrind; `rjabberd-bench run
@@ -33,7 +34,7 @@ def run_once(binary, port, args):
         f.write(
             f'shards = 1\ndata_dir = "{d}/data"\nlog_level = "warn"\n[[host]]\nname = "localhost"\n'
             f'[[listener]]\naddress = "127.0.0.1:{port}"\n[limits]\nmax_sessions_per_user = 10\n'
-            "[auth]\nallow_plaintext = true\n"
+            "[auth]\nallow_plaintext = true\n" + args.extra_config.replace("\\n", "\n") + "\n"
         )
     provision = [BENCH, "provision", "--data-dir", f"{d}/data", "--users", str(args.users)]
     if args.contacts:
@@ -88,6 +89,9 @@ def main():
     p.add_argument("--scenario", default="chat", choices=["chat", "presence"])
     p.add_argument("--contacts", type=int, default=0)
     p.add_argument("--carbons", action="store_true", help="every session enables XEP-0280 carbons")
+    p.add_argument("--extra-config", default="",
+                   help="TOML appended to the server's configuration (\\n for a newline), e.g. "
+                        "'[metrics]\\nlatency_sample = 0'")
     args = p.parse_args()
     port = 36400
     results = {b: [] for b in args.binaries}
