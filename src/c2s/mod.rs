@@ -280,8 +280,8 @@ impl StreamGlue for C2sGlue {
         progress | self.do_actions(ctl)
     }
 
-    fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
-        self.c2s.stream_error(condition, None);
+    fn kill(&mut self, condition: StreamErrorCondition, text: Option<&str>, ctl: &mut Control) {
+        self.c2s.stream_error(condition, text);
         self.do_actions(ctl);
     }
 

@@ -117,8 +117,8 @@ impl StreamGlue for ComponentGlue {
         self.do_actions(ctl)
     }
 
-    fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
-        self.fsm.stream_error(condition, None);
+    fn kill(&mut self, condition: StreamErrorCondition, text: Option<&str>, ctl: &mut Control) {
+        self.fsm.stream_error(condition, text);
         self.do_actions(ctl);
     }
 
