@@ -723,7 +723,7 @@ fn send_message(ctx: &ModuleCtx, from: &str, to: &str, body: &str) -> Result<Ans
     }
     let id = format!("ctl-{}", crate::metrics::now_ns());
     let xml = format!(
-        "<message type='normal' to='{}' id='{id}'><body>{}</body></message>",
+        "<message xmlns='jabber:client' type='normal' to='{}' id='{id}'><body>{}</body></message>",
         escape(to),
         escape(body)
     );

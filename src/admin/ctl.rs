@@ -3,10 +3,11 @@
 //! wire over it. The socket is made where nobody else can reach it (a private 0700 directory beside its
 //! final place), set to 0600 there, and renamed into place, so there is no moment when its permissions
 //! are wider; a socket file that nobody answers on (a crashed server's) is replaced, a live one is left
-//! alone and the start fails. Every connection's peer credentials (`SO_PEERCRED`) are checked before a
-//! byte of it is read. One request per connection: the client sends one JSON line
+//! alone and the start fails. Every connection's peer credentials (`SO_PEERCRED`) are checked before
+//! anything it sends is looked at. One request per connection: the client sends one JSON line
 //! `{"version":1,"args":[…],"json":bool}` of at most 64 KiB within 5 s, the server answers one JSON
-//! object `{"code":N,"text":"…","json":…}` and closes. The commands themselves are in [`super::commands`].
+//! object `{"code":N,"text":"…","json":…}` and closes. A refused peer's request is read (bounded the
+//! same way) and dropped unparsed. The commands themselves are in [`super::commands`].
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -244,8 +245,12 @@ async fn answer(
     ctx: &ModuleCtx,
     reload: &Reload,
 ) -> std::io::Result<()> {
-    let answer = match peer_uid(stream.as_raw_fd()) {
-        Ok(uid) if permitted(uid, own) => match read_request(&mut stream).await {
+    let peer = peer_uid(stream.as_raw_fd());
+    // Read even from a refused peer, and drop it unparsed: closing a Unix socket with unread bytes
+    // resets it, and the peer would see that instead of the refusal.
+    let request = read_request(&mut stream).await;
+    let answer = match peer {
+        Ok(uid) if permitted(uid, own) => match request {
             Ok(request) => match commands::parse(&request.args) {
                 Ok(command) => commands::run(command, ctx, reload).await,
                 Err(usage) => Answer::fail(Exit::Usage, usage),
@@ -403,14 +408,20 @@ pub fn ask(path: &Path, args: &[String], json: bool, wait: Duration) -> Result<A
     };
     let mut line = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .map_err(|e| format!("{shown}: {e}"))?;
+    // A refused peer's request is never read: the server may have answered and closed before this
+    // write, which then fails while the refusal waits to be read.
+    let written = stream.write_all(&line);
+
     let mut raw = Vec::new();
     stream
         .take(MAX_ANSWER)
         .read_to_end(&mut raw)
         .map_err(|e| format!("no answer from the server at {shown}: {e}"))?;
+    if raw.is_empty()
+        && let Err(e) = written
+    {
+        return Err(format!("{shown}: {e}"));
+    }
     serde_json::from_slice(&raw).map_err(|e| {
         format!(
             "the server at {shown} answered something else than an answer ({e}): {}",
