@@ -41,6 +41,7 @@ pub struct Config {
     /// External components (XEP-0114) the component listeners accept.
     #[serde(rename = "component")]
     pub components: Vec<ComponentConfig>,
+    pub ctl: CtlConfig,
     /// The text the configuration was read from (empty for the embedded defaults), for the checks made
     /// above this layer (module options) to name their line and column.
     #[serde(skip)]
@@ -229,6 +230,25 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[ctl]`: the control socket `rjabberd ctl` talks to (local, mode 0600, root or the server's user).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CtlConfig {
+    /// Whether the server opens the socket.
+    pub enabled: bool,
+    /// Where; absent: `rjabberd.ctl` in `data_dir`. A Unix socket path holds at most 107 bytes.
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for CtlConfig {
+    fn default() -> Self {
+        CtlConfig {
+            enabled: true,
+            socket: None,
+        }
+    }
+}
+
 /// TLS session resumption (what a reconnect wave costs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -320,6 +340,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             modules_table: None,
             components: Vec::new(),
+            ctl: CtlConfig::default(),
             source: String::new(),
             file: PathBuf::new(),
         }

@@ -19,6 +19,7 @@
 //! | layer (top to bottom) | module | owns |
 //! | --- | --- | --- |
 //! | start-up | [`shard::pool`] | the shard pool, listeners, accept loops, the mesh consumers, housekeeping; installs the [`shard::Wiring`] |
+//! | operators | [`admin`] | served by shard 0: the Prometheus endpoint and the `rjabberd ctl` control socket and commands, reaching the other shards only by jobs over the mesh |
 //! | stream glue | [`c2s`], [`component`] | what a client's or a component's stream means: carrying out its machine's actions |
 //! | router | [`router`] | the one routing entry point; [`router::local`] for the server's own JID |
 //! | session manager | [`sm::session`] | bind, unbind, conflict, presence, session hooks, delivery ([`sm::deliver`]: the RFC 6121 §8.5 rules) |

@@ -1,5 +1,6 @@
 //! The `rjabberd` command: starts the server (with embedded defaults, or `--config FILE`), or manages
-//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs.
+//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs, or talks to
+//! the running server over its control socket (`rjabberd ctl …`).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -44,6 +45,14 @@ enum Command {
     Roster {
         #[command(subcommand)]
         action: RosterAction,
+    },
+    /// Talk to the running server over its control socket (ejabberdctl's commands): `ctl help` lists
+    /// them; `--json` anywhere before `--` for machine-readable output. Exit codes: 0 done, 1 failed,
+    /// 2 usage error, 3 no server reached.
+    #[command(disable_help_flag = true)]
+    Ctl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -90,6 +99,12 @@ enum UserAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl { args }) = cli.command {
+        return ExitCode::from(rjabberd::admin::ctl::client_main(
+            cli.config.as_deref(),
+            args,
+        ));
+    }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -109,9 +124,10 @@ fn main() -> ExitCode {
         eprintln!("rjabberd: cannot install the logger: {e}");
     }
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config, cli.config.clone()),
+        Command::Serve => serve(config),
         Command::User { action } => user(&config, action),
         Command::Roster { action } => roster(&config, action),
+        Command::Ctl { .. } => unreachable!("answered above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,7 +138,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
+fn serve(config: Config) -> Result<(), String> {
     let fds = rjabberd::net::raise_fd_limit();
     log::debug!("open-file limit: {fds}");
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -159,6 +175,9 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     if let Some(addr) = server.shared.metrics_addr {
         println!("rjabberd: metrics on http://{addr}/metrics");
     }
+    if let Some(ctl) = &*server.shared.ctl.lock().unwrap_or_else(|p| p.into_inner()) {
+        println!("rjabberd: control socket {}", ctl.path().display());
+    }
     println!(
         "rjabberd: serving {} with {} shard(s); data in {}",
         hosts.join(", "),
@@ -174,7 +193,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
             server.shared.dump_generation.fetch_add(1, Ordering::SeqCst);
         }
         if reload.swap(false, Ordering::SeqCst) {
-            reload_modules(&server, path.as_deref());
+            reload_modules(&server);
         }
     }
     server.join();
@@ -182,24 +201,16 @@ fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP: re-reads the configuration file and applies its `[modules]` sections (other changes need a
-/// restart). A file with an error changes nothing and the error is printed with its location.
-fn reload_modules(server: &Server, path: Option<&std::path::Path>) {
-    let Some(path) = path else {
-        eprintln!("rjabberd: SIGHUP: started without --config, nothing to reload");
-        return;
-    };
-    match Config::load(path).and_then(|new| plan_of(&new).map(|plan| (new, plan))) {
-        Ok((new, plan)) => {
-            if new.host_names() != server.shared.hosts {
-                eprintln!(
-                    "rjabberd: SIGHUP: hosts changed; that needs a restart (modules reloaded)"
-                );
+/// SIGHUP: what `rjabberd ctl reload` does too (`pool::reload`), reported on the standard streams.
+fn reload_modules(server: &Server) {
+    match server.reload() {
+        Ok(r) => {
+            for note in &r.notes {
+                eprintln!("rjabberd: SIGHUP: {note}");
             }
-            server.reload_modules(plan);
-            println!("rjabberd: modules reloaded from {}", path.display());
+            println!("rjabberd: modules reloaded from {}", r.file.display());
         }
-        Err(e) => eprintln!("rjabberd: SIGHUP: {e}; configuration unchanged"),
+        Err(e) => eprintln!("rjabberd: SIGHUP: {e}"),
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

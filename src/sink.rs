@@ -53,6 +53,8 @@ pub struct Sink {
     out: RefCell<BytesMut>,
     waker: RefCell<Option<Waker>>,
     kill: Cell<Option<StreamErrorCondition>>,
+    /// The text that goes with `kill` (an operator's reason), kept apart so `kill` stays a `Cell`.
+    kill_text: RefCell<Option<Box<str>>>,
     /// Set by the shard's periodic sweep: release idle buffers.
     trim: Cell<bool>,
     max_out: usize,
@@ -75,6 +77,7 @@ impl Sink {
             out: RefCell::new(BytesMut::new()),
             waker: RefCell::new(None),
             kill: Cell::new(None),
+            kill_text: RefCell::new(None),
             trim: Cell::new(false),
             max_out,
             target,
@@ -143,8 +146,14 @@ impl Sink {
 
     /// Ends the stream with `condition` (the first one asked for wins).
     pub fn kill(&self, condition: StreamErrorCondition) {
+        self.kill_with_text(condition, None)
+    }
+
+    /// Ends the stream with `condition` and a `<text/>` for the peer (an operator's kick).
+    pub fn kill_with_text(&self, condition: StreamErrorCondition, text: Option<&str>) {
         if self.kill.get().is_none() {
             self.kill.set(Some(condition));
+            *self.kill_text.borrow_mut() = text.map(Into::into);
         }
         self.wake();
     }
@@ -169,6 +178,11 @@ impl Sink {
 
     pub fn take_kill(&self) -> Option<StreamErrorCondition> {
         self.kill.take()
+    }
+
+    /// The text of the kill just taken, if it had one.
+    pub fn take_kill_text(&self) -> Option<Box<str>> {
+        self.kill_text.borrow_mut().take()
     }
 
     pub fn take_trim(&self) -> bool {

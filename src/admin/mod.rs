@@ -1,9 +1,11 @@
 //! What operators reach from outside while the server runs: the Prometheus endpoint ([`http`]) and, on
-//! the same footing, the control socket. Both are served by shard 0 and learn about the other shards
+//! the same footing, the control socket ([`ctl`], its commands in [`commands`]). Both are served by shard 0 and learn about the other shards
 //! the only way a shard may: a job sent to each over the mesh ([`on_every_shard`]) that reads that
 //! shard's state where it lives and sends a copy back. Nothing here holds state of its own besides the
 //! listening sockets.
 
+pub mod commands;
+pub mod ctl;
 pub mod http;
 
 use std::time::Duration;
@@ -49,6 +51,29 @@ where
         }
     }
     Ok(answers)
+}
+
+/// Runs `f` on the home shard of `key` (a bare JID) and awaits its answer, within
+/// [`SHARD_ANSWER_TIMEOUT`].
+pub async fn on_home_shard<T, F>(ctx: &ModuleCtx, key: &str, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce(&ModuleCtx) -> T + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    ctx.send_home(key, move |home| {
+        let _ = tx.send(f(home));
+    });
+    match glommio::timer::timeout(SHARD_ANSWER_TIMEOUT, async { Ok(rx.await.map_err(|_| ())) })
+        .await
+    {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(())) => Err(format!("the home shard of {key} dropped the request")),
+        Err(_) => Err(format!(
+            "the home shard of {key} did not answer within {} s",
+            SHARD_ANSWER_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// Every shard's metrics, and the process's figures.

@@ -371,11 +371,11 @@ impl StreamGlue for C2sGlue {
         progress | self.do_actions(ctl)
     }
 
-    fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
+    fn kill(&mut self, condition: StreamErrorCondition, text: Option<&str>, ctl: &mut Control) {
         if !self.c2s.is_closed() {
             self.killed = true;
         }
-        self.c2s.stream_error(condition, None);
+        self.c2s.stream_error(condition, text);
         self.do_actions(ctl);
     }
 

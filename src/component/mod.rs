@@ -161,11 +161,11 @@ impl StreamGlue for ComponentGlue {
         self.do_actions(ctl)
     }
 
-    fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control) {
+    fn kill(&mut self, condition: StreamErrorCondition, text: Option<&str>, ctl: &mut Control) {
         if !self.fsm.is_closed() {
             self.killed = true;
         }
-        self.fsm.stream_error(condition, None);
+        self.fsm.stream_error(condition, text);
         self.do_actions(ctl);
     }
 

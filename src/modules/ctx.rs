@@ -91,6 +91,17 @@ pub trait ShardServices {
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
     /// Ends every session of `bare` with `condition`.
     fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition);
+    /// Ends the sessions of `bare` (only the one of `full`, when given) with `condition` and `text`;
+    /// the full JIDs of those it ended.
+    fn end_sessions(
+        &self,
+        bare: &str,
+        full: Option<&str>,
+        condition: StreamErrorCondition,
+        text: Option<&str>,
+    ) -> Vec<Arc<str>>;
+    /// The full JID of every session whose account lives on this shard.
+    fn bound_sessions(&self) -> Vec<Arc<str>>;
     /// Starts or stops `module` watching `bare`'s stanzas (the `watched_*` hooks); false when the
     /// account has no session here.
     fn watch(&self, bare: &str, module: &'static str, on: bool) -> bool;
@@ -223,6 +234,23 @@ impl ModuleCtx {
 
     pub fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
         self.shard.kill_sessions(bare, condition)
+    }
+
+    /// Ends the sessions of `bare` (on its home shard), or only `full`, with a stream error that
+    /// carries `text` (an operator's kick); the full JIDs of the sessions ended.
+    pub fn end_sessions(
+        &self,
+        bare: &str,
+        full: Option<&str>,
+        condition: StreamErrorCondition,
+        text: Option<&str>,
+    ) -> Vec<Arc<str>> {
+        self.shard.end_sessions(bare, full, condition, text)
+    }
+
+    /// The full JID of every session whose account lives on this shard (operators' listings).
+    pub fn bound_sessions(&self) -> Vec<Arc<str>> {
+        self.shard.bound_sessions()
     }
 
     pub fn available_presences(&self, bare: &str) -> Vec<(Arc<str>, Stanza)> {
@@ -397,6 +425,31 @@ pub(crate) mod testing {
         }
         fn kill_sessions(&self, bare: &str, _condition: StreamErrorCondition) {
             self.sessions.borrow_mut().remove(bare);
+        }
+        fn end_sessions(
+            &self,
+            bare: &str,
+            full: Option<&str>,
+            _condition: StreamErrorCondition,
+            _text: Option<&str>,
+        ) -> Vec<Arc<str>> {
+            let mut table = self.sessions.borrow_mut();
+            let Some(sessions) = table.get_mut(bare) else {
+                return Vec::new();
+            };
+            let (ended, kept): (Vec<_>, Vec<_>) = sessions
+                .drain(..)
+                .partition(|s| full.is_none_or(|f| *s.full == *f));
+            *sessions = kept;
+            ended.into_iter().map(|s| s.full).collect()
+        }
+        fn bound_sessions(&self) -> Vec<Arc<str>> {
+            self.sessions
+                .borrow()
+                .values()
+                .flatten()
+                .map(|s| s.full.clone())
+                .collect()
         }
         fn available_presences(&self, _bare: &str) -> Vec<(Arc<str>, Stanza)> {
             Vec::new()

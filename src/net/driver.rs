@@ -37,8 +37,9 @@ pub trait StreamGlue {
     /// Results that other tasks queued for this stream, and the machine's pending actions; true when
     /// anything moved.
     fn poll(&mut self, ctl: &mut Control) -> bool;
-    /// The shard asked the stream to end with `condition` (shutdown, conflict, a full output queue).
-    fn kill(&mut self, condition: StreamErrorCondition, ctl: &mut Control);
+    /// The shard asked the stream to end with `condition` (shutdown, conflict, a full output queue, an
+    /// operator's kick with its `text`).
+    fn kill(&mut self, condition: StreamErrorCondition, text: Option<&str>, ctl: &mut Control);
     /// The TLS handshake completed.
     fn tls_established(&mut self, _tls: &rustls::ServerConnection, _ctl: &mut Control) {}
     /// When the machine's next timer fires, if it has one.
@@ -245,8 +246,9 @@ impl<G: StreamGlue> Driver<G> {
             }
             if let Some(condition) = self.ctl.sink.take_kill() {
                 progress = true;
+                let text = self.ctl.sink.take_kill_text();
                 let (glue, ctl) = (self.glue.as_mut().expect("glue"), &mut self.ctl);
-                glue.kill(condition, ctl);
+                glue.kill(condition, text.as_deref(), ctl);
                 self.apply();
             }
             match self.glue().deadline() {
@@ -502,7 +504,7 @@ impl<G: StreamGlue> Driver<G> {
             if n == 0 {
                 // No room although every complete event was taken: a limit the parser did not catch.
                 let (glue, ctl) = (self.glue.as_mut().expect("glue"), &mut self.ctl);
-                glue.kill(StreamErrorCondition::PolicyViolation, ctl);
+                glue.kill(StreamErrorCondition::PolicyViolation, None, ctl);
                 self.apply();
                 return;
             }

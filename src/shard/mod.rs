@@ -73,6 +73,12 @@ pub struct ServerShared {
     pub metrics_listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// Where the metrics endpoint listens (port 0 resolved).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The control socket: bound at start, its listener taken by shard 0, its file removed at
+    /// [`Server::join`].
+    pub ctl: std::sync::Mutex<Option<crate::admin::ctl::CtlSocket>>,
+    /// The module plan generation each shard applied last, and the error if it failed (what
+    /// `rjabberd ctl reload` waits for and reports).
+    pub plan_applied: std::sync::Mutex<Vec<(usize, Option<String>)>>,
 }
 
 /// The router's multicast entry: one stanza, its sender, its recipients.
@@ -470,6 +476,39 @@ impl ShardServices for Shard {
                 s.kill(condition);
             }
         }
+    }
+
+    fn end_sessions(
+        &self,
+        bare: &str,
+        full: Option<&str>,
+        condition: StreamErrorCondition,
+        text: Option<&str>,
+    ) -> Vec<Arc<str>> {
+        let chosen: Vec<(Arc<str>, SinkId)> = self
+            .sessions
+            .borrow()
+            .sessions(bare)
+            .iter()
+            .filter(|s| full.is_none_or(|f| *s.full == *f))
+            .map(|s| (s.full.clone(), s.sink))
+            .collect();
+        let mut ended = Vec::with_capacity(chosen.len());
+        for (jid, id) in chosen {
+            if let Some(s) = self.sink(id) {
+                s.kill_with_text(condition, text);
+                ended.push(jid);
+            }
+        }
+        ended
+    }
+
+    fn bound_sessions(&self) -> Vec<Arc<str>> {
+        self.sessions
+            .borrow()
+            .all_sessions()
+            .map(|s| s.full.clone())
+            .collect()
     }
 
     fn available_presences(&self, bare: &str) -> Vec<(Arc<str>, Stanza)> {

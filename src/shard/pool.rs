@@ -98,7 +98,17 @@ impl Server {
             bound.push((reserved.addr(), l.tls, l.kind));
             placeholders.push(reserved);
         }
+        // Bound before any shard runs, like the listeners: a live server on the same socket fails the
+        // start here, with the path.
+        let ctl = if config.ctl.enabled {
+            Some(crate::admin::ctl::CtlSocket::bind(
+                &crate::admin::ctl::socket_path(&config),
+            )?)
+        } else {
+            None
+        };
         let shared = Arc::new(shared_state(config, shutdown, shards, bound)?);
+        *shared.ctl.lock().unwrap_or_else(|p| p.into_inner()) = ctl;
         let placement = if shards <= cores {
             PoolPlacement::MaxSpread(shards, None)
         } else {
@@ -166,11 +176,112 @@ impl Server {
         Ok(Server { shared, handles })
     }
 
-    /// Asks every shard to apply a new module plan (configuration reload): modules no longer planned, or
-    /// planned with other options, stop; new ones start.
-    pub fn reload_modules(&self, plan: Vec<HostModules>) {
+    /// Re-reads the configuration file and applies its `[modules]` (SIGHUP); see [`reload`].
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        reload(&self.shared)
+    }
+
+    /// Waits for every shard to finish (after the shutdown flag is set), and removes the control
+    /// socket.
+    pub fn join(self) {
+        for r in self.handles.join_all() {
+            if let Err(e) = r {
+                log::error!("a shard ended with an error: {e}");
+            }
+        }
+        drop(
+            self.shared
+                .ctl
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// What a configuration reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// The plan's generation: every shard has applied it once its entry in
+    /// [`ServerShared::plan_applied`] reaches it.
+    pub generation: usize,
+    pub file: std::path::PathBuf,
+    /// What the operator should know (changes that need a restart).
+    pub notes: Vec<String>,
+}
+
+/// Re-reads the configuration file the server was started with and hands its module plan to every
+/// shard, which apply it at their next tick: modules no longer planned, or planned with other options,
+/// stop; new ones start. What SIGHUP and `rjabberd ctl reload` both do. A file with an error changes
+/// nothing, and the error names its line; other sections than `[modules]` need a restart.
+pub fn reload(shared: &ServerShared) -> Result<Reloaded, String> {
+    let file = shared.config.file.clone();
+    if file.as_os_str().is_empty() {
+        return Err("started without --config, nothing to reload".into());
+    }
+    let (new, plan) = Config::load(&file)
+        .and_then(|new| crate::modules::options::plan_of(&new).map(|plan| (new, plan)))
+        .map_err(|e| format!("{e}; configuration unchanged"))?;
+    let mut notes = Vec::new();
+    if new.host_names() != shared.hosts {
+        notes.push("hosts changed; that needs a restart (modules reloaded)".to_string());
+    }
+    let generation = set_module_plan(shared, plan);
+    Ok(Reloaded {
+        generation,
+        file,
+        notes,
+    })
+}
+
+/// [`reload`], then waits until every shard applied the plan: the report, or what failed.
+pub async fn reload_and_wait(shared: &ServerShared) -> Result<String, String> {
+    let r = reload(shared)?;
+    let deadline = std::time::Instant::now() + crate::admin::SHARD_ANSWER_TIMEOUT;
+    let applied = loop {
+        let applied = shared
+            .plan_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if applied.iter().all(|(g, _)| *g >= r.generation) {
+            break applied;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "modules of {} handed to the shards, but not every shard applied them within {} s",
+                r.file.display(),
+                crate::admin::SHARD_ANSWER_TIMEOUT.as_secs()
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    };
+    let errors: Vec<String> = applied
+        .iter()
+        .enumerate()
+        .filter_map(|(shard, (_, e))| e.as_ref().map(|e| format!("shard {shard}: {e}")))
+        .collect();
+    let mut report = format!(
+        "modules reloaded from {}
+",
+        r.file.display()
+    );
+    for n in &r.notes {
+        report.push_str(n);
+        report.push('\n');
+    }
+    if errors.is_empty() {
+        Ok(report)
+    } else {
+        Err(format!("{report}{}", errors.join("\n")))
+    }
+}
+
+/// Hands `plan` to every shard; its generation.
+fn set_module_plan(shared: &ServerShared, plan: Vec<HostModules>) -> usize {
+    {
         // The stream features that follow the modules.
-        let settings = &self.shared.settings;
+        let settings = &shared.settings;
         for (lock, hosts) in [
             (&settings.register_hosts, register_hosts(&plan)),
             (&settings.rosterver_hosts, rosterver_hosts(&plan)),
@@ -179,23 +290,11 @@ impl Server {
         ] {
             *lock.write().unwrap_or_else(|p| p.into_inner()) = hosts;
         }
-        let mut slot = self
-            .shared
-            .module_plan
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        slot.0 += 1;
-        slot.1 = plan;
     }
-
-    /// Waits for every shard to finish (after the shutdown flag is set).
-    pub fn join(self) {
-        for r in self.handles.join_all() {
-            if let Err(e) = r {
-                log::error!("a shard ended with an error: {e}");
-            }
-        }
-    }
+    let mut slot = shared.module_plan.lock().unwrap_or_else(|p| p.into_inner());
+    slot.0 += 1;
+    slot.1 = plan;
+    slot.0
 }
 
 /// What every shard of a server will share, built from its configuration: certificates and TLS
@@ -276,6 +375,8 @@ pub(crate) fn shared_state(
     Ok(ServerShared {
         metrics_listener: std::sync::Mutex::new(metrics_listener),
         metrics_addr,
+        ctl: std::sync::Mutex::new(None),
+        plan_applied: std::sync::Mutex::new(vec![(0, None); shards]),
         placement: Arc::new(Placement::single_host(shards)),
         started: std::time::Instant::now(),
         components,
@@ -432,6 +533,36 @@ async fn run_shard(
         let closing: Rc<dyn Fn() -> bool> = Rc::new(move || s.closing());
         glommio::spawn_local(crate::admin::http::serve(listener, shard.ctx(), closing)).detach();
     }
+    let ctl_listener = (id == 0)
+        .then(|| {
+            server
+                .ctl
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .and_then(|c| c.take_listener())
+        })
+        .flatten();
+    if let Some(l) = ctl_listener {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the descriptor comes from a listening socket this process owns, handed over whole;
+        // see admin::ctl::serve for why a Unix listener goes under glommio's TcpListener.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) };
+        let s = shard.clone();
+        let closing: Rc<dyn Fn() -> bool> = Rc::new(move || s.closing());
+        let shared = server.clone();
+        let reload: crate::admin::commands::Reload = Rc::new(move || {
+            let shared = shared.clone();
+            Box::pin(async move { reload_and_wait(&shared).await })
+        });
+        glommio::spawn_local(crate::admin::ctl::serve(
+            listener,
+            shard.ctx(),
+            reload,
+            closing,
+        ))
+        .detach();
+    }
     server.ready.fetch_add(1, Ordering::SeqCst);
     log::debug!("shard {id} ready");
 
@@ -457,9 +588,18 @@ async fn run_shard(
         };
         if let Some((generation, plan)) = reload {
             plan_generation = generation;
-            match apply_plan(&shard, &plan) {
+            let result = apply_plan(&shard, &plan);
+            match &result {
                 Ok(()) => log::info!("shard {id}: modules reloaded"),
                 Err(e) => log::error!("shard {id}: module reload: {e}"),
+            }
+            if let Some(slot) = server
+                .plan_applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(id)
+            {
+                *slot = (generation, result.err());
             }
         }
         crate::logging::report_suppressed(std::time::Instant::now(), false);

@@ -250,6 +250,11 @@ impl<Id: Copy + PartialEq> SessionTable<Id> {
         self.users.len()
     }
 
+    /// Every session here, account by account in no order (operators' listings).
+    pub fn all_sessions(&self) -> impl Iterator<Item = &Session<Id>> {
+        self.users.values().flat_map(|a| a.sessions.iter())
+    }
+
     /// Every bare JID with sessions here (for checks and tests).
     pub fn accounts(&self) -> impl Iterator<Item = &str> {
         self.users.keys().map(|k| &**k)

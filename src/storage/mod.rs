@@ -42,6 +42,10 @@ pub trait Accounts {
     fn delete(&self, host: &str, username: &str) -> Result<(), StoreError>;
     /// Every account as `(host, username)`, sorted; only `host`'s when given.
     fn list(&self, host: Option<&str>) -> Result<Vec<(String, String)>, StoreError>;
+    /// How many accounts (of `host`, when given): a figure for operators, without the listing.
+    fn count(&self, host: Option<&str>) -> Result<u64, StoreError> {
+        Ok(self.list(host)?.len() as u64)
+    }
     fn exists(&self, host: &str, username: &str) -> Result<bool, StoreError>;
     fn credentials(&self, host: &str, username: &str) -> Result<Option<Credentials>, StoreError>;
 }

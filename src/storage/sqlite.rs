@@ -156,6 +156,14 @@ impl Accounts for UserDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn count(&self, host: Option<&str>) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM users WHERE ?1 IS NULL OR host = ?1",
+            params![host],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     fn exists(&self, host: &str, username: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn
