@@ -23,7 +23,8 @@
 #   RJABBERD_BASELINE=../old/target/release/rjabberd SERVERS="baseline rjabberd" perf/compare.sh chat 1000
 # What per-stage latency sampling costs (see tuning.md): SERVERS="nosampling rjabberd" runs the same build
 # with `[metrics] latency_sample = 0` and with every stanza sampled. rjabberd's own metrics at the end
-# of a run are saved as $OUT/NAME.metrics (Prometheus text; `perf/stages.py` prints the stages).
+# of a run are saved as $OUT/NAME.metrics (Prometheus text; `perf/stages.py` prints the stages) and
+# $OUT/NAME.latency (`rjabberd ctl latency`: the per-stage table to 1 %).
 # ejabberd and Prosody are installed from Debian when absent. Results: $OUT (default /tmp/rjabberd-compare).
 set -euo pipefail
 
@@ -261,7 +262,12 @@ for s in $SERVERS; do
     echo "== $s"
     "start_$s"
     run_harness "$s" "$PID" || echo "$s: the harness failed" >&2
-    case "$s" in rjabberd | nosampling) save_metrics "$s" ;; esac
+    case "$s" in
+    rjabberd | nosampling)
+        save_metrics "$s"
+        "$RJABBERD" --config "$OUT/$s/rjabberd.toml" ctl latency >"$OUT/$s.latency" 2>&1 || true
+        ;;
+    esac
     "stop_$s"
     sleep 1
 done

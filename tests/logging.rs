@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Client, SHARDS, TestServer, header, on_another_shard};
+use common::{Client, SHARDS, TestServer, component, header, on_another_shard};
 
 const FORMATS: [&str; 2] = ["json", "kv"];
 
@@ -323,29 +323,6 @@ fn a_flood_of_failed_logins_is_held_to_burst_and_rate_and_counted() {
     }
 }
 
-/// Connects a component for `gw.localhost` with `secret`; returns the client and the handshake's end.
-fn component(server: &TestServer, secret: &str) -> (Client, rjabberd::proto::xml::Element) {
-    let mut c = Client::connect(server.listeners[2], server.cert_path());
-    c.send(
-        "<stream:stream xmlns='jabber:component:accept' \
-         xmlns:stream='http://etherx.jabber.org/streams' to='gw.localhost'>",
-    );
-    let id = match c.next() {
-        common::Got::Header(attrs) => attrs
-            .iter()
-            .find(|(n, _)| n == "id")
-            .map(|(_, v)| v.clone())
-            .expect("an id"),
-        other => panic!("expected a header, got {other:?}"),
-    };
-    c.send(&format!(
-        "<handshake>{}</handshake>",
-        rjabberd::proto::component::handshake_digest(&id, secret)
-    ));
-    let e = c.el();
-    (c, e)
-}
-
 #[test]
 fn components_the_connection_cap_and_the_auth_timeout_have_their_lines() {
     for shards in SHARDS {
@@ -362,7 +339,7 @@ fn components_the_connection_cap_and_the_auth_timeout_have_their_lines() {
         let what = format!("{format}, {shards} shard(s)");
 
         // A wrong handshake secret.
-        let (bad, e) = component(&server, "wrong");
+        let (bad, e) = component(&server, "gw.localhost", "wrong");
         assert_eq!(e.name, "stream:error", "{e}");
         let peer = bad.local_addr().to_string();
         let all = wait_until(&server, format, "handshake", |a| {
@@ -375,7 +352,7 @@ fn components_the_connection_cap_and_the_auth_timeout_have_their_lines() {
         drop(bad);
 
         // A component that connects and leaves.
-        let (mut gw, e) = component(&server, "s3cret");
+        let (mut gw, e) = component(&server, "gw.localhost", "s3cret");
         assert_eq!(e.name, "handshake", "{e}");
         let peer = gw.local_addr().to_string();
         gw.send("</stream:stream>");

@@ -9,36 +9,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Client, Got, SHARDS, TestServer, error_condition};
-use rjabberd::proto::component::handshake_digest;
+use common::{Client, Got, SHARDS, TestServer, component, error_condition};
 
 const EXTRA: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"component\"\n\
     [[component]]\ndomain = \"gw.localhost\"\nsecret = \"s3cret\"\n";
-
-/// Connects a component for `domain` with `secret`; returns the client and what ended the handshake.
-fn component(server: &TestServer, domain: &str, secret: &str) -> (Client, Element) {
-    let mut c = Client::connect(server.listeners[2], server.cert_path());
-    c.send(&format!(
-        "<stream:stream xmlns='jabber:component:accept' \
-         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
-    ));
-    let id = match c.next() {
-        Got::Header(attrs) => attrs
-            .iter()
-            .find(|(n, _)| n == "id")
-            .map(|(_, v)| v.clone())
-            .expect("an id"),
-        other => panic!("expected a header, got {other:?}"),
-    };
-    c.send(&format!(
-        "<handshake>{}</handshake>",
-        handshake_digest(&id, secret)
-    ));
-    let e = c.el();
-    (c, e)
-}
-
-use rjabberd::proto::xml::Element;
 
 /// Waits until every shard has the component's route (route changes cross the mesh).
 fn settle() {

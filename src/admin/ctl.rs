@@ -214,29 +214,11 @@ pub async fn serve(
 ) {
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                if closing() {
-                    return;
-                }
-                log::warn!("control socket: accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if closing() {
-            return;
-        }
+    super::serve_each(listener, "control socket", closing, move |stream| {
         let (ctx, reload) = (ctx.clone(), reload.clone());
-        glommio::spawn_local(async move {
-            if let Err(e) = answer(stream, own, &ctx, &reload).await {
-                log::debug!("control socket: {e}");
-            }
-        })
-        .detach();
-    }
+        async move { answer(stream, own, &ctx, &reload).await }
+    })
+    .await
 }
 
 async fn answer(

@@ -17,29 +17,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `listener` until the task is dropped (the shard stops).
 pub async fn serve(listener: TcpListener, ctx: ModuleCtx, closing: Rc<dyn Fn() -> bool>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                if closing() {
-                    return;
-                }
-                log::warn!("metrics endpoint: accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if closing() {
-            return;
-        }
+    super::serve_each(listener, "metrics endpoint", closing, move |stream| {
         let ctx = ctx.clone();
-        glommio::spawn_local(async move {
-            if let Err(e) = answer(stream, &ctx).await {
-                log::debug!("metrics endpoint: {e}");
-            }
-        })
-        .detach();
-    }
+        async move { answer(stream, &ctx).await }
+    })
+    .await
 }
 
 /// What a request head asks for.

@@ -8,12 +8,51 @@ pub mod commands;
 pub mod ctl;
 pub mod http;
 
+use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_channel::oneshot;
+use glommio::net::{TcpListener, TcpStream};
 
 use crate::metrics::{ProcessFigures, Snapshot};
 use crate::modules::ctx::ModuleCtx;
+
+/// Accepts on `listener` until the shard stops, answering each connection in a task of its own with
+/// `answer`; `what` names the socket in the log. Both operator sockets are served this way.
+pub(crate) async fn serve_each<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    closing: Rc<dyn Fn() -> bool>,
+    answer: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                if closing() {
+                    return;
+                }
+                log::warn!("{what}: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if closing() {
+            return;
+        }
+        let answered = answer(stream);
+        glommio::spawn_local(async move {
+            if let Err(e) = answered.await {
+                log::debug!("{what}: {e}");
+            }
+        })
+        .detach();
+    }
+}
 
 /// How long a shard may take to answer an operator's request before the request fails naming it.
 pub const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -89,8 +89,6 @@ pub trait ShardServices {
     fn write_to_session(&self, bare: &str, full: &str, stanza: &Stanza, from: &Arc<str>) -> bool;
     /// Writes `bytes` to the session `full` of `bare`; false when it is not (or no longer) there.
     fn send_to_session(&self, bare: &str, full: &str, bytes: &[u8]) -> bool;
-    /// Ends every session of `bare` with `condition`.
-    fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition);
     /// Ends the sessions of `bare` (only the one of `full`, when given) with `condition` and `text`;
     /// the full JIDs of those it ended.
     fn end_sessions(
@@ -232,8 +230,9 @@ impl ModuleCtx {
         self.shard.watch(bare, module, on)
     }
 
+    /// Ends every session of `bare` (on its home shard) with `condition`.
     pub fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
-        self.shard.kill_sessions(bare, condition)
+        self.shard.end_sessions(bare, None, condition, None);
     }
 
     /// Ends the sessions of `bare` (on its home shard), or only `full`, with a stream error that
@@ -422,9 +421,6 @@ pub(crate) mod testing {
         }
         fn watch(&self, bare: &str, _module: &'static str, _on: bool) -> bool {
             self.sessions.borrow().contains_key(bare)
-        }
-        fn kill_sessions(&self, bare: &str, _condition: StreamErrorCondition) {
-            self.sessions.borrow_mut().remove(bare);
         }
         fn end_sessions(
             &self,

@@ -1032,9 +1032,10 @@ mod tests {
             }
         }
 
-        fn login(&mut self, resource: &str) {
-            self.client(HDR);
-            let mut scram = ScramClient::new(Hash::Sha256, "juliet", "pencil", "cnonce", None);
+        /// A SCRAM-SHA-256 exchange as juliet with `password`: the client machine and the
+        /// server's last answer.
+        fn scram(&mut self, password: &str) -> (ScramClient, String) {
+            let mut scram = ScramClient::new(Hash::Sha256, "juliet", password, "cnonce", None);
             let out = self.client(&format!(
                 "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
                 B64.encode(scram.client_first())
@@ -1049,6 +1050,12 @@ mod tests {
                 "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
                 B64.encode(last)
             ));
+            (scram, out)
+        }
+
+        fn login(&mut self, resource: &str) {
+            self.client(HDR);
+            let (scram, out) = self.scram("pencil");
             let v = between(
                 &out,
                 "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
@@ -1195,21 +1202,7 @@ mod tests {
         // A wrong SCRAM proof names the user it tried.
         let mut p = Peer::new(false, false, usize::MAX);
         p.client(HDR);
-        let mut scram = ScramClient::new(Hash::Sha256, "juliet", "wrong", "cnonce", None);
-        let out = p.client(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
-            B64.encode(scram.client_first())
-        ));
-        let challenge = between(
-            &out,
-            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
-            "</challenge>",
-        );
-        let last = scram.client_final(&B64.decode(challenge).unwrap()).unwrap();
-        let out = p.client(&format!(
-            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            B64.encode(last)
-        ));
+        let (_, out) = p.scram("wrong");
         assert!(out.contains("<not-authorized/>"), "{out}");
         assert_eq!(
             p.auths,

@@ -463,21 +463,6 @@ impl ShardServices for Shard {
         self.sessions.borrow_mut().watch(bare, module, on)
     }
 
-    fn kill_sessions(&self, bare: &str, condition: StreamErrorCondition) {
-        let sinks: Vec<SinkId> = self
-            .sessions
-            .borrow()
-            .sessions(bare)
-            .iter()
-            .map(|s| s.sink)
-            .collect();
-        for id in sinks {
-            if let Some(s) = self.sink(id) {
-                s.kill(condition);
-            }
-        }
-    }
-
     fn end_sessions(
         &self,
         bare: &str,

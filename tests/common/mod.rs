@@ -705,3 +705,26 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
         .expect("a status line");
     (status, body.to_string())
 }
+
+/// Connects a component (XEP-0114, on the third listener) for `domain` with `secret`; returns the client and what ended the handshake.
+pub fn component(server: &TestServer, domain: &str, secret: &str) -> (Client, Element) {
+    let mut c = Client::connect(server.listeners[2], server.cert_path());
+    c.send(&format!(
+        "<stream:stream xmlns='jabber:component:accept' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+    ));
+    let id = match c.next() {
+        Got::Header(attrs) => attrs
+            .iter()
+            .find(|(n, _)| n == "id")
+            .map(|(_, v)| v.clone())
+            .expect("an id"),
+        other => panic!("expected a header, got {other:?}"),
+    };
+    c.send(&format!(
+        "<handshake>{}</handshake>",
+        rjabberd::proto::component::handshake_digest(&id, secret)
+    ));
+    let e = c.el();
+    (c, e)
+}
