@@ -598,7 +598,7 @@ async fn stats(ctx: &ModuleCtx) -> Result<Answer, Answer> {
         human_duration(process.uptime_secs as u64)
     );
     if total.logins.is_empty() {
-        text.push_str("logins: none counted yet\n");
+        text.push_str("logins: none since the start\n");
     }
     text.push('\n');
     text.push_str(&figure_table("", &columns, &rows));
