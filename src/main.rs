@@ -15,7 +15,7 @@ use rjabberd::proto::jid::Jid;
 use rjabberd::proto::roster::{RosterItem, Subscription};
 use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::pool::Server;
-use rjabberd::storage::{Accounts, Rosters, UserDb};
+use rjabberd::storage::{Accounts, Rosters, UserDb, piefxis};
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
@@ -45,6 +45,20 @@ enum Command {
     Roster {
         #[command(subcommand)]
         action: RosterAction,
+    },
+    /// Write every account (of one host with --host) to XEP-0227 files in DIR: an index
+    /// (server-data.xml) and one file per host, as `ejabberdctl export_piefxis` writes them.
+    Export {
+        dir: PathBuf,
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Read accounts from XEP-0227 files (a directory as `export` or ejabberd writes it, or one file).
+    /// Accounts that exist are skipped unless --overwrite, which replaces them with all their data.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Talk to the running server over its control socket (ejabberdctl's commands): `ctl help` lists
     /// them; `--json` anywhere before `--` for machine-readable output. Exit codes: 0 done, 1 failed,
@@ -127,6 +141,8 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::User { action } => user(&config, action),
         Command::Roster { action } => roster(&config, action),
+        Command::Export { dir, host } => export(&config, &dir, host),
+        Command::Import { path, overwrite } => import(&config, &path, overwrite),
         Command::Ctl { .. } => unreachable!("answered above"),
     };
     match result {
@@ -343,6 +359,47 @@ fn roster(config: &Config, action: RosterAction) -> Result<(), String> {
                 None => return Err(format!("{contact} is not on the roster of {local}@{host}")),
             }
         }
+    }
+    Ok(())
+}
+
+fn configured_hosts(config: &Config) -> Vec<String> {
+    config
+        .hosts
+        .iter()
+        .map(|h| h.name.get_ref().clone())
+        .collect()
+}
+
+fn export(config: &Config, dir: &std::path::Path, host: Option<String>) -> Result<(), String> {
+    let mut hosts = configured_hosts(config);
+    if let Some(h) = host {
+        hosts.retain(|c| c.eq_ignore_ascii_case(&h));
+        if hosts.is_empty() {
+            return Err(format!("{h} is not a configured host"));
+        }
+    }
+    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    for s in piefxis::export(&db, dir, &hosts)? {
+        println!("{s}");
+    }
+    println!("exported to {}", dir.join(piefxis::INDEX_FILE).display());
+    Ok(())
+}
+
+fn import(config: &Config, path: &std::path::Path, overwrite: bool) -> Result<(), String> {
+    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let opts = piefxis::ImportOptions {
+        overwrite,
+        scram_iterations: config.auth.scram_iterations,
+        hosts: configured_hosts(config),
+    };
+    let (summaries, failed) = piefxis::import(&db, path, &opts, &mut |line| println!("{line}"))?;
+    for s in summaries {
+        println!("{s}");
+    }
+    if failed {
+        return Err("some accounts were not imported (see above)".into());
     }
     Ok(())
 }

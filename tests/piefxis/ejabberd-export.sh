@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Starts a throw-away ejabberd (Debian's package) in a temporary directory with its own configuration,
+# node name and cookie, gives it two accounts with a roster item, a vCard, private XML and an offline
+# message, exports them with `ejabberdctl export_piefxis OUT`, and stops it. Used by
+# tests/xep0227_import_export.rs; the same approach as perf/compare.sh.
+#
+#   tests/piefxis/ejabberd-export.sh OUT
+#
+# Exit 3 when ejabberd is not installed (the test reports it as skipped).
+set -euo pipefail
+OUT=${1:?output directory}
+command -v ejabberdctl >/dev/null || { echo "ejabberd not installed" >&2; exit 3; }
+d=$(mktemp -d /tmp/rjabberd-ejabberd.XXXXXX)
+node="pie$$@localhost"
+mkdir -p "$d/spool" "$d/logs" "$OUT"
+cat >"$d/ejabberd.yml" <<YML
+hosts: ["example.org"]
+loglevel: warning
+auth_method: internal
+auth_password_format: scram
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local: {allow: all}
+modules:
+  mod_admin_extra: {}
+  mod_roster: {}
+  mod_vcard: {}
+  mod_private: {}
+  mod_offline: {}
+YML
+printf 'ERLANG_COOKIE=%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/null
+cp /etc/ejabberd/inetrc "$d/" 2>/dev/null || true
+chown -R ejabberd:ejabberd "$d"
+chmod 777 "$OUT"
+EJ=(ejabberdctl --config-dir "$d" --spool "$d/spool" --logs "$d/logs" --node "$node")
+stop() { "${EJ[@]}" stop >/dev/null 2>&1 || true; "${EJ[@]}" stopped >/dev/null 2>&1 || true; rm -rf "$d"; }
+trap stop EXIT
+(cd /tmp && "${EJ[@]}" start)
+timeout 60 "${EJ[@]}" started
+"${EJ[@]}" register juliet example.org 'r0meo&me'
+"${EJ[@]}" register romeo example.org 'j<3'
+"${EJ[@]}" add_rosteritem juliet example.org romeo example.org Romeo Montagues both
+"${EJ[@]}" set_vcard juliet example.org FN 'Juliet Capulet'
+"${EJ[@]}" private_set juliet example.org "<prefs xmlns='example:prefs'><colour>red</colour></prefs>"
+"${EJ[@]}" send_message chat romeo@example.org/orchard juliet@example.org 'Hark' 'What light through yonder window breaks?'
+"${EJ[@]}" export_piefxis "$OUT"
+ls "$OUT"
