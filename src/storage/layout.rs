@@ -1,6 +1,6 @@
 //! Where modules keep their per-account data in [`AccountData`](super::AccountData): the module names
 //! and key schemes of vCards, private XML and offline messages, named once here so that the modules
-//! that write them and the XEP-0227 import/export ([`super::piefxis`]) that reads and writes them
+//! that write them and the XEP-0227 import/export (`piefxis`) that reads and writes them
 //! behind the modules' backs cannot drift apart. Storage sits below the modules, so the definitions
 //! live here and the modules use them.
 
