@@ -14,7 +14,7 @@ d=$(mktemp -d /tmp/rjabberd-ejabberd.XXXXXX)
 node="pie$$@localhost"
 mkdir -p "$d/spool" "$d/logs" "$OUT"
 cat >"$d/ejabberd.yml" <<YML
-hosts: ["example.org"]
+hosts: ["example.net"]
 loglevel: warning
 auth_method: internal
 auth_password_format: scram
@@ -30,7 +30,8 @@ modules:
   mod_private: {}
   mod_offline: {}
 YML
-printf 'ERLANG_COOKIE=%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/null
+# Its own cookie, so that it shares nothing with a system ejabberd.
+printf 'ERL_OPTIONS="-setcookie %s"\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$d/ejabberdctl.cfg"
 cp /etc/ejabberd/inetrc "$d/" 2>/dev/null || true
 chown -R ejabberd:ejabberd "$d"
 chmod 777 "$OUT"
@@ -39,11 +40,11 @@ stop() { "${EJ[@]}" stop >/dev/null 2>&1 || true; "${EJ[@]}" stopped >/dev/null 
 trap stop EXIT
 (cd /tmp && "${EJ[@]}" start)
 timeout 60 "${EJ[@]}" started
-"${EJ[@]}" register juliet example.org 'r0meo&me'
-"${EJ[@]}" register romeo example.org 'j<3'
-"${EJ[@]}" add_rosteritem juliet example.org romeo example.org Romeo Montagues both
-"${EJ[@]}" set_vcard juliet example.org FN 'Juliet Capulet'
-"${EJ[@]}" private_set juliet example.org "<prefs xmlns='example:prefs'><colour>red</colour></prefs>"
-"${EJ[@]}" send_message chat romeo@example.org/orchard juliet@example.org 'Hark' 'What light through yonder window breaks?'
+reg() { "${EJ[@]}" register "$@" >/dev/null; }
+reg juliet example.net 'r0meo&me'
+reg romeo example.net 'j<3'
+"${EJ[@]}" add_rosteritem juliet example.net romeo example.net Romeo Montagues both
+"${EJ[@]}" set_vcard juliet example.net FN 'Juliet Capulet'
+"${EJ[@]}" private_set juliet example.net "<prefs xmlns='example:prefs'><colour>red</colour></prefs>"
+"${EJ[@]}" send_message chat romeo@example.net/orchard juliet@example.net 'Hark' 'What light through yonder window breaks?'
 "${EJ[@]}" export_piefxis "$OUT"
-ls "$OUT"
