@@ -52,6 +52,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long)]
         host: Option<String>,
+        /// Write SCRAM values as ejabberd reads them (base64 twice) instead of XEP-0227's way.
+        #[arg(long)]
+        ejabberd: bool,
     },
     /// Read accounts from XEP-0227 files (a directory as `export` or ejabberd writes it, or one file).
     /// Accounts that exist are skipped unless --overwrite, which replaces them with all their data.
@@ -141,7 +144,11 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::User { action } => user(&config, action),
         Command::Roster { action } => roster(&config, action),
-        Command::Export { dir, host } => export(&config, &dir, host),
+        Command::Export {
+            dir,
+            host,
+            ejabberd,
+        } => export(&config, &dir, host, ejabberd),
         Command::Import { path, overwrite } => import(&config, &path, overwrite),
         Command::Ctl { .. } => unreachable!("answered above"),
     };
@@ -371,7 +378,12 @@ fn configured_hosts(config: &Config) -> Vec<String> {
         .collect()
 }
 
-fn export(config: &Config, dir: &std::path::Path, host: Option<String>) -> Result<(), String> {
+fn export(
+    config: &Config,
+    dir: &std::path::Path,
+    host: Option<String>,
+    ejabberd: bool,
+) -> Result<(), String> {
     let mut hosts = configured_hosts(config);
     if let Some(h) = host {
         hosts.retain(|c| c.eq_ignore_ascii_case(&h));
@@ -380,7 +392,16 @@ fn export(config: &Config, dir: &std::path::Path, host: Option<String>) -> Resul
         }
     }
     let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
-    for s in piefxis::export(&db, dir, &hosts)? {
+    for s in piefxis::export(
+        &db,
+        dir,
+        &hosts,
+        if ejabberd {
+            piefxis::ScramEncoding::Ejabberd
+        } else {
+            piefxis::ScramEncoding::Xep0227
+        },
+    )? {
         println!("{s}");
     }
     println!("exported to {}", dir.join(piefxis::INDEX_FILE).display());

@@ -3,9 +3,10 @@
 //! with the CLI (roster) come out of one server and into a fresh one, where the users log in with their
 //! passwords and find everything; the second server's export is byte for byte the first's; a second
 //! import skips every account. And from a real ejabberd (Debian's, started throw-away by
-//! `tests/piefxis/ejabberd-export.sh`): its `export_piefxis` files import, and its users log in with
-//! their passwords (SCRAM-SHA-1 and PLAIN: ejabberd keeps one hash) and read their roster. Without
-//! ejabberd that case is built ignored ("SKIPPED: ejabberd not installed", see build.rs).
+//! `tests/piefxis/ejabberd.sh`): its `export_piefxis` files import, and its users log in with
+//! their passwords (SCRAM-SHA-1 and PLAIN: ejabberd keeps one hash) and read their roster; and the other
+//! way, `export --ejabberd` files import into ejabberd, whose user then has its password and roster.
+//! Without ejabberd those cases are built ignored ("SKIPPED: ejabberd not installed", see build.rs).
 
 mod common;
 
@@ -224,8 +225,9 @@ fn from_a_real_ejabberd() {
     let started = Instant::now();
     let out = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/piefxis/ejabberd-export.sh"
+        "/tests/piefxis/ejabberd.sh"
     ))
+    .arg("export")
     .arg(&dir)
     .output()
     .unwrap();
@@ -290,4 +292,41 @@ fn from_a_real_ejabberd() {
     );
     assert!(m.child("delay").is_some(), "{m}");
     server.terminate();
+}
+
+#[test]
+#[cfg_attr(rjabberd_no_ejabberd, ignore = "SKIPPED: ejabberd not installed")]
+fn to_a_real_ejabberd() {
+    let server = TestServer::start(1, "");
+    server.add_user("alice@example.net", "wonder land");
+    server.roster_add("alice@example.net", "bob@example.net", "both");
+    let dir = server.dir.join("to-ejabberd");
+    // The throw-away ejabberd serves example.net alone.
+    ok(rjabberd(
+        &server,
+        &["export", "--ejabberd", "--host", "example.net", path(&dir)],
+    ));
+    let started = Instant::now();
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/piefxis/ejabberd.sh"
+    ))
+    .arg("import")
+    .arg(dir.join("server-data.xml"))
+    .args(["alice", "wonder land"])
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "ejabberd started, imported and stopped in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(said.contains("users: alice"), "{said}");
+    assert!(said.contains("password: right"), "{said}");
+    assert!(said.contains("bob@example.net\t\tboth"), "{said}");
 }

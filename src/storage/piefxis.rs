@@ -182,15 +182,29 @@ fn scram_from_element(el: &Element) -> Result<Option<ScramCredential>, String> {
     }))
 }
 
-fn scram_to_element(c: &ScramCredential) -> Element {
+/// How SCRAM values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScramEncoding {
+    /// XEP-0227's: base64 of the bytes (Prosody and Tigase read this).
+    #[default]
+    Xep0227,
+    /// ejabberd's (23.01 writes and reads it): base64 of the base64 text it keeps.
+    Ejabberd,
+}
+
+fn scram_to_element(c: &ScramCredential, enc: ScramEncoding) -> Element {
+    let b64 = |v: &[u8]| match enc {
+        ScramEncoding::Xep0227 => B64.encode(v),
+        ScramEncoding::Ejabberd => B64.encode(B64.encode(v)),
+    };
     let text = |name: &str, v: String| Element::new(name).with_text(v);
     Element::new("scram-credentials")
         .with_attr("xmlns", NS_SCRAM)
         .with_attr("mechanism", mechanism_of(c.hash))
         .with_child(text("iter-count", c.iterations.to_string()))
-        .with_child(text("salt", B64.encode(&c.salt)))
-        .with_child(text("server-key", B64.encode(&c.server_key)))
-        .with_child(text("stored-key", B64.encode(&c.stored_key)))
+        .with_child(text("salt", b64(&c.salt)))
+        .with_child(text("server-key", b64(&c.server_key)))
+        .with_child(text("stored-key", b64(&c.stored_key)))
 }
 
 fn bare_jid(s: &str) -> Result<String, String> {
@@ -334,12 +348,17 @@ impl Account {
 
     /// The `<user/>` element (in the `<host/>`'s default namespace).
     pub fn to_element(&self) -> Element {
+        self.to_element_with(ScramEncoding::Xep0227)
+    }
+
+    /// The `<user/>` element, with SCRAM values encoded as `enc` says.
+    pub fn to_element_with(&self, enc: ScramEncoding) -> Element {
         let mut user = Element::new("user").with_attr("name", self.name.clone());
         if let Some(p) = &self.password {
             user.set_attr("password", p.clone());
         }
         for c in &self.scram {
-            user = user.with_child(scram_to_element(c));
+            user = user.with_child(scram_to_element(c, enc));
         }
         if !self.offline.is_empty() {
             let mut o = Element::new("offline-messages");
@@ -571,7 +590,12 @@ fn host_file_name(host: &str) -> String {
 /// Writes `dir/server-data.xml`, which includes one `dir/<host>.xml` per host, each with every account
 /// of that host. Refuses to replace files that exist. The index is written last, so it names only
 /// complete host files.
-pub fn export(db: &dyn Store, dir: &Path, hosts: &[String]) -> Result<Vec<HostSummary>, String> {
+pub fn export(
+    db: &dyn Store,
+    dir: &Path,
+    hosts: &[String],
+    enc: ScramEncoding,
+) -> Result<Vec<HostSummary>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let index = dir.join(INDEX_FILE);
     let files: Vec<PathBuf> = hosts.iter().map(|h| dir.join(host_file_name(h))).collect();
@@ -604,7 +628,7 @@ pub fn export(db: &dyn Store, dir: &Path, hosts: &[String]) -> Result<Vec<HostSu
         for (_, name) in db.list(Some(host)).map_err(|e| e.to_string())? {
             let a = read_account(db, host, &name).map_err(|e| e.to_string())?;
             sum.add(&a);
-            out.write_all(a.to_element().to_xml_string().as_bytes())
+            out.write_all(a.to_element_with(enc).to_xml_string().as_bytes())
                 .map_err(io)?;
             out.write_all(b"\n").map_err(io)?;
         }

@@ -95,7 +95,17 @@ fn ejabberd_users_and_both_base64_forms_of_scram_keys_are_read() {
         &ScramCredential::derive(Hash::Sha1, "r0meo&me", &c.salt, 4096),
         c
     );
-    // Written back in XEP-0227's form (base64 once), it reads the same.
+    // Written back in ejabberd's form, and in XEP-0227's (base64 once), it reads the same.
+    let theirs = a.to_element_with(ScramEncoding::Ejabberd);
+    assert_eq!(
+        Account::from_element("example.org", &theirs, NS_PIE).unwrap(),
+        a
+    );
+    assert!(
+        theirs
+            .to_xml_string()
+            .contains("<salt>LzF6YjRpTEl1dTlpbUxCMFlTZnNBUT09</salt>")
+    );
     let again = Account::from_element("example.org", &a.to_element(), NS_PIE).unwrap();
     assert_eq!(again, a);
     assert!(a.to_element().to_xml_string().contains(&format!(
@@ -215,10 +225,10 @@ fn export_then_import_loses_nothing_and_import_is_idempotent() {
     let plain = Credentials::from_password("x", b"fedcba9876543210", 4096).unwrap();
     db.add("other.example", "mercutio", &plain).unwrap();
     let hosts = opts(false).hosts;
-    let sums = export(&db, &dir.join("out1"), &hosts).unwrap();
+    let sums = export(&db, &dir.join("out1"), &hosts, ScramEncoding::Xep0227).unwrap();
     assert_eq!(sums[0].users + sums[1].users, 2);
     assert!(
-        export(&db, &dir.join("out1"), &hosts).is_err(),
+        export(&db, &dir.join("out1"), &hosts, ScramEncoding::Xep0227).is_err(),
         "no file is replaced"
     );
 
@@ -231,7 +241,7 @@ fn export_then_import_loses_nothing_and_import_is_idempotent() {
     assert!(!failed, "{lines:?}");
     assert_eq!(sums[0].roster_items, 4);
     assert_eq!(sums[0].offline, 2);
-    export(&db2, &dir.join("out2"), &hosts).unwrap();
+    export(&db2, &dir.join("out2"), &hosts, ScramEncoding::Xep0227).unwrap();
     for f in ["server-data.xml", "example.org.xml", "other.example.xml"] {
         assert_eq!(
             std::fs::read(dir.join("out1").join(f)).unwrap(),
