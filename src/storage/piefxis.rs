@@ -857,10 +857,30 @@ pub fn import(
                 if exists && !opts.overwrite {
                     return Ok(None);
                 }
-                if exists {
+                // What --overwrite replaces, put back if the new account cannot be written.
+                let old = if exists {
+                    let old = read_account(db, &host, &account.name).map_err(|e| e.to_string())?;
+                    let old_creds = db
+                        .credentials(&host, &account.name)
+                        .map_err(|e| e.to_string())?;
                     db.delete(&host, &account.name).map_err(|e| e.to_string())?;
-                }
-                write_account(db, &host, &account, &creds).map_err(|e| e.to_string())?;
+                    old_creds.map(|c| (old, c))
+                } else {
+                    None
+                };
+                write_account(db, &host, &account, &creds).map_err(|e| {
+                    let restored = old
+                        .as_ref()
+                        .is_some_and(|(o, c)| write_account(db, &host, o, c).is_ok());
+                    format!(
+                        "{e}{}",
+                        if restored {
+                            " (the old account is kept)"
+                        } else {
+                            ""
+                        }
+                    )
+                })?;
                 Ok(Some(notes))
             };
             match step() {
