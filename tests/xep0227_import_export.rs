@@ -219,6 +219,10 @@ fn bad_input_is_named_and_exits_1() {
 
 #[test]
 #[cfg_attr(rjabberd_no_ejabberd, ignore = "SKIPPED: ejabberd not installed")]
+#[cfg_attr(
+    all(rjabberd_skip_e2e, not(rjabberd_no_ejabberd)),
+    ignore = "RJABBERD_SKIP_E2E is set (needs ejabberd)"
+)]
 fn from_a_real_ejabberd() {
     let mut server = TestServer::start(2, "");
     let dir = server.dir.join("from-ejabberd");
@@ -296,6 +300,10 @@ fn from_a_real_ejabberd() {
 
 #[test]
 #[cfg_attr(rjabberd_no_ejabberd, ignore = "SKIPPED: ejabberd not installed")]
+#[cfg_attr(
+    all(rjabberd_skip_e2e, not(rjabberd_no_ejabberd)),
+    ignore = "RJABBERD_SKIP_E2E is set (needs ejabberd)"
+)]
 fn to_a_real_ejabberd() {
     let server = TestServer::start(1, "");
     server.add_user("alice@example.net", "wonder land");
