@@ -304,6 +304,18 @@ pub(crate) mod tests {
             .unwrap();
         db.delete("other.example", "romeo").unwrap();
         assert_eq!(db.roster("other.example", "romeo").unwrap(), (0, vec![]));
+
+        // An account imported with one hash's keys (XEP-0227 from ejabberd): the other's are empty,
+        // with the same salt and iteration count, and come back so.
+        let mut one = c.clone();
+        one.sha256.stored_key.clear();
+        one.sha256.server_key.clear();
+        db.add("example.org", "imported", &one).unwrap();
+        assert_eq!(
+            db.credentials("example.org", "imported").unwrap(),
+            Some(one)
+        );
+        db.delete("example.org", "imported").unwrap();
     }
 
     #[test]
