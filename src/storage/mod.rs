@@ -128,7 +128,14 @@ type Job = Box<dyn FnOnce(&dyn Store) + Send>;
 #[derive(Clone)]
 pub struct StoreWorkers {
     jobs: crossbeam_channel::Sender<Job>,
+    /// How long a shard waits for one query before it answers with an error.
+    timeout: std::time::Duration,
 }
+
+/// The per-request timeout: a database that hangs (a network partition, a lock held for ever) fails
+/// the requests that need it — a login with `temporary-auth-failure`, a stored message with an error to
+/// its sender — instead of leaving them waiting with their sessions.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl StoreWorkers {
     /// Starts `threads` workers on the embedded database in `data_dir` (opened once here to fail early).
@@ -155,7 +162,16 @@ impl StoreWorkers {
                 })
                 .map_err(|e| StoreError(format!("cannot start a store worker: {e}")))?;
         }
-        Ok(StoreWorkers { jobs: tx })
+        Ok(StoreWorkers {
+            jobs: tx,
+            timeout: QUERY_TIMEOUT,
+        })
+    }
+
+    /// The same workers with another per-request timeout.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> StoreWorkers {
+        self.timeout = timeout;
+        self
     }
 
     /// Runs `f` on a worker and awaits its result. Never blocks the calling reactor: a full job queue
@@ -172,9 +188,18 @@ impl StoreWorkers {
             let _ = tx.send((result, begun.elapsed().as_nanos() as u64));
         });
         let (result, exec_ns) = match self.jobs.try_send(job) {
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| (Err(StoreError("store worker gone".into())), 0)),
+            // The job still runs when its time is up; its answer then has nobody to go to.
+            Ok(()) => match glommio::timer::timeout(self.timeout, async { Ok(rx.await) }).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => (Err(StoreError("store worker gone".into())), 0),
+                Err(_) => (
+                    Err(StoreError(format!(
+                        "store query timed out after {} ms",
+                        self.timeout.as_millis()
+                    ))),
+                    0,
+                ),
+            },
             Err(_) => (Err(StoreError("store queue full".into())), 0),
         };
         // Recorded on the shard that asked (it awaited here), in that shard's histograms: the whole
@@ -302,6 +327,38 @@ pub(crate) mod tests {
             .unwrap();
         db.delete("other.example", "romeo").unwrap();
         assert_eq!(db.roster("other.example", "romeo").unwrap(), (0, vec![]));
+    }
+
+    #[test]
+    fn a_query_past_its_time_fails_and_the_next_one_is_served() {
+        let dir =
+            std::env::temp_dir().join(format!("rjabberd-store-timeout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db: Box<dyn Store> = Box::new(UserDb::open(&dir).unwrap());
+        let workers = StoreWorkers::with_backends(vec![db])
+            .unwrap()
+            .with_timeout(std::time::Duration::from_millis(100));
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let started = std::time::Instant::now();
+                let slow = workers
+                    .run(|_| {
+                        std::thread::sleep(std::time::Duration::from_millis(400));
+                        Ok(())
+                    })
+                    .await;
+                let e = slow.unwrap_err();
+                assert!(e.0.contains("timed out"), "{e}");
+                assert!(started.elapsed() < std::time::Duration::from_millis(350));
+                // The worker finishes the slow job, then serves the next one.
+                glommio::timer::sleep(std::time::Duration::from_millis(400)).await;
+                let n = workers.run(|db| db.list(None)).await.unwrap();
+                assert!(n.is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
