@@ -1,5 +1,6 @@
 //! The `rjabberd` command: starts the server (with embedded defaults, or `--config FILE`), or manages
-//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs, or talks to
+//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs, or migrates
+//! the store's schema (`rjabberd storage migrate`), or talks to
 //! the running server over its control socket (`rjabberd ctl …`).
 
 use std::io::BufRead;
@@ -15,7 +16,6 @@ use rjabberd::proto::jid::Jid;
 use rjabberd::proto::roster::{RosterItem, Subscription};
 use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::pool::Server;
-use rjabberd::storage::{Accounts, Rosters, UserDb};
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
@@ -46,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         action: RosterAction,
     },
+    /// Manage the store: `storage migrate` applies the schema migrations (as a start does) and exits.
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// Talk to the running server over its control socket (ejabberdctl's commands): `ctl help` lists
     /// them; `--json` anywhere before `--` for machine-readable output. Exit codes: 0 done, 1 failed,
     /// 2 usage error, 3 no server reached.
@@ -54,6 +59,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// Bring the schema up to date (PostgreSQL: the versioned migrations, under an advisory lock).
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +138,11 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::User { action } => user(&config, action),
         Command::Roster { action } => roster(&config, action),
+        Command::Storage {
+            action: StorageAction::Migrate,
+        } => rjabberd::storage::migrate(&config.storage, &config.data_dir)
+            .map(|done| println!("{done}"))
+            .map_err(|e| e.to_string()),
         Command::Ctl { .. } => unreachable!("answered above"),
     };
     match result {
@@ -257,7 +273,8 @@ fn credentials(config: &Config, password: &str) -> Result<Credentials, String> {
 }
 
 fn user(config: &Config, action: UserAction) -> Result<(), String> {
-    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     match action {
         UserAction::Add { jid, password: p } => {
             let (host, local) = account(config, &jid)?;
@@ -287,7 +304,8 @@ fn user(config: &Config, action: UserAction) -> Result<(), String> {
 }
 
 fn roster(config: &Config, action: RosterAction) -> Result<(), String> {
-    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     let contact_jid = |contact: &str| -> Result<String, String> {
         let jid = Jid::parse(contact).map_err(|e| format!("`{contact}`: {e}"))?;
         if jid.resource().is_some() {

@@ -1,15 +1,17 @@
 //! Storage behind traits, cut from what the server and its modules call: [`Accounts`] (accounts and
 //! their SCRAM credentials) and [`AccountData`] (each module's per-account values, keyed by module and
-//! key: vCards, private XML, last activity, offline messages). [`sqlite`] is the embedded
-//! implementation; a backend for several hosts (PostgreSQL) is a second implementation of the same
-//! traits, and [`tests::contract`] is the suite every implementation must pass. Shards never touch a
+//! key: vCards, private XML, last activity, offline messages), and [`Rosters`]. [`sqlite`] is the
+//! embedded implementation; [`postgres`] the one for several hosts on one database, chosen by
+//! `[storage] backend`; [`tests::contract`] is the suite every implementation must pass. Shards never touch a
 //! backend themselves: [`StoreWorkers`] runs every query on worker threads fed by a bounded crossbeam
 //! channel, and a shard awaits the answer, so a slow disk stalls a login, never a reactor.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::Path;
 
+use crate::config::{StorageBackend, StorageConfig};
 use crate::proto::roster::RosterItem;
 use crate::proto::sasl::Credentials;
 
@@ -138,12 +140,29 @@ pub struct StoreWorkers {
 pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl StoreWorkers {
-    /// Starts `threads` workers on the embedded database in `data_dir` (opened once here to fail early).
-    pub fn start(data_dir: &Path, threads: usize) -> Result<StoreWorkers, StoreError> {
-        UserDb::open(data_dir)?;
-        let backends = (0..threads.max(1))
-            .map(|_| UserDb::open(data_dir).map(|db| Box::new(db) as Box<dyn Store>))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Starts `storage.pool_size()` workers on the configured backend: the embedded database in
+    /// `data_dir`, or PostgreSQL (its schema migrated first, each worker with its own connection).
+    pub fn start(storage: &StorageConfig, data_dir: &Path) -> Result<StoreWorkers, StoreError> {
+        let threads = storage.pool_size().max(1);
+        let backends = match storage.backend {
+            StorageBackend::Sqlite => {
+                // Opened once alone first, so that the tables are created before workers race to.
+                UserDb::open(data_dir)?;
+                (0..threads)
+                    .map(|_| UserDb::open(data_dir).map(|db| Box::new(db) as Box<dyn Store>))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            StorageBackend::Postgres => {
+                let config = postgres_config(storage)?;
+                postgres::migrate(&config)?;
+                (0..threads)
+                    .map(|_| {
+                        postgres::PgStore::open(config.clone())
+                            .map(|db| Box::new(db) as Box<dyn Store>)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
         Self::with_backends(backends)
     }
 
@@ -212,6 +231,55 @@ impl StoreWorkers {
     /// Queries waiting for a worker.
     pub fn queued(&self) -> usize {
         self.jobs.len()
+    }
+}
+
+fn postgres_config(storage: &StorageConfig) -> Result<::postgres::Config, StoreError> {
+    let url = storage
+        .url
+        .as_ref()
+        .ok_or_else(|| StoreError("storage.url is required for PostgreSQL".into()))?;
+    postgres::parse_url(url.get_ref())
+}
+
+/// One connection to the configured store, for the commands that change it beside a running server
+/// (`rjabberd user …`, `rjabberd roster …`); PostgreSQL's schema is migrated first, as at start.
+pub fn open(storage: &StorageConfig, data_dir: &Path) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match storage.backend {
+        StorageBackend::Sqlite => Box::new(UserDb::open(data_dir)?),
+        StorageBackend::Postgres => {
+            let config = postgres_config(storage)?;
+            postgres::migrate(&config)?;
+            Box::new(postgres::PgStore::open(config)?)
+        }
+    })
+}
+
+/// Brings the store's schema up to date and says what was done (`rjabberd storage migrate`).
+pub fn migrate(storage: &StorageConfig, data_dir: &Path) -> Result<String, StoreError> {
+    match storage.backend {
+        StorageBackend::Sqlite => {
+            UserDb::open(data_dir)?;
+            Ok(format!(
+                "SQLite: {} is up to date",
+                UserDb::path(data_dir).display()
+            ))
+        }
+        StorageBackend::Postgres => {
+            let applied = postgres::migrate(&postgres_config(storage)?)?;
+            let latest = postgres::MIGRATIONS.last().map_or(0, |(v, _)| *v);
+            Ok(match applied.as_slice() {
+                [] => format!("PostgreSQL: the schema is at version {latest}; nothing to apply"),
+                _ => format!(
+                    "PostgreSQL: applied migration(s) {}; the schema is at version {latest}",
+                    applied
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
     }
 }
 
@@ -369,5 +437,92 @@ pub(crate) mod tests {
         let d = dir.clone();
         contract(&db, &move || Box::new(UserDb::open(&d).unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The throw-away PostgreSQL server of the black-box tests, shared with the unit tests here.
+#[cfg(test)]
+#[path = "../../tests/common/pg.rs"]
+mod throwaway_pg;
+
+#[cfg(test)]
+mod postgres_tests {
+    use super::postgres::{MIGRATIONS, PgStore, migrate, parse_url};
+    use super::throwaway_pg::PgInstance;
+    use super::*;
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_keeps_the_contract() {
+        let Some(pg) = PgInstance::start() else {
+            return;
+        };
+        let config = parse_url(&pg.create_db("contract")).unwrap();
+        assert_eq!(migrate(&config).unwrap(), vec![1]);
+        let db = PgStore::open(config.clone()).unwrap();
+        tests::contract(&db, &move || {
+            Box::new(PgStore::open(config.clone()).unwrap())
+        });
+    }
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_migrations_run_once_when_hosts_start_together() {
+        let Some(pg) = PgInstance::start() else {
+            return;
+        };
+        let config = parse_url(&pg.create_db("migrations")).unwrap();
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let c = config.clone();
+                std::thread::spawn(move || migrate(&c).unwrap())
+            })
+            .collect();
+        let mut applied: Vec<Vec<i32>> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        applied.sort();
+        let all: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            applied,
+            vec![vec![], vec![], vec![], all],
+            "one host applies them"
+        );
+        assert_eq!(migrate(&config).unwrap(), Vec::<i32>::new());
+        // A database a newer rjabberd migrated is refused rather than misread.
+        pg.psql(
+            "migrations",
+            "INSERT INTO schema_migrations (version) VALUES (9999)",
+        );
+        let err = migrate(&config).unwrap_err();
+        assert!(err.0.contains("9999"), "{err}");
+    }
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_worker_reconnects_after_its_connection_breaks() {
+        let Some(pg) = PgInstance::start() else {
+            return;
+        };
+        let config = parse_url(&pg.create_db("reconnect")).unwrap();
+        migrate(&config).unwrap();
+        let db = PgStore::open(config).unwrap();
+        let c = Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap();
+        db.add("example.org", "juliet", &c).unwrap();
+        pg.psql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = 'reconnect' AND pid <> pg_backend_pid()",
+        );
+        // The query that meets the broken connection fails; the next one runs on a new connection.
+        assert!(db.exists("example.org", "juliet").is_err());
+        assert!(db.exists("example.org", "juliet").unwrap());
+        // With the server gone, a query fails, and so do those before the next attempt is due, at
+        // once rather than after a connect timeout each.
+        drop(pg);
+        assert!(db.exists("example.org", "juliet").is_err());
+        let _ = db.exists("example.org", "juliet");
+        let started = std::time::Instant::now();
+        let err = db.exists("example.org", "juliet").unwrap_err();
+        assert!(err.0.contains("not due"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
     }
 }
