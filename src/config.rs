@@ -264,6 +264,10 @@ pub struct StorageConfig {
     /// Store worker threads, each owning one connection; absent: 2 for SQLite (one file, one writer
     /// at a time), 8 for PostgreSQL.
     pub pool_size: Option<Spanned<usize>>,
+    /// With `postgres`: PEM file of the certificate authorities the database's certificate is checked
+    /// against; given, the connection uses TLS as the URL's `sslmode` says (`prefer`, the default,
+    /// tries TLS first; `require` insists). Without it, no TLS, and `sslmode=require` is refused.
+    pub ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -300,11 +304,28 @@ impl StorageConfig {
             )),
             (StorageBackend::Postgres, Some(url)) => {
                 // The driver's own parser, so that what passes here is what connects later.
-                url.get_ref()
+                let parsed = url
+                    .get_ref()
                     .parse::<postgres::Config>()
-                    .map(|_| ())
-                    .map_err(|e| (Some(url.span()), format!("storage.url: {e}")))
+                    .map_err(|e| (Some(url.span()), format!("storage.url: {e}")))?;
+                match &self.ca_file {
+                    Some(ca) if !ca.get_ref().is_file() => Err((
+                        Some(ca.span()),
+                        format!("storage.ca_file: {} is not a file", ca.get_ref().display()),
+                    )),
+                    None if parsed.get_ssl_mode() == postgres::config::SslMode::Require => Err((
+                        Some(url.span()),
+                        "storage.url: sslmode=require needs storage.ca_file (the CA that signed \
+                         the database's certificate)"
+                            .into(),
+                    )),
+                    _ => Ok(()),
+                }
             }
+            (StorageBackend::Sqlite, _) if self.ca_file.is_some() => Err((
+                self.ca_file.as_ref().map(|c| c.span()),
+                "storage.ca_file is for backend = \"postgres\"".into(),
+            )),
             (StorageBackend::Sqlite, Some(url)) => Err((
                 Some(url.span()),
                 "storage.url is for backend = \"postgres\"; SQLite lives in data_dir".into(),
@@ -788,6 +809,16 @@ mod tests {
             ),
             ("[storage]\nurl = \"postgres://h/db\"\n", 2, "storage.url"),
             ("[storage]\npool_size = 0\n", 2, "pool_size"),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"host=/tmp sslmode=require\"\n",
+                3,
+                "ca_file",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"host=/tmp\"\nca_file = \"/nonexistent.pem\"\n",
+                4,
+                "ca_file",
+            ),
             ("[storage]\npath = \"x\"\n", 2, "path"),
         ] {
             let err = parse(text).unwrap_err();

@@ -234,12 +234,15 @@ impl StoreWorkers {
     }
 }
 
-fn postgres_config(storage: &StorageConfig) -> Result<::postgres::Config, StoreError> {
+fn postgres_config(storage: &StorageConfig) -> Result<postgres::Target, StoreError> {
     let url = storage
         .url
         .as_ref()
         .ok_or_else(|| StoreError("storage.url is required for PostgreSQL".into()))?;
-    postgres::parse_url(url.get_ref())
+    postgres::Target::new(
+        url.get_ref(),
+        storage.ca_file.as_ref().map(|c| c.get_ref().as_path()),
+    )
 }
 
 /// One connection to the configured store, for the commands that change it beside a running server
@@ -447,7 +450,7 @@ mod throwaway_pg;
 
 #[cfg(test)]
 mod postgres_tests {
-    use super::postgres::{MIGRATIONS, PgStore, migrate, parse_url};
+    use super::postgres::{MIGRATIONS, PgStore, Target, migrate};
     use super::throwaway_pg::PgInstance;
     use super::*;
 
@@ -457,7 +460,7 @@ mod postgres_tests {
         let Some(pg) = PgInstance::start() else {
             return;
         };
-        let config = parse_url(&pg.create_db("contract")).unwrap();
+        let config = Target::new(&pg.create_db("contract"), None).unwrap();
         assert_eq!(migrate(&config).unwrap(), vec![1]);
         let db = PgStore::open(config.clone()).unwrap();
         tests::contract(&db, &move || {
@@ -471,7 +474,7 @@ mod postgres_tests {
         let Some(pg) = PgInstance::start() else {
             return;
         };
-        let config = parse_url(&pg.create_db("migrations")).unwrap();
+        let config = Target::new(&pg.create_db("migrations"), None).unwrap();
         let racers: Vec<_> = (0..4)
             .map(|_| {
                 let c = config.clone();
@@ -502,7 +505,7 @@ mod postgres_tests {
         let Some(pg) = PgInstance::start() else {
             return;
         };
-        let config = parse_url(&pg.create_db("reconnect")).unwrap();
+        let config = Target::new(&pg.create_db("reconnect"), None).unwrap();
         migrate(&config).unwrap();
         let db = PgStore::open(config).unwrap();
         let c = Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap();
@@ -524,5 +527,37 @@ mod postgres_tests {
         let err = db.exists("example.org", "juliet").unwrap_err();
         assert!(err.0.contains("not due"), "{err}");
         assert!(started.elapsed() < std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_over_tls_checks_the_servers_certificate() {
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let Some(pg) =
+            PgInstance::start_tls(&server.cert.pem(), &server.signing_key.serialize_pem())
+        else {
+            return;
+        };
+        pg.create_db("tls");
+        let dir = std::env::temp_dir().join(format!("rjabberd-pgca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, stranger) = (dir.join("ca.pem"), dir.join("stranger.pem"));
+        std::fs::write(&ca, server.cert.pem()).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&stranger, other.cert.pem()).unwrap();
+        // sslmode=require: the session is TLS or nothing, so success means TLS.
+        let url = format!("{} sslmode=require", pg.tcp_url("tls"));
+        let target = Target::new(&url, Some(&ca)).unwrap();
+        migrate(&target).unwrap();
+        let db = PgStore::open(target).unwrap();
+        let c = Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap();
+        db.add("example.org", "juliet", &c).unwrap();
+        assert!(db.exists("example.org", "juliet").unwrap());
+        // A certificate not signed by the configured authority is refused.
+        let err = PgStore::open(Target::new(&url, Some(&stranger)).unwrap())
+            .err()
+            .expect("an unknown certificate is refused");
+        assert!(err.0.contains("cannot connect"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

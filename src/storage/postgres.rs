@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, IsolationLevel, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{AccountData, Accounts, Rosters, StoreError};
 use crate::proto::roster::{RosterItem, Subscription};
@@ -81,25 +82,61 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
-/// Opens one connection. TLS to the database is not there yet: a URL asking for it
-/// (`sslmode=require`) fails here with the driver's message.
-fn connect(config: &postgres::Config) -> Result<Client, StoreError> {
-    config
-        .connect(NoTls)
-        .map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))
+/// Where the database is and how to reach it: the parsed `storage.url`, and TLS when `storage.ca_file`
+/// names the authorities to check the server's certificate against (rustls, as for XMPP clients).
+#[derive(Clone)]
+pub struct Target {
+    pub config: postgres::Config,
+    tls: Option<MakeRustlsConnect>,
 }
 
-/// Parses a `storage.url` (already checked when the configuration was loaded).
-pub fn parse_url(url: &str) -> Result<postgres::Config, StoreError> {
-    url.parse()
-        .map_err(|e| StoreError(format!("storage.url: {e}")))
+impl Target {
+    /// Parses a `storage.url` (already checked when the configuration was loaded) and loads `ca_file`.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Target, StoreError> {
+        let config = url
+            .parse()
+            .map_err(|e| StoreError(format!("storage.url: {e}")))?;
+        let tls = match ca_file {
+            None => None,
+            Some(path) => {
+                use rustls::pki_types::CertificateDer;
+                use rustls::pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| StoreError(format!("{}: {e}", path.display())))?
+                {
+                    let cert = cert.map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+                }
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| StoreError(format!("TLS to PostgreSQL: {e}")))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(MakeRustlsConnect::new(tls))
+            }
+        };
+        Ok(Target { config, tls })
+    }
+}
+
+/// Opens one connection.
+fn connect(target: &Target) -> Result<Client, StoreError> {
+    let connected = match &target.tls {
+        Some(tls) => target.config.connect(tls.clone()),
+        None => target.config.connect(NoTls),
+    };
+    connected.map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))
 }
 
 /// Applies the steps of [`MIGRATIONS`] the database lacks, each in its own transaction with its row in
 /// `schema_migrations`; returns the versions applied. Fails when the database is at a version this
 /// build does not know (a newer rjabberd migrated it).
-pub fn migrate(config: &postgres::Config) -> Result<Vec<i32>, StoreError> {
-    let mut client = connect(config)?;
+pub fn migrate(target: &Target) -> Result<Vec<i32>, StoreError> {
+    let mut client = connect(target)?;
     // Session-level, so it spans the per-step transactions; released when the connection closes even
     // if this process dies half-way.
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
@@ -272,7 +309,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// fail at once until the next attempt is due, so a worker does not spin on connect and the queue
 /// drains with errors instead of waiting.
 pub struct PgStore {
-    config: postgres::Config,
+    target: Target,
     // The traits take `&self` and a worker thread owns its store alone: a RefCell, not a lock.
     conn: RefCell<Option<Connection>>,
     next_attempt: Cell<Option<Instant>>,
@@ -282,9 +319,9 @@ pub struct PgStore {
 impl PgStore {
     /// A store that connects with `config`, once now (so a bad URL or password fails the start).
     /// The schema must be migrated already ([`migrate`]).
-    pub fn open(config: postgres::Config) -> Result<PgStore, StoreError> {
+    pub fn open(target: Target) -> Result<PgStore, StoreError> {
         let store = PgStore {
-            config,
+            target,
             conn: RefCell::new(None),
             next_attempt: Cell::new(None),
             backoff: Cell::new(BACKOFF_MIN),
@@ -312,7 +349,7 @@ impl PgStore {
                     "PostgreSQL unreachable; the next connection attempt is not due yet".into(),
                 ));
             }
-            let opened = connect(&self.config).and_then(|mut client| {
+            let opened = connect(&self.target).and_then(|mut client| {
                 let st = Statements::prepare(&mut client).map_err(StoreError::from)?;
                 Ok(Connection { client, st })
             });

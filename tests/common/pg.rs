@@ -16,6 +16,8 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 pub struct PgInstance {
     bin: PathBuf,
     dir: PathBuf,
+    /// The TCP port on 127.0.0.1, when started with TLS.
+    pub port: Option<u16>,
     /// Run PostgreSQL's programs as `postgres` (we are root).
     as_postgres: bool,
 }
@@ -49,6 +51,16 @@ pub fn pg_bindir() -> Option<PathBuf> {
 impl PgInstance {
     /// Starts one, or `None` (having said so on stderr) when PostgreSQL is not installed.
     pub fn start() -> Option<PgInstance> {
+        PgInstance::start_with(None)
+    }
+
+    /// Like [`PgInstance::start`], also listening on 127.0.0.1 with TLS (PostgreSQL offers TLS on TCP
+    /// only) with this PEM certificate and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<PgInstance> {
+        PgInstance::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<PgInstance> {
         let Some(bin) = pg_bindir() else {
             eprintln!("SKIPPED: PostgreSQL not installed (no initdb; see README)");
             return None;
@@ -62,11 +74,35 @@ impl PgInstance {
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         // SAFETY: geteuid has no preconditions.
         let as_postgres = unsafe { libc::geteuid() } == 0;
-        let pg = PgInstance {
+        let mut pg = PgInstance {
             bin,
             dir,
+            port: None,
             as_postgres,
         };
+        let mut tcp = "-c listen_addresses=''".to_string();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let (c, k) = (pg.dir.join("server.crt"), pg.dir.join("server.key"));
+            std::fs::write(&c, cert).unwrap();
+            std::fs::write(&k, key).unwrap();
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            // Asked of the system and freed at once: another run may take it before PostgreSQL
+            // does, a race lost rarely and loudly (pg_ctl fails).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            pg.port = Some(port);
+            tcp = format!(
+                "-c listen_addresses=127.0.0.1 -c port={port} -c ssl=on -c ssl_cert_file='{}' \
+                 -c ssl_key_file='{}'",
+                c.display(),
+                k.display()
+            );
+        }
         if as_postgres {
             let out = Command::new("chown")
                 .args(["-R", "postgres:"])
@@ -91,7 +127,7 @@ impl PgInstance {
         // Unix socket in our directory only; durability is not wanted from a server that lives for
         // one test.
         let options = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off \
+            "{tcp} -c unix_socket_directories='{}' -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off",
             pg.dir.display()
         );
@@ -144,11 +180,20 @@ impl PgInstance {
         &self.dir
     }
 
-    /// A connection string (libpq's key=value form) for `dbname`.
+    /// A connection string (libpq's key=value form) for `dbname`, over the Unix socket.
     pub fn url(&self, dbname: &str) -> String {
         format!(
-            "host={} port=5432 user=rjabberd dbname={dbname}",
-            self.dir.display()
+            "host={} port={} user=rjabberd dbname={dbname}",
+            self.dir.display(),
+            self.port.unwrap_or(5432)
+        )
+    }
+
+    /// A connection string for `dbname` over TCP to `localhost` (the name the certificate must carry).
+    pub fn tcp_url(&self, dbname: &str) -> String {
+        format!(
+            "host=localhost hostaddr=127.0.0.1 port={} user=rjabberd dbname={dbname}",
+            self.port.expect("started with TLS")
         )
     }
 
@@ -156,7 +201,15 @@ impl PgInstance {
     pub fn create_db(&self, dbname: &str) -> String {
         self.run(
             "createdb",
-            &["-h", &self.dir.to_string_lossy(), "-U", "rjabberd", dbname],
+            &[
+                "-h",
+                &self.dir.to_string_lossy(),
+                "-p",
+                &self.port.unwrap_or(5432).to_string(),
+                "-U",
+                "rjabberd",
+                dbname,
+            ],
         );
         self.url(dbname)
     }
@@ -168,6 +221,8 @@ impl PgInstance {
             &[
                 "-h",
                 &self.dir.to_string_lossy(),
+                "-p",
+                &self.port.unwrap_or(5432).to_string(),
                 "-U",
                 "rjabberd",
                 "-d",
