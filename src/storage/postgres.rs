@@ -93,9 +93,14 @@ pub struct Target {
 impl Target {
     /// Parses a `storage.url` (already checked when the configuration was loaded) and loads `ca_file`.
     pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Target, StoreError> {
-        let config = url
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError(format!("storage.url: {e}")))?;
+        // The driver waits for a connection as long as the system does (minutes for a host that
+        // drops SYNs), and a worker waiting is a worker not serving: bound it unless the URL says.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let tls = match ca_file {
             None => None,
             Some(path) => {
@@ -299,6 +304,9 @@ struct Connection {
     client: Client,
     st: Statements,
 }
+
+/// How long a connection attempt may take when `storage.url` sets no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shortest and longest wait between connection attempts while the database is unreachable.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
