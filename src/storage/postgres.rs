@@ -358,6 +358,15 @@ impl PgStore {
                 ));
             }
             let opened = connect(&self.target).and_then(|mut client| {
+                // A query the database holds (a lock, an overloaded server) would hold this worker
+                // long after the shard stopped waiting (`super::QUERY_TIMEOUT`): end it on the
+                // server at the same moment, unless the URL's `options` set their own.
+                if self.target.config.get_options().is_none() {
+                    client.batch_execute(&format!(
+                        "SET statement_timeout = {}",
+                        super::QUERY_TIMEOUT.as_millis()
+                    ))?;
+                }
                 let st = Statements::prepare(&mut client).map_err(StoreError::from)?;
                 Ok(Connection { client, st })
             });
