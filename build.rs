@@ -1,4 +1,4 @@
-//! Two switches for the tests, both decided at build time because Rust's test harness has no skip at
+//! Three switches for the tests, decided at build time because Rust's test harness has no skip at
 //! run time: what is compiled `#[ignore]`d, cargo counts as ignored rather than passed.
 //!
 //! - `RJABBERD_SKIP_E2E` (set, and neither empty nor `0`) builds the end-to-end tests that drive
@@ -8,8 +8,12 @@
 //!   server; when none are found (`RJABBERD_PG_BINDIR`, Debian's `/usr/lib/postgresql/<N>/bin`, the
 //!   PATH) or `RJABBERD_SKIP_PG` is set, they are built as ignored, with a build warning saying so.
 //!   After installing PostgreSQL, `touch build.rs` (or set `RJABBERD_PG_BINDIR`) to build them again.
+//! - The XEP-0227 tests that export from a real ejabberd are built as ignored when
+//!   `/usr/sbin/ejabberdctl` is absent (and with `RJABBERD_SKIP_E2E`).
 
 use std::path::Path;
+
+const EJABBERDCTL: &str = "/usr/sbin/ejabberdctl";
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -17,6 +21,17 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(rjabberd_skip_e2e)");
     if set("RJABBERD_SKIP_E2E") {
         println!("cargo::rustc-cfg=rjabberd_skip_e2e");
+    }
+
+    // The XEP-0227 test exports from a real ejabberd: without one it is built `#[ignore]`d, so that
+    // cargo reports it as ignored, not passed.
+    // Watched only when it exists (a missing path counts as always changed: a rebuild on every run).
+    if Path::new(EJABBERDCTL).exists() {
+        println!("cargo::rerun-if-changed={EJABBERDCTL}");
+    }
+    println!("cargo::rustc-check-cfg=cfg(rjabberd_no_ejabberd)");
+    if !Path::new(EJABBERDCTL).exists() {
+        println!("cargo::rustc-cfg=rjabberd_no_ejabberd");
     }
 
     println!("cargo::rerun-if-env-changed=RJABBERD_SKIP_PG");

@@ -26,7 +26,7 @@
 //! | state | [`shard`] | one core's mutable state (the session, route and module tables), `send_home` with the local fast path, the router's entry as wired |
 //! | | [`mesh`] | messages between shards and their overflow policy |
 //! | modules | [`modules`] | gen_mod, gen_iq_handler, the open hook registry, [`modules::ctx::ModuleCtx`] (the trait the shard implements), one file per module |
-//! | below | [`sink`], [`storage`], [`auth`], [`net`] | a connection's output queue by generational id; the store behind traits on worker threads; the extauth pool; the only sockets: the generic stream driver, TLS |
+//! | below | [`sink`], [`storage`], [`auth`], [`net`] | a connection's output queue by generational id; the store behind traits on worker threads (and XEP-0227 import/export over them); the extauth pool; the only sockets: the generic stream driver, TLS |
 //! | ground | [`placement`], [`config`], [`logging`], [`probe`] | where an account lives (a specified hash); the configuration; the log output and its per-source rate limit; test probes |
 //! | sans-IO | [`proto`] | bytes and `now` in, events and actions out: XML, JIDs, SASL, c2s and component machines, errors |
 //!

@@ -16,6 +16,7 @@ use rjabberd::proto::jid::Jid;
 use rjabberd::proto::roster::{RosterItem, Subscription};
 use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::pool::Server;
+use rjabberd::storage::piefxis;
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
@@ -50,6 +51,23 @@ enum Command {
     Storage {
         #[command(subcommand)]
         action: StorageAction,
+    },
+    /// Write every account (of one host with --host) to XEP-0227 files in DIR: an index
+    /// (server-data.xml) and one file per host, as `ejabberdctl export_piefxis` writes them.
+    Export {
+        dir: PathBuf,
+        #[arg(long)]
+        host: Option<String>,
+        /// Write SCRAM values as ejabberd reads them (base64 twice) instead of XEP-0227's way.
+        #[arg(long)]
+        ejabberd: bool,
+    },
+    /// Read accounts from XEP-0227 files (a directory as `export` or ejabberd writes it, or one file).
+    /// Accounts that exist are skipped unless --overwrite, which replaces them with all their data.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Talk to the running server over its control socket (ejabberdctl's commands): `ctl help` lists
     /// them; `--json` anywhere before `--` for machine-readable output. Exit codes: 0 done, 1 failed,
@@ -143,6 +161,12 @@ fn main() -> ExitCode {
         } => rjabberd::storage::migrate(&config.storage, &config.data_dir)
             .map(|done| println!("{done}"))
             .map_err(|e| e.to_string()),
+        Command::Export {
+            dir,
+            host,
+            ejabberd,
+        } => export(&config, &dir, host, ejabberd),
+        Command::Import { path, overwrite } => import(&config, &path, overwrite),
         Command::Ctl { .. } => unreachable!("answered above"),
     };
     match result {
@@ -361,6 +385,63 @@ fn roster(config: &Config, action: RosterAction) -> Result<(), String> {
                 None => return Err(format!("{contact} is not on the roster of {local}@{host}")),
             }
         }
+    }
+    Ok(())
+}
+
+fn configured_hosts(config: &Config) -> Vec<String> {
+    config
+        .hosts
+        .iter()
+        .map(|h| h.name.get_ref().clone())
+        .collect()
+}
+
+fn export(
+    config: &Config,
+    dir: &std::path::Path,
+    host: Option<String>,
+    ejabberd: bool,
+) -> Result<(), String> {
+    let mut hosts = configured_hosts(config);
+    if let Some(h) = host {
+        hosts.retain(|c| c.eq_ignore_ascii_case(&h));
+        if hosts.is_empty() {
+            return Err(format!("{h} is not a configured host"));
+        }
+    }
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
+    for s in piefxis::export(
+        &*db,
+        dir,
+        &hosts,
+        if ejabberd {
+            piefxis::ScramEncoding::Ejabberd
+        } else {
+            piefxis::ScramEncoding::Xep0227
+        },
+    )? {
+        println!("{s}");
+    }
+    println!("exported to {}", dir.join(piefxis::INDEX_FILE).display());
+    Ok(())
+}
+
+fn import(config: &Config, path: &std::path::Path, overwrite: bool) -> Result<(), String> {
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
+    let opts = piefxis::ImportOptions {
+        overwrite,
+        scram_iterations: config.auth.scram_iterations,
+        hosts: configured_hosts(config),
+    };
+    let (summaries, failed) = piefxis::import(&*db, path, &opts, &mut |line| println!("{line}"))?;
+    for s in summaries {
+        println!("{s}");
+    }
+    if failed {
+        return Err("some accounts were not imported (see above)".into());
     }
     Ok(())
 }

@@ -332,7 +332,7 @@ impl C2sGlue {
                     let found = db.credentials(&host, &username)?;
                     Ok(match plain_password {
                         Some(p) => {
-                            Input::PlainChecked(found.is_some_and(|c| c.sha256.verify_password(&p)))
+                            Input::PlainChecked(found.is_some_and(|c| c.verify_password(&p)))
                         }
                         None => Input::Credentials(found),
                     })

@@ -20,7 +20,7 @@ pub const PROTOCOLS: &[&str] = &["XEP-0160 v1.0", "XEP-0203 v2.0"];
 
 pub struct Offline;
 
-const MODULE: &str = "offline";
+const MODULE: &str = crate::storage::layout::OFFLINE;
 
 /// The accounts homed on this shard that may have messages waiting, so that a login costs no store
 /// round trip when there are none (the common case).

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::proto::errors::StanzaErrorCondition as Cond;
 use crate::proto::xml::Element;
+use crate::storage::layout;
 
 pub const PROTOCOLS: &[&str] = &["XEP-0049 v1.2"];
 
@@ -62,7 +63,7 @@ fn private_key(el: &Element) -> Option<String> {
         return None;
     }
     let local = el.name.split_once(':').map_or(el.name.as_str(), |(_, l)| l);
-    Some(format!("{{{ns}}}{local}"))
+    Some(layout::private_key(ns, local))
 }
 
 async fn private(iq: Iq, max: u64) -> IqResult {
@@ -93,7 +94,7 @@ async fn private(iq: Iq, max: u64) -> IqResult {
             let found = store
                 .run(move |db| {
                     keys.iter()
-                        .map(|k| db.data_get(&host, &user, "private", k))
+                        .map(|k| db.data_get(&host, &user, layout::PRIVATE, k))
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .await
@@ -122,11 +123,11 @@ async fn private(iq: Iq, max: u64) -> IqResult {
                 .sum();
             store
                 .run(move |db| {
-                    let used = db.data_size(&host, &user, "private")?;
+                    let used = db.data_size(&host, &user, layout::PRIVATE)?;
                     if used + added > max {
                         return Ok(false);
                     }
-                    db.data_put(&host, &user, "private", &values)?;
+                    db.data_put(&host, &user, layout::PRIVATE, &values)?;
                     Ok(true)
                 })
                 .await

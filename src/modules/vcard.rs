@@ -9,6 +9,7 @@ use super::{
 };
 use crate::proto::errors::StanzaErrorCondition as Cond;
 use crate::proto::xml::Element;
+use crate::storage::layout;
 
 pub const PROTOCOLS: &[&str] = &["XEP-0054 v1.2"];
 
@@ -79,7 +80,7 @@ async fn account_vcard(iq: Iq, max: usize) -> IqResult {
     match iq.type_ {
         IqType::Get => {
             let stored = store
-                .run(move |db| db.data_get(&host, &user, "vcard", ""))
+                .run(move |db| db.data_get(&host, &user, layout::VCARD, layout::VCARD_KEY))
                 .await
                 .map_err(IqError::internal)?;
             match stored {
@@ -107,8 +108,8 @@ async fn account_vcard(iq: Iq, max: usize) -> IqResult {
                     db.data_put(
                         &host,
                         &user,
-                        "vcard",
-                        &[(String::new(), Some(xml.into_bytes()))],
+                        layout::VCARD,
+                        &[(layout::VCARD_KEY.to_string(), Some(xml.into_bytes()))],
                     )
                 })
                 .await

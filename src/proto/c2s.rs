@@ -1011,7 +1011,7 @@ mod tests {
                         match plain_password {
                             Some(p) => self
                                 .c2s
-                                .plain_checked(found.is_some_and(|c| c.sha256.verify_password(&p))),
+                                .plain_checked(found.is_some_and(|c| c.verify_password(&p))),
                             None => self.c2s.credentials(found),
                         }
                     }

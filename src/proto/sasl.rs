@@ -157,6 +157,17 @@ impl Credentials {
         })
     }
 
+    /// Whether `password` is the account's (for PLAIN): checked against the SHA-256 keys, or the SHA-1
+    /// keys when the account has only those (imported from a server that kept SCRAM-SHA-1 alone, where
+    /// the other hash's keys are empty and match nothing).
+    pub fn verify_password(&self, password: &str) -> bool {
+        if self.sha256.stored_key.is_empty() {
+            !self.sha1.stored_key.is_empty() && self.sha1.verify_password(password)
+        } else {
+            self.sha256.verify_password(password)
+        }
+    }
+
     pub fn for_hash(&self, hash: Hash) -> &ScramCredential {
         match hash {
             Hash::Sha1 => &self.sha1,
@@ -363,7 +374,7 @@ impl SaslServer {
     pub fn credentials(&mut self, credentials: Option<&Credentials>) -> Result<Step, SaslError> {
         match std::mem::replace(&mut self.state, State::Done) {
             State::PlainWaiting { username, password } => {
-                let ok = credentials.is_some_and(|c| c.sha256.verify_password(&password));
+                let ok = credentials.is_some_and(|c| c.verify_password(&password));
                 if ok {
                     Ok(Step::Success {
                         username,

@@ -323,7 +323,7 @@ impl Shard {
             .as_nanos();
         let seq = self.arrivals.get();
         self.arrivals.set(seq.wrapping_add(1));
-        format!("{ns:024}{seq:010}")
+        crate::storage::layout::arrival_key(ns, seq)
     }
 
     /// Prints this shard's connections and the accounts in its session table (for operators and for the

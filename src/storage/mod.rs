@@ -6,6 +6,8 @@
 //! backend themselves: [`StoreWorkers`] runs every query on worker threads fed by a bounded crossbeam
 //! channel, and a shard awaits the answer, so a slow disk stalls a login, never a reactor.
 
+pub mod layout;
+pub mod piefxis;
 pub mod postgres;
 pub mod sqlite;
 

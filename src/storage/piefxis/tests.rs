@@ -1,0 +1,343 @@
+use super::*;
+use crate::storage::{AccountData, Accounts, UserDb};
+
+fn el(s: &str) -> Element {
+    Element::parse(s).unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rjabberd-pie-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An account with every part the format carries, and every roster state.
+fn juliet() -> Account {
+    let creds = Credentials::from_password("r0meo&me", b"0123456789abcdef", 4096).unwrap();
+    let mut romeo = RosterItem::new("romeo@example.org");
+    romeo.name = Some("Romeo".into());
+    romeo.groups = vec!["Montagues".into(), "Verona".into()];
+    romeo.subscription = Subscription::Both;
+    let mut nurse = RosterItem::new("nurse@example.org");
+    nurse.ask = true;
+    nurse.approved = true;
+    nurse.pending_in = true;
+    let paris = RosterItem {
+        jid: "paris@example.org".into(),
+        pending_in: true,
+        listed: false,
+        ..RosterItem::default()
+    };
+    let tybalt = RosterItem {
+        jid: "tybalt@example.org".into(),
+        subscription: Subscription::From,
+        listed: false,
+        ..RosterItem::default()
+    };
+    Account {
+        name: "juliet".into(),
+        password: None,
+        scram: vec![creds.sha1, creds.sha256],
+        roster: vec![romeo, nurse, tybalt, paris],
+        offline: vec![
+            el(
+                "<message xmlns='jabber:client' from='romeo@example.org/orchard' to='juliet@example.org' type='chat'><body>first &amp; foremost</body><delay xmlns='urn:xmpp:delay' from='example.org' stamp='2026-12-01T17:10:46.073Z'/></message>",
+            ),
+            el(
+                "<message xmlns='jabber:client' from='nurse@example.org' to='juliet@example.org'><body>second</body></message>",
+            ),
+        ],
+        vcard: Some(el(
+            "<vCard xmlns='vcard-temp'><FN>Juliet Capulet</FN><NICKNAME>J</NICKNAME></vCard>",
+        )),
+        private: vec![
+            el("<prefs xmlns='example:prefs'><colour>red</colour></prefs>"),
+            el(
+                "<s:bookmarks xmlns:s='storage:bookmarks'><s:conference jid='balcony@muc.example.org'/></s:bookmarks>",
+            ),
+        ],
+    }
+}
+
+#[test]
+fn an_account_round_trips_through_its_user_element() {
+    let a = juliet();
+    let text = a.to_element().to_xml_string();
+    let back = Account::from_element("example.org", &el(&text), NS_PIE).unwrap();
+    assert_eq!(back, a, "{text}");
+    // Written again, byte for byte the same.
+    assert_eq!(back.to_element().to_xml_string(), text);
+    // The unanswered request travels as XEP-0227 §4.8's presence, the pre-approval and the unlisted
+    // item's state as attributes of the item.
+    assert!(
+        text.contains(
+            "<presence xmlns='jabber:client' from='paris@example.org' type='subscribe'/>"
+        )
+    );
+    assert!(!text.contains("jid='paris@example.org' subscription"));
+    assert!(text.contains("jid='tybalt@example.org' subscription='from' listed='false'"));
+    assert!(text.contains("ask='subscribe' approved='true'"));
+}
+
+/// A user as ejabberd 23.01 writes it (`ejabberdctl export_piefxis`; its password is `r0meo&me`):
+/// SCRAM-SHA-1 with every value base64-encoded twice.
+const EJABBERD_USER: &str = "<user name='juliet'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'><iter-count>4096</iter-count><salt>LzF6YjRpTEl1dTlpbUxCMFlTZnNBUT09</salt><server-key>NUFwcVBhUHEvTmNXTEhnWXcrUU96NURvLzRrPQ==</server-key><stored-key>YWo1cTJHUVRqcUtmZTFZQW4yaGVjMFdKcCtNPQ==</stored-key></scram-credentials><offline-messages><message to='juliet@example.org' from='romeo@example.org/orchard' type='chat' id='17162309107312754887' xmlns='jabber:client'><delay from='example.org' stamp='2026-12-01T17:10:46.073282Z' xmlns='urn:xmpp:delay'>Offline storage</delay><body>What light through yonder window breaks?</body><subject>Hark</subject></message></offline-messages><vCard xmlns='vcard-temp'><FN>Juliet Capulet</FN></vCard><query xmlns='jabber:iq:roster'><item subscription='both' name='Romeo' jid='romeo@example.org'><group>Montagues</group></item></query><query xmlns='jabber:iq:private'><prefs xmlns='example:prefs'><colour>red</colour></prefs></query></user>";
+
+#[test]
+fn ejabberd_users_and_both_base64_forms_of_scram_keys_are_read() {
+    let a = Account::from_element("example.org", &el(EJABBERD_USER), NS_PIE).unwrap();
+    assert_eq!(a.scram.len(), 1);
+    let c = &a.scram[0];
+    assert_eq!((c.hash, c.iterations, c.salt.len()), (Hash::Sha1, 4096, 16));
+    // The keys are the password's, so the decoding is right.
+    assert_eq!(
+        &ScramCredential::derive(Hash::Sha1, "r0meo&me", &c.salt, 4096),
+        c
+    );
+    // Written back in ejabberd's form, and in XEP-0227's (base64 once), it reads the same.
+    let theirs = a.to_element_with(ScramEncoding::Ejabberd);
+    assert_eq!(
+        Account::from_element("example.org", &theirs, NS_PIE).unwrap(),
+        a
+    );
+    assert!(
+        theirs
+            .to_xml_string()
+            .contains("<salt>LzF6YjRpTEl1dTlpbUxCMFlTZnNBUT09</salt>")
+    );
+    let again = Account::from_element("example.org", &a.to_element(), NS_PIE).unwrap();
+    assert_eq!(again, a);
+    assert!(a.to_element().to_xml_string().contains(&format!(
+        "<stored-key>{}</stored-key>",
+        B64.encode(&c.stored_key)
+    )));
+    assert_eq!(a.roster[0].groups, vec!["Montagues".to_string()]);
+    assert_eq!(a.offline.len(), 1);
+    assert_eq!(a.private[0].attr("xmlns"), Some("example:prefs"));
+    // Only SCRAM-SHA-1: SHA-256's keys are empty (no proof matches them), PLAIN checks SHA-1's.
+    let (creds, notes) = credentials_for(&a, 4096).unwrap();
+    assert!(creds.sha256.stored_key.is_empty());
+    assert!(creds.verify_password("r0meo&me") && !creds.verify_password("romeo"));
+    assert_eq!(notes.len(), 1);
+}
+
+#[test]
+fn a_plaintext_password_becomes_scram_keys_of_both_hashes() {
+    let a = Account::from_element(
+        "example.org",
+        &el("<user name='Romeo' password='j&lt;3'/>"),
+        NS_PIE,
+    )
+    .unwrap();
+    assert_eq!(a.name, "romeo", "the name is prepared");
+    let (c, notes) = credentials_for(&a, 4096).unwrap();
+    assert!(notes.is_empty());
+    assert_eq!(c.sha1.iterations, 4096);
+    assert_eq!(
+        ScramCredential::derive(Hash::Sha256, "j<3", &c.sha256.salt, 4096),
+        c.sha256
+    );
+    assert_eq!(
+        ScramCredential::derive(Hash::Sha1, "j<3", &c.sha1.salt, 4096),
+        c.sha1
+    );
+    // Exported, the password is not: the keys are.
+    let out = read_back(&a, &c).to_element().to_xml_string();
+    assert!(!out.contains("password") && out.contains("SCRAM-SHA-256"));
+}
+
+fn read_back(a: &Account, c: &Credentials) -> Account {
+    let dir = temp_dir("readback");
+    let db = UserDb::open(&dir).unwrap();
+    write_account(&db, "example.org", a, c).unwrap();
+    let back = read_account(&db, "example.org", &a.name).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    back
+}
+
+#[test]
+fn bad_users_are_named_with_what_is_wrong() {
+    let bad = |xml: &str, says: &str| {
+        let e = Account::from_element("example.org", &el(xml), NS_PIE).unwrap_err();
+        assert!(e.contains(says), "{xml}: {e}");
+    };
+    bad("<user password='x'/>", "without a name");
+    bad(
+        "<user name='a b@c'/>",
+        "user `a b@c`: not a valid user name",
+    );
+    bad(
+        "<user name='j'><query xmlns='jabber:iq:roster'><item jid='x@y/z'/></query></user>",
+        "user j: `x@y/z` is not a bare JID",
+    );
+    bad(
+        "<user name='j'><query xmlns='jabber:iq:roster'><item jid='x@y' subscription='remove'/></query></user>",
+        "user j: roster item x@y: subscription `remove`",
+    );
+    bad(
+        "<user name='j'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'><iter-count>4096</iter-count><salt>c2FsdA==</salt><server-key>!!</server-key><stored-key>AAAA</stored-key></scram-credentials></user>",
+        "user j: SCRAM-SHA-1 <server-key/> is not base64",
+    );
+    bad(
+        "<user name='j'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-256'><iter-count>1</iter-count><salt>c2FsdA==</salt><server-key>AAAA</server-key><stored-key>AAAA</stored-key></scram-credentials></user>",
+        "neither 32 bytes",
+    );
+    bad(
+        "<user name='j'><query xmlns='jabber:iq:private'><x xmlns='jabber:client'/></query></user>",
+        "no namespace of its own",
+    );
+}
+
+#[test]
+fn the_store_gives_back_what_was_written_in_order() {
+    let a = juliet();
+    let creds = Credentials {
+        sha1: a.scram[0].clone(),
+        sha256: a.scram[1].clone(),
+    };
+    let back = read_back(&a, &creds);
+    // The store keeps the roster in contact order.
+    let mut want = a.clone();
+    want.roster.sort_by(|x, y| x.jid.cmp(&y.jid));
+    assert_eq!(back, want);
+}
+
+fn opts(overwrite: bool) -> ImportOptions {
+    ImportOptions {
+        overwrite,
+        scram_iterations: 4096,
+        hosts: vec!["example.org".into(), "other.example".into()],
+    }
+}
+
+#[test]
+fn export_then_import_loses_nothing_and_import_is_idempotent() {
+    let dir = temp_dir("roundtrip");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let db = UserDb::open(&one).unwrap();
+    let a = juliet();
+    let creds = Credentials {
+        sha1: a.scram[0].clone(),
+        sha256: a.scram[1].clone(),
+    };
+    write_account(&db, "example.org", &a, &creds).unwrap();
+    let plain = Credentials::from_password("x", b"fedcba9876543210", 4096).unwrap();
+    db.add("other.example", "mercutio", &plain).unwrap();
+    let hosts = opts(false).hosts;
+    let sums = export(&db, &dir.join("out1"), &hosts, ScramEncoding::Xep0227).unwrap();
+    assert_eq!(sums[0].users + sums[1].users, 2);
+    assert!(
+        export(&db, &dir.join("out1"), &hosts, ScramEncoding::Xep0227).is_err(),
+        "no file is replaced"
+    );
+
+    let db2 = UserDb::open(&two).unwrap();
+    let mut lines = Vec::new();
+    let (sums, failed) = import(&db2, &dir.join("out1"), &opts(false), &mut |l| {
+        lines.push(l)
+    })
+    .unwrap();
+    assert!(!failed, "{lines:?}");
+    assert_eq!(sums[0].roster_items, 4);
+    assert_eq!(sums[0].offline, 2);
+    export(&db2, &dir.join("out2"), &hosts, ScramEncoding::Xep0227).unwrap();
+    for f in ["server-data.xml", "example.org.xml", "other.example.xml"] {
+        assert_eq!(
+            std::fs::read(dir.join("out1").join(f)).unwrap(),
+            std::fs::read(dir.join("out2").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        db2.credentials("example.org", "juliet").unwrap(),
+        Some(creds)
+    );
+
+    // Again: every account exists and is skipped, and says so; nothing changes.
+    lines.clear();
+    let (sums, failed) = import(&db2, &dir.join("out1"), &opts(false), &mut |l| {
+        lines.push(l)
+    })
+    .unwrap();
+    assert!(!failed);
+    assert_eq!((sums[0].users, sums[0].skipped), (0, 1));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "juliet@example.org: exists, skipped (--overwrite replaces it)")
+    );
+    assert_eq!(
+        db2.data_count("example.org", "juliet", layout::OFFLINE)
+            .unwrap(),
+        2
+    );
+    // With --overwrite: replaced, not doubled.
+    let (sums, _) = import(&db2, &dir.join("out1"), &opts(true), &mut |_| {}).unwrap();
+    assert_eq!(sums[0].users, 1);
+    assert_eq!(
+        db2.data_count("example.org", "juliet", layout::OFFLINE)
+            .unwrap(),
+        2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_user_is_not_imported_at_all_and_the_others_are() {
+    let dir = temp_dir("bad");
+    let file = dir.join("in.xml");
+    std::fs::write(
+        &file,
+        "<?xml version='1.0'?>\n<server-data xmlns='urn:xmpp:pie:0'>\n  <host jid='example.org'>\n    <user name='good' password='pw'/>\n    <user name='bad' password='pw'>\n      <vCard xmlns='vcard-temp'><FN>Bad</FN></vCard>\n      <query xmlns='jabber:iq:roster'><item jid='not a jid@@'/></query>\n    </user>\n  </host>\n</server-data>\n",
+    )
+    .unwrap();
+    let db = UserDb::open(&dir.join("data")).unwrap();
+    let mut lines = Vec::new();
+    let (sums, failed) = import(&db, &file, &opts(false), &mut |l| lines.push(l)).unwrap();
+    assert!(failed);
+    assert_eq!((sums[0].users, sums[0].failed), (1, 1));
+    let said = lines.join("\n");
+    assert!(
+        said.contains("in.xml: host example.org: user bad: `not a jid@@` is not a JID"),
+        "{said}"
+    );
+    assert!(db.exists("example.org", "good").unwrap());
+    assert!(!db.exists("example.org", "bad").unwrap());
+    assert_eq!(
+        db.data_count("example.org", "bad", layout::VCARD).unwrap(),
+        0
+    );
+
+    // A malformed file and a host not configured stop the import before anything is written.
+    std::fs::write(
+        &file,
+        "<host xmlns='urn:xmpp:pie:0' jid='example.org'><user name='x'>",
+    )
+    .unwrap();
+    let e = import(&db, &file, &opts(false), &mut |_| {}).err().unwrap();
+    assert!(e.contains("in.xml: not a well-formed XML document"), "{e}");
+    std::fs::write(
+        &file,
+        "<host xmlns='urn:xmpp:pie:0' jid='elsewhere.example'/>",
+    )
+    .unwrap();
+    let e = import(&db, &file, &opts(false), &mut |_| {}).err().unwrap();
+    assert!(
+        e.contains("host elsewhere.example is not configured here"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_directory_with_two_exports_is_refused() {
+    let dir = temp_dir("two");
+    for n in ["a.xml", "b.xml"] {
+        std::fs::write(dir.join(n), "<server-data xmlns='urn:xmpp:pie:0'/>").unwrap();
+    }
+    let db = UserDb::open(&dir.join("data")).unwrap();
+    let e = import(&db, &dir, &opts(false), &mut |_| {}).err().unwrap();
+    assert!(e.contains("several exports (a.xml, b.xml)"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
