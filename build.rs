@@ -1,8 +1,17 @@
-//! One switch for the tests: `RJABBERD_SKIP_E2E` (set, and neither empty nor `0`) compiles the
-//! end-to-end tests that drive go-sendxmpp and slixmpp as `#[ignore]`d, so cargo reports them as
-//! ignored rather than passed. Rust's test harness has no skip at run time; cargo rebuilds the package
-//! when the variable changes, so `RJABBERD_SKIP_E2E=1 cargo test` is all it takes. The
-//! XEP-0227 tests that need ejabberd are ignored the same way, and when `/usr/sbin/ejabberdctl` is absent.
+//! Three switches for the tests, decided at build time because Rust's test harness has no skip at
+//! run time: what is compiled `#[ignore]`d, cargo counts as ignored rather than passed.
+//!
+//! - `RJABBERD_SKIP_E2E` (set, and neither empty nor `0`) builds the end-to-end tests that drive
+//!   go-sendxmpp and slixmpp as ignored. Cargo rebuilds the package when the variable changes, so
+//!   `RJABBERD_SKIP_E2E=1 cargo test` is all it takes.
+//! - The PostgreSQL store tests need PostgreSQL's programs (`initdb`, `pg_ctl`) to start a throw-away
+//!   server; when none are found (`RJABBERD_PG_BINDIR`, Debian's `/usr/lib/postgresql/<N>/bin`, the
+//!   PATH) or `RJABBERD_SKIP_PG` is set, they are built as ignored, with a build warning saying so.
+//!   After installing PostgreSQL, `touch build.rs` (or set `RJABBERD_PG_BINDIR`) to build them again.
+//! - The XEP-0227 tests that export from a real ejabberd are built as ignored when
+//!   `/usr/sbin/ejabberdctl` is absent (and with `RJABBERD_SKIP_E2E`).
+
+use std::path::Path;
 
 const EJABBERDCTL: &str = "/usr/sbin/ejabberdctl";
 
@@ -10,15 +19,54 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=RJABBERD_SKIP_E2E");
     println!("cargo::rustc-check-cfg=cfg(rjabberd_skip_e2e)");
-    let skip_e2e = std::env::var_os("RJABBERD_SKIP_E2E").is_some_and(|v| !v.is_empty() && v != "0");
-    if skip_e2e {
+    if set("RJABBERD_SKIP_E2E") {
         println!("cargo::rustc-cfg=rjabberd_skip_e2e");
     }
+
     // The XEP-0227 test exports from a real ejabberd: without one it is built `#[ignore]`d, so that
     // cargo reports it as ignored, not passed.
-    println!("cargo::rerun-if-changed={EJABBERDCTL}");
+    // Watched only when it exists (a missing path counts as always changed: a rebuild on every run).
+    if Path::new(EJABBERDCTL).exists() {
+        println!("cargo::rerun-if-changed={EJABBERDCTL}");
+    }
     println!("cargo::rustc-check-cfg=cfg(rjabberd_no_ejabberd)");
-    if !std::path::Path::new(EJABBERDCTL).exists() {
+    if !Path::new(EJABBERDCTL).exists() {
         println!("cargo::rustc-cfg=rjabberd_no_ejabberd");
     }
+
+    println!("cargo::rerun-if-env-changed=RJABBERD_SKIP_PG");
+    println!("cargo::rerun-if-env-changed=RJABBERD_PG_BINDIR");
+    println!("cargo::rustc-check-cfg=cfg(rjabberd_skip_pg)");
+    // Watched only when it exists: cargo treats a missing path as always changed, which would rebuild
+    // the package on every run on a machine without PostgreSQL.
+    if Path::new("/usr/lib/postgresql").is_dir() {
+        println!("cargo::rerun-if-changed=/usr/lib/postgresql");
+    }
+    if set("RJABBERD_SKIP_PG") {
+        println!("cargo::rustc-cfg=rjabberd_skip_pg");
+    } else if !postgres_installed() {
+        println!("cargo::rustc-cfg=rjabberd_skip_pg");
+        println!(
+            "cargo::warning=PostgreSQL not installed (no initdb): the PostgreSQL store tests are built as ignored"
+        );
+    }
+}
+
+fn set(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The same search as `tests/common/pg.rs` makes when a test starts a server.
+fn postgres_installed() -> bool {
+    if let Some(dir) = std::env::var_os("RJABBERD_PG_BINDIR") {
+        return Path::new(&dir).join("initdb").is_file();
+    }
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").is_file());
+    debian
+        || std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("initdb").is_file()))
 }

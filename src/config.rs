@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(rename = "component")]
     pub components: Vec<ComponentConfig>,
     pub ctl: CtlConfig,
+    /// `[storage]`: which backend holds accounts, rosters and module data (docs/storage.md).
+    pub storage: StorageConfig,
     /// The text the configuration was read from (empty for the embedded defaults), for the checks made
     /// above this layer (module options) to name their line and column.
     #[serde(skip)]
@@ -249,6 +251,90 @@ impl Default for CtlConfig {
     }
 }
 
+/// `[storage]`: the embedded SQLite file under `data_dir` (the default), or a PostgreSQL database that
+/// several hosts share.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite` or `postgres`.
+    pub backend: StorageBackend,
+    /// With `postgres`: the database, as a `postgres://user:password@host:port/dbname?sslmode=…` URL or
+    /// libpq's `key=value` form (a `host` that starts with `/` is a Unix socket directory).
+    pub url: Option<Spanned<String>>,
+    /// Store worker threads, each owning one connection; absent: 2 for SQLite (one file, one writer
+    /// at a time), 8 for PostgreSQL.
+    pub pool_size: Option<Spanned<usize>>,
+    /// With `postgres`: PEM file of the certificate authorities the database's certificate is checked
+    /// against; given, the connection uses TLS as the URL's `sslmode` says (`prefer`, the default,
+    /// tries TLS first; `require` insists). Without it, no TLS, and `sslmode=require` is refused.
+    pub ca_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+impl StorageConfig {
+    /// Worker threads (and connections) the store runs with.
+    pub fn pool_size(&self) -> usize {
+        match (&self.pool_size, self.backend) {
+            (Some(n), _) => *n.get_ref(),
+            (None, StorageBackend::Sqlite) => 2,
+            (None, StorageBackend::Postgres) => 8,
+        }
+    }
+
+    fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        if let Some(n) = &self.pool_size
+            && *n.get_ref() == 0
+        {
+            return Err((
+                Some(n.span()),
+                "storage.pool_size must be at least 1".into(),
+            ));
+        }
+        match (self.backend, &self.url) {
+            (StorageBackend::Postgres, None) => Err((
+                None,
+                "storage.backend = \"postgres\" needs storage.url".into(),
+            )),
+            (StorageBackend::Postgres, Some(url)) => {
+                // The driver's own parser, so that what passes here is what connects later.
+                let parsed = url
+                    .get_ref()
+                    .parse::<postgres::Config>()
+                    .map_err(|e| (Some(url.span()), format!("storage.url: {e}")))?;
+                match &self.ca_file {
+                    Some(ca) if !ca.get_ref().is_file() => Err((
+                        Some(ca.span()),
+                        format!("storage.ca_file: {} is not a file", ca.get_ref().display()),
+                    )),
+                    None if parsed.get_ssl_mode() == postgres::config::SslMode::Require => Err((
+                        Some(url.span()),
+                        "storage.url: sslmode=require needs storage.ca_file (the CA that signed \
+                         the database's certificate)"
+                            .into(),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            (StorageBackend::Sqlite, _) if self.ca_file.is_some() => Err((
+                self.ca_file.as_ref().map(|c| c.span()),
+                "storage.ca_file is for backend = \"postgres\"".into(),
+            )),
+            (StorageBackend::Sqlite, Some(url)) => Err((
+                Some(url.span()),
+                "storage.url is for backend = \"postgres\"; SQLite lives in data_dir".into(),
+            )),
+            (StorageBackend::Sqlite, None) => Ok(()),
+        }
+    }
+}
+
 /// TLS session resumption (what a reconnect wave costs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -341,6 +427,7 @@ impl Default for Config {
             modules_table: None,
             components: Vec::new(),
             ctl: CtlConfig::default(),
+            storage: StorageConfig::default(),
             source: String::new(),
             file: PathBuf::new(),
         }
@@ -580,6 +667,7 @@ impl Config {
                 "log.suppressed_report_secs must be at least 1".into(),
             ));
         }
+        self.storage.check()?;
         if self.auth.scram_iterations < 4096 {
             return Err((
                 None,
@@ -694,6 +782,49 @@ mod tests {
         assert_eq!(err.line, 2);
         let err = parse("[metrics]\nlisten = \"127.0.0.1:5222\"\n").unwrap_err();
         assert!(err.message.contains("already"), "{err}");
+    }
+
+    #[test]
+    fn the_storage_section_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Sqlite);
+        assert_eq!(c.storage.pool_size(), 2);
+        let c = parse(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://rjabberd:secret@127.0.0.1:5432/rjabberd\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.storage.pool_size(), 8);
+        let c =
+            parse("[storage]\nbackend = \"postgres\"\nurl = \"host=/tmp user=x\"\npool_size = 3\n")
+                .unwrap();
+        assert_eq!(c.storage.pool_size(), 3);
+        for (text, line, needle) in [
+            ("[storage]\nbackend = \"postgres\"\n", 0, "storage.url"),
+            ("[storage]\nbackend = \"mysql\"\n", 2, "mysql"),
+            (
+                "[storage]\nbackend = \"postgres\"\n\nurl = \"postgres://h:notaport/db\"\n",
+                4,
+                "storage.url",
+            ),
+            ("[storage]\nurl = \"postgres://h/db\"\n", 2, "storage.url"),
+            ("[storage]\npool_size = 0\n", 2, "pool_size"),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"host=/tmp sslmode=require\"\n",
+                3,
+                "ca_file",
+            ),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"host=/tmp\"\nca_file = \"/nonexistent.pem\"\n",
+                4,
+                "ca_file",
+            ),
+            ("[storage]\npath = \"x\"\n", 2, "path"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, line, "{text}: {err}");
+            assert!(err.message.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `rjabberd` command: starts the server (with embedded defaults, or `--config FILE`), or manages
-//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs, or talks to
+//! accounts in the store (`rjabberd user add|passwd|del|list`), also while the server runs, or migrates
+//! the store's schema (`rjabberd storage migrate`), or talks to
 //! the running server over its control socket (`rjabberd ctl …`).
 
 use std::io::BufRead;
@@ -15,7 +16,7 @@ use rjabberd::proto::jid::Jid;
 use rjabberd::proto::roster::{RosterItem, Subscription};
 use rjabberd::proto::sasl::Credentials;
 use rjabberd::shard::pool::Server;
-use rjabberd::storage::{Accounts, Rosters, UserDb, piefxis};
+use rjabberd::storage::piefxis;
 
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         action: RosterAction,
     },
+    /// Manage the store: `storage migrate` applies the schema migrations (as a start does) and exits.
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// Write every account (of one host with --host) to XEP-0227 files in DIR: an index
     /// (server-data.xml) and one file per host, as `ejabberdctl export_piefxis` writes them.
     Export {
@@ -71,6 +77,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// Bring the schema up to date (PostgreSQL: the versioned migrations, under an advisory lock).
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +156,11 @@ fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::User { action } => user(&config, action),
         Command::Roster { action } => roster(&config, action),
+        Command::Storage {
+            action: StorageAction::Migrate,
+        } => rjabberd::storage::migrate(&config.storage, &config.data_dir)
+            .map(|done| println!("{done}"))
+            .map_err(|e| e.to_string()),
         Command::Export {
             dir,
             host,
@@ -280,7 +297,8 @@ fn credentials(config: &Config, password: &str) -> Result<Credentials, String> {
 }
 
 fn user(config: &Config, action: UserAction) -> Result<(), String> {
-    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     match action {
         UserAction::Add { jid, password: p } => {
             let (host, local) = account(config, &jid)?;
@@ -310,7 +328,8 @@ fn user(config: &Config, action: UserAction) -> Result<(), String> {
 }
 
 fn roster(config: &Config, action: RosterAction) -> Result<(), String> {
-    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     let contact_jid = |contact: &str| -> Result<String, String> {
         let jid = Jid::parse(contact).map_err(|e| format!("`{contact}`: {e}"))?;
         if jid.resource().is_some() {
@@ -391,9 +410,10 @@ fn export(
             return Err(format!("{h} is not a configured host"));
         }
     }
-    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     for s in piefxis::export(
-        &db,
+        &*db,
         dir,
         &hosts,
         if ejabberd {
@@ -409,13 +429,14 @@ fn export(
 }
 
 fn import(config: &Config, path: &std::path::Path, overwrite: bool) -> Result<(), String> {
-    let db = UserDb::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let db =
+        rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     let opts = piefxis::ImportOptions {
         overwrite,
         scram_iterations: config.auth.scram_iterations,
         hosts: configured_hosts(config),
     };
-    let (summaries, failed) = piefxis::import(&db, path, &opts, &mut |line| println!("{line}"))?;
+    let (summaries, failed) = piefxis::import(&*db, path, &opts, &mut |line| println!("{line}"))?;
     for s in summaries {
         println!("{s}");
     }

@@ -34,6 +34,8 @@ use crate::sm::session::{self, SessionRef};
 enum Input {
     Credentials(Option<Credentials>),
     PlainChecked(bool),
+    /// Neither the store nor the extauth program could answer (down, timed out).
+    Unavailable,
 }
 
 /// Serves a newly accepted client connection on `shard`.
@@ -314,10 +316,10 @@ impl C2sGlue {
                     Some(p) => extauth.auth(&username, &host, &p).await,
                     None => Ok(false),
                 };
-                give(Input::PlainChecked(ok.unwrap_or_else(|e| {
+                give(ok.map(Input::PlainChecked).unwrap_or_else(|e| {
                     log::warn!("{e}");
-                    false
-                })));
+                    Input::Unavailable
+                }));
             })
             .detach();
             return;
@@ -338,7 +340,7 @@ impl C2sGlue {
                 .await;
             give(result.unwrap_or_else(|e| {
                 log::error!("credentials lookup failed: {e}");
-                Input::Credentials(None)
+                Input::Unavailable
             }));
         })
         .detach();
@@ -366,6 +368,7 @@ impl StreamGlue for C2sGlue {
             match input {
                 Input::Credentials(c) => self.c2s.credentials(c.as_ref()),
                 Input::PlainChecked(ok) => self.c2s.plain_checked(ok),
+                Input::Unavailable => self.c2s.credentials_unavailable(),
             }
         }
         progress | self.do_actions(ctl)

@@ -316,6 +316,19 @@ impl C2s {
         self.sasl_step(result);
     }
 
+    /// The store (or the extauth program) could not answer [`Action::LookupCredentials`]: down,
+    /// restarting, timed out. The attempt fails with `temporary-auth-failure` (RFC 6120 §6.5.12), which
+    /// tells the client to try again later and does not count towards the failure cap: the fault is
+    /// the server's.
+    pub fn credentials_unavailable(&mut self) {
+        if self.phase != Phase::SaslLookup {
+            return;
+        }
+        self.phase = Phase::Sasl;
+        let mech = self.sasl.take().map(|s| s.mechanism());
+        self.sasl_failure(mech, "temporary-auth-failure");
+    }
+
     /// The session manager's answer to [`Action::Bind`].
     pub fn bound(&mut self, iq: &Stanza, result: Result<Jid, BindError>) {
         if self.phase != Phase::Binding {
@@ -747,7 +760,7 @@ impl C2s {
             outcome: Err(condition),
         });
         self.phase = Phase::PreAuth;
-        if condition != "aborted" {
+        if condition != "aborted" && condition != "temporary-auth-failure" {
             self.sasl_failures += 1;
         }
         if self.sasl_failures >= self.settings.max_sasl_failures {
@@ -914,6 +927,8 @@ mod tests {
         tls_started: bool,
         creds: Credentials,
         piece: usize,
+        /// The store is down: every lookup fails.
+        store_down: bool,
     }
 
     impl Peer {
@@ -943,6 +958,7 @@ mod tests {
                 tls_started: false,
                 creds: Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap(),
                 piece,
+                store_down: false,
             }
         }
 
@@ -986,6 +1002,10 @@ mod tests {
                         plain_password,
                     } => {
                         assert_eq!(host, "example.org");
+                        if self.store_down {
+                            self.c2s.credentials_unavailable();
+                            continue;
+                        }
                         let creds = self.creds.clone();
                         let found = (username == "juliet").then_some(&creds);
                         match plain_password {
@@ -1150,6 +1170,32 @@ mod tests {
         assert!(out.starts_with("<success"), "{out}");
         assert_eq!(p.auths[1], ("PLAIN", Some("juliet".to_string()), Ok(())));
         assert!(p.c2s.is_secure());
+    }
+
+    #[test]
+    fn a_store_that_cannot_answer_is_a_temporary_failure_outside_the_cap() {
+        // The cap is 2 (see below): three attempts while the store is down do not reach it.
+        let mut p = Peer::new(false, false, usize::MAX);
+        p.store_down = true;
+        p.client(HDR);
+        for _ in 0..3 {
+            // `\0juliet\0pencil`: the right password, but nobody can check it.
+            let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABwZW5jaWw=</auth>");
+            assert!(out.contains("<temporary-auth-failure/>"), "{out}");
+            assert!(!p.closed);
+        }
+        assert_eq!(
+            p.auths[0],
+            (
+                "PLAIN",
+                Some("juliet".to_string()),
+                Err("temporary-auth-failure")
+            )
+        );
+        // The store is back: the same client logs in on the same stream.
+        p.store_down = false;
+        let out = p.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGp1bGlldABwZW5jaWw=</auth>");
+        assert!(out.starts_with("<success"), "{out}");
     }
 
     #[test]

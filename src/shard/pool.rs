@@ -307,7 +307,8 @@ pub(crate) fn shared_state(
 ) -> Result<ServerShared, String> {
     let plan = crate::modules::options::plan_of(&config).map_err(|e| e.to_string())?;
     let certs = Arc::new(HostCertificates::load(&config)?);
-    let store = StoreWorkers::start(&config.data_dir, 2).map_err(|e| e.to_string())?;
+    let store =
+        StoreWorkers::start(&config.storage, &config.data_dir).map_err(|e| e.to_string())?;
     let extauth = match (&config.auth.method, &config.auth.extauth_program) {
         (AuthMethod::External, Some(program)) => Some(Arc::new(
             ExtAuth::start(

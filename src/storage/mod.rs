@@ -1,17 +1,19 @@
 //! Storage behind traits, cut from what the server and its modules call: [`Accounts`] (accounts and
 //! their SCRAM credentials) and [`AccountData`] (each module's per-account values, keyed by module and
-//! key: vCards, private XML, last activity, offline messages). [`sqlite`] is the embedded
-//! implementation; a backend for several hosts (PostgreSQL) is a second implementation of the same
-//! traits, and [`tests::contract`] is the suite every implementation must pass. Shards never touch a
+//! key: vCards, private XML, last activity, offline messages), and [`Rosters`]. [`sqlite`] is the
+//! embedded implementation; [`postgres`] the one for several hosts on one database, chosen by
+//! `[storage] backend`; [`tests::contract`] is the suite every implementation must pass. Shards never touch a
 //! backend themselves: [`StoreWorkers`] runs every query on worker threads fed by a bounded crossbeam
 //! channel, and a shard awaits the answer, so a slow disk stalls a login, never a reactor.
 
 pub mod layout;
 pub mod piefxis;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::Path;
 
+use crate::config::{StorageBackend, StorageConfig};
 use crate::proto::roster::RosterItem;
 use crate::proto::sasl::Credentials;
 
@@ -130,15 +132,39 @@ type Job = Box<dyn FnOnce(&dyn Store) + Send>;
 #[derive(Clone)]
 pub struct StoreWorkers {
     jobs: crossbeam_channel::Sender<Job>,
+    /// How long a shard waits for one query before it answers with an error.
+    timeout: std::time::Duration,
 }
 
+/// The per-request timeout: a database that hangs (a network partition, a lock held for ever) fails
+/// the requests that need it — a login with `temporary-auth-failure`, a stored message with an error to
+/// its sender — instead of leaving them waiting with their sessions.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl StoreWorkers {
-    /// Starts `threads` workers on the embedded database in `data_dir` (opened once here to fail early).
-    pub fn start(data_dir: &Path, threads: usize) -> Result<StoreWorkers, StoreError> {
-        UserDb::open(data_dir)?;
-        let backends = (0..threads.max(1))
-            .map(|_| UserDb::open(data_dir).map(|db| Box::new(db) as Box<dyn Store>))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Starts `storage.pool_size()` workers on the configured backend: the embedded database in
+    /// `data_dir`, or PostgreSQL (its schema migrated first, each worker with its own connection).
+    pub fn start(storage: &StorageConfig, data_dir: &Path) -> Result<StoreWorkers, StoreError> {
+        let threads = storage.pool_size().max(1);
+        let backends = match storage.backend {
+            StorageBackend::Sqlite => {
+                // Opened once alone first, so that the tables are created before workers race to.
+                UserDb::open(data_dir)?;
+                (0..threads)
+                    .map(|_| UserDb::open(data_dir).map(|db| Box::new(db) as Box<dyn Store>))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            StorageBackend::Postgres => {
+                let config = postgres_config(storage)?;
+                postgres::migrate(&config)?;
+                (0..threads)
+                    .map(|_| {
+                        postgres::PgStore::open(config.clone())
+                            .map(|db| Box::new(db) as Box<dyn Store>)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
         Self::with_backends(backends)
     }
 
@@ -157,7 +183,16 @@ impl StoreWorkers {
                 })
                 .map_err(|e| StoreError(format!("cannot start a store worker: {e}")))?;
         }
-        Ok(StoreWorkers { jobs: tx })
+        Ok(StoreWorkers {
+            jobs: tx,
+            timeout: QUERY_TIMEOUT,
+        })
+    }
+
+    /// The same workers with another per-request timeout.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> StoreWorkers {
+        self.timeout = timeout;
+        self
     }
 
     /// Runs `f` on a worker and awaits its result. Never blocks the calling reactor: a full job queue
@@ -174,9 +209,18 @@ impl StoreWorkers {
             let _ = tx.send((result, begun.elapsed().as_nanos() as u64));
         });
         let (result, exec_ns) = match self.jobs.try_send(job) {
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| (Err(StoreError("store worker gone".into())), 0)),
+            // The job still runs when its time is up; its answer then has nobody to go to.
+            Ok(()) => match glommio::timer::timeout(self.timeout, async { Ok(rx.await) }).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => (Err(StoreError("store worker gone".into())), 0),
+                Err(_) => (
+                    Err(StoreError(format!(
+                        "store query timed out after {} ms",
+                        self.timeout.as_millis()
+                    ))),
+                    0,
+                ),
+            },
             Err(_) => (Err(StoreError("store queue full".into())), 0),
         };
         // Recorded on the shard that asked (it awaited here), in that shard's histograms: the whole
@@ -189,6 +233,58 @@ impl StoreWorkers {
     /// Queries waiting for a worker.
     pub fn queued(&self) -> usize {
         self.jobs.len()
+    }
+}
+
+fn postgres_config(storage: &StorageConfig) -> Result<postgres::Target, StoreError> {
+    let url = storage
+        .url
+        .as_ref()
+        .ok_or_else(|| StoreError("storage.url is required for PostgreSQL".into()))?;
+    postgres::Target::new(
+        url.get_ref(),
+        storage.ca_file.as_ref().map(|c| c.get_ref().as_path()),
+    )
+}
+
+/// One connection to the configured store, for the commands that change it beside a running server
+/// (`rjabberd user …`, `rjabberd roster …`); PostgreSQL's schema is migrated first, as at start.
+pub fn open(storage: &StorageConfig, data_dir: &Path) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match storage.backend {
+        StorageBackend::Sqlite => Box::new(UserDb::open(data_dir)?),
+        StorageBackend::Postgres => {
+            let config = postgres_config(storage)?;
+            postgres::migrate(&config)?;
+            Box::new(postgres::PgStore::open(config)?)
+        }
+    })
+}
+
+/// Brings the store's schema up to date and says what was done (`rjabberd storage migrate`).
+pub fn migrate(storage: &StorageConfig, data_dir: &Path) -> Result<String, StoreError> {
+    match storage.backend {
+        StorageBackend::Sqlite => {
+            UserDb::open(data_dir)?;
+            Ok(format!(
+                "SQLite: {} is up to date",
+                UserDb::path(data_dir).display()
+            ))
+        }
+        StorageBackend::Postgres => {
+            let applied = postgres::migrate(&postgres_config(storage)?)?;
+            let latest = postgres::MIGRATIONS.last().map_or(0, |(v, _)| *v);
+            Ok(match applied.as_slice() {
+                [] => format!("PostgreSQL: the schema is at version {latest}; nothing to apply"),
+                _ => format!(
+                    "PostgreSQL: applied migration(s) {}; the schema is at version {latest}",
+                    applied
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
     }
 }
 
@@ -319,12 +415,163 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_query_past_its_time_fails_and_the_next_one_is_served() {
+        let dir =
+            std::env::temp_dir().join(format!("rjabberd-store-timeout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db: Box<dyn Store> = Box::new(UserDb::open(&dir).unwrap());
+        let workers = StoreWorkers::with_backends(vec![db])
+            .unwrap()
+            .with_timeout(std::time::Duration::from_millis(100));
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let started = std::time::Instant::now();
+                let slow = workers
+                    .run(|_| {
+                        std::thread::sleep(std::time::Duration::from_millis(400));
+                        Ok(())
+                    })
+                    .await;
+                let e = slow.unwrap_err();
+                assert!(e.0.contains("timed out"), "{e}");
+                assert!(started.elapsed() < std::time::Duration::from_millis(350));
+                // The worker finishes the slow job, then serves the next one.
+                glommio::timer::sleep(std::time::Duration::from_millis(400)).await;
+                let n = workers.run(|db| db.list(None)).await.unwrap();
+                assert!(n.is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn sqlite_keeps_the_contract() {
         let dir = std::env::temp_dir().join(format!("rjabberd-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let db = UserDb::open(&dir).unwrap();
         let d = dir.clone();
         contract(&db, &move || Box::new(UserDb::open(&d).unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The throw-away PostgreSQL server of the black-box tests, shared with the unit tests here.
+#[cfg(test)]
+#[path = "../../tests/common/pg.rs"]
+mod throwaway_pg;
+
+#[cfg(test)]
+mod postgres_tests {
+    use super::postgres::{MIGRATIONS, PgStore, Target, migrate};
+    use super::throwaway_pg::PgInstance;
+    use super::*;
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_keeps_the_contract() {
+        let Some(pg) = PgInstance::start() else {
+            return;
+        };
+        let config = Target::new(&pg.create_db("contract"), None).unwrap();
+        assert_eq!(migrate(&config).unwrap(), vec![1]);
+        let db = PgStore::open(config.clone()).unwrap();
+        tests::contract(&db, &move || {
+            Box::new(PgStore::open(config.clone()).unwrap())
+        });
+    }
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_migrations_run_once_when_hosts_start_together() {
+        let Some(pg) = PgInstance::start() else {
+            return;
+        };
+        let config = Target::new(&pg.create_db("migrations"), None).unwrap();
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let c = config.clone();
+                std::thread::spawn(move || migrate(&c).unwrap())
+            })
+            .collect();
+        let mut applied: Vec<Vec<i32>> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        applied.sort();
+        let all: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(
+            applied,
+            vec![vec![], vec![], vec![], all],
+            "one host applies them"
+        );
+        assert_eq!(migrate(&config).unwrap(), Vec::<i32>::new());
+        // A database a newer rjabberd migrated is refused rather than misread.
+        pg.psql(
+            "migrations",
+            "INSERT INTO schema_migrations (version) VALUES (9999)",
+        );
+        let err = migrate(&config).unwrap_err();
+        assert!(err.0.contains("9999"), "{err}");
+    }
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_worker_reconnects_after_its_connection_breaks() {
+        let Some(pg) = PgInstance::start() else {
+            return;
+        };
+        let config = Target::new(&pg.create_db("reconnect"), None).unwrap();
+        migrate(&config).unwrap();
+        let db = PgStore::open(config).unwrap();
+        let c = Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap();
+        db.add("example.org", "juliet", &c).unwrap();
+        pg.psql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = 'reconnect' AND pid <> pg_backend_pid()",
+        );
+        // The query that meets the broken connection fails; the next one runs on a new connection.
+        assert!(db.exists("example.org", "juliet").is_err());
+        assert!(db.exists("example.org", "juliet").unwrap());
+        // With the server gone, a query fails, and so do those before the next attempt is due, at
+        // once rather than after a connect timeout each.
+        drop(pg);
+        assert!(db.exists("example.org", "juliet").is_err());
+        let _ = db.exists("example.org", "juliet");
+        let started = std::time::Instant::now();
+        let err = db.exists("example.org", "juliet").unwrap_err();
+        assert!(err.0.contains("not due"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+    fn postgres_over_tls_checks_the_servers_certificate() {
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let Some(pg) =
+            PgInstance::start_tls(&server.cert.pem(), &server.signing_key.serialize_pem())
+        else {
+            return;
+        };
+        pg.create_db("tls");
+        let dir = std::env::temp_dir().join(format!("rjabberd-pgca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, stranger) = (dir.join("ca.pem"), dir.join("stranger.pem"));
+        std::fs::write(&ca, server.cert.pem()).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&stranger, other.cert.pem()).unwrap();
+        // sslmode=require: the session is TLS or nothing, so success means TLS.
+        let url = format!("{} sslmode=require", pg.tcp_url("tls"));
+        let target = Target::new(&url, Some(&ca)).unwrap();
+        migrate(&target).unwrap();
+        let db = PgStore::open(target).unwrap();
+        let c = Credentials::from_password("pencil", b"0123456789abcdef", 4096).unwrap();
+        db.add("example.org", "juliet", &c).unwrap();
+        assert!(db.exists("example.org", "juliet").unwrap());
+        // A certificate not signed by the configured authority is refused.
+        let err = PgStore::open(Target::new(&url, Some(&stranger)).unwrap())
+            .err()
+            .expect("an unknown certificate is refused");
+        assert!(err.0.contains("cannot connect"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,6 +4,8 @@
 //! parser. Every test file runs its cases with 1 and with 2 shards.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
