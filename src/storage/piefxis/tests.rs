@@ -341,3 +341,37 @@ fn a_directory_with_two_exports_is_refused() {
     assert!(e.contains("several exports (a.xml, b.xml)"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The same files from either backend: SQLite → files → PostgreSQL → files, byte for byte.
+#[test]
+#[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+fn postgres_gives_the_same_files_as_sqlite() {
+    use crate::storage::postgres::{PgStore, Target, migrate};
+    let Some(pg) = crate::storage::throwaway_pg::PgInstance::start() else {
+        return;
+    };
+    let target = Target::new(&pg.create_db("piefxis"), None).unwrap();
+    migrate(&target).unwrap();
+    let postgres = PgStore::open(target).unwrap();
+    let dir = temp_dir("pg");
+    let sqlite = UserDb::open(&dir.join("data")).unwrap();
+    let a = juliet();
+    let creds = Credentials {
+        sha1: a.scram[0].clone(),
+        sha256: a.scram[1].clone(),
+    };
+    write_account(&sqlite, "example.org", &a, &creds).unwrap();
+    let hosts = vec!["example.org".to_string()];
+    export(&sqlite, &dir.join("out1"), &hosts, ScramEncoding::Xep0227).unwrap();
+    let (_, failed) = import(&postgres, &dir.join("out1"), &opts(false), &mut |_| {}).unwrap();
+    assert!(!failed);
+    export(&postgres, &dir.join("out2"), &hosts, ScramEncoding::Xep0227).unwrap();
+    for f in ["server-data.xml", "example.org.xml"] {
+        assert_eq!(
+            std::fs::read(dir.join("out1").join(f)).unwrap(),
+            std::fs::read(dir.join("out2").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
