@@ -446,11 +446,19 @@ fn remove_account_data(
     Ok(())
 }
 
-impl Accounts for PgStore {
-    fn add(&self, host: &str, username: &str, creds: &Credentials) -> Result<(), StoreError> {
-        let n = self.with(|c| {
+impl PgStore {
+    /// Runs the statement `which` picks (insert or update) with an account's credentials in the
+    /// column order both share; the rows it touched.
+    fn write_credentials(
+        &self,
+        which: impl FnOnce(&Statements) -> &Statement,
+        host: &str,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<u64, StoreError> {
+        self.with(|c| {
             c.client.execute(
-                &c.st.add,
+                which(&c.st),
                 &[
                     &host,
                     &username,
@@ -462,8 +470,13 @@ impl Accounts for PgStore {
                     &creds.sha256.server_key,
                 ],
             )
-        })?;
-        if n == 0 {
+        })
+    }
+}
+
+impl Accounts for PgStore {
+    fn add(&self, host: &str, username: &str, creds: &Credentials) -> Result<(), StoreError> {
+        if self.write_credentials(|st| &st.add, host, username, creds)? == 0 {
             return Err(StoreError(format!("{username}@{host} already exists")));
         }
         Ok(())
@@ -475,22 +488,7 @@ impl Accounts for PgStore {
         username: &str,
         creds: &Credentials,
     ) -> Result<(), StoreError> {
-        let n = self.with(|c| {
-            c.client.execute(
-                &c.st.set_credentials,
-                &[
-                    &host,
-                    &username,
-                    &i64::from(creds.sha256.iterations),
-                    &creds.sha256.salt,
-                    &creds.sha1.stored_key,
-                    &creds.sha1.server_key,
-                    &creds.sha256.stored_key,
-                    &creds.sha256.server_key,
-                ],
-            )
-        })?;
-        if n == 0 {
+        if self.write_credentials(|st| &st.set_credentials, host, username, creds)? == 0 {
             return Err(StoreError(format!("{username}@{host} does not exist")));
         }
         Ok(())
