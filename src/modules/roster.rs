@@ -520,7 +520,11 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
             Ok(Some(item)) => item,
             Ok(None) => return,
             Err(e) => {
-                log::warn!("mod_roster: a {} for {owner} is lost: {e}", kind.as_str());
+                log::warn!(
+                    "mod_roster: a {} for {owner} is refused: {e}",
+                    kind.as_str()
+                );
+                refuse(&ctx, &stanza, side, &owner, &contact);
                 return;
             }
         };
@@ -569,6 +573,7 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
                 Ok(_) => {}
                 Err(e) => {
                     log::warn!("mod_roster: {owner}'s item for {contact} not stored: {e}");
+                    refuse(&ctx, &stanza, side, &owner, &contact);
                     return;
                 }
             }
@@ -610,6 +615,22 @@ fn subscription(ctx: &ModuleCtx, ev: &SubscriptionStanza, settings: Rc<Settings>
         }
     })
     .detach();
+}
+
+/// A subscription stanza from a contact that could not be stored (the store is down) is answered with
+/// an error, so that its sender knows to send it again rather than wait for an answer that will never
+/// come. The user's own (outbound) ones are only logged: the user's server has no full JID to answer
+/// and the user's client sees no roster push.
+fn refuse(
+    ctx: &ModuleCtx,
+    stanza: &crate::proto::xml::Stanza,
+    side: Side,
+    owner: &str,
+    contact: &str,
+) {
+    if side == Side::Inbound {
+        ctx.bounce(stanza, contact, owner, Cond::InternalServerError);
+    }
 }
 
 /// At an account's initial presence: the subscription requests that arrived while it had no available

@@ -276,17 +276,14 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
     let shard = shard.clone();
     let bare = format!("{user}@{host}");
     glommio::spawn_local(async move {
-        let exists = match shard.server().extauth.clone() {
-            Some(ext) => ext.isuser(&user, &host).await.unwrap_or_else(|e| {
-                log::warn!("{e}");
-                false
-            }),
+        let looked_up = match shard.server().extauth.clone() {
+            Some(ext) => ext.isuser(&user, &host).await.map_err(|e| e.to_string()),
             None => shard
                 .server()
                 .store
                 .run(move |db| db.exists(&host, &user))
                 .await
-                .unwrap_or(false),
+                .map_err(|e| e.to_string()),
         };
         // The lookup yielded to the shard: a session of the account may have been bound meanwhile (a
         // client logging in again). The rules decide with the sessions there are now; deciding with
@@ -303,6 +300,7 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
                     .map(|s| s.sink)
             });
             let states = table.states(&bare);
+            let exists = *looked_up.as_ref().unwrap_or(&true);
             (sink, decide(kind, ty, exists, resource.as_deref(), &states))
         };
         if let Some(sink) = sink
@@ -310,6 +308,21 @@ pub fn deliver_local(shard: &Rc<Shard>, stanza: Stanza, from: Arc<str>) {
             && ty != StanzaType::Unknown
         {
             deliver_to_session(&shard, sink, &stanza, &from, &to_text);
+            return;
+        }
+        if let Err(e) = &looked_up
+            && needs_the_account(kind, ty, &decision)
+        {
+            // Neither stored nor answered for an account that may not exist: the sender learns that
+            // it was not delivered (issue 12: never dropped in silence while the store is down), and
+            // nothing is kept for an account nobody has confirmed.
+            log::warn!("cannot tell whether {bare} exists ({e}); a {kind:?} to it is refused");
+            shard.bounce(
+                &stanza,
+                &from,
+                &to_text,
+                StanzaErrorCondition::InternalServerError,
+            );
             return;
         }
         apply(
@@ -442,6 +455,17 @@ fn full_jid_session(shard: &Shard, stanza: &Stanza) -> Option<SinkId> {
         .iter()
         .find(|s| &*s.resource == resource)
         .map(|s| s.sink)
+}
+
+/// Whether carrying out `decision` would act for the account itself (keep a message for it, answer an
+/// IQ on its behalf), which must wait for its existence to be known; a probe's answer and what is
+/// dropped or bounced either way need no account.
+fn needs_the_account(kind: StanzaKind, ty: StanzaType, decision: &Delivery<SinkId>) -> bool {
+    match decision {
+        Delivery::Offline => true,
+        Delivery::HandleForAccount => kind == StanzaKind::Iq && ty == StanzaType::Request,
+        Delivery::Sessions(_) | Delivery::Bounce(_) | Delivery::Drop => false,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

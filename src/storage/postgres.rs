@@ -340,62 +340,94 @@ impl PgStore {
 
     /// Runs `f` on the connection, connecting first when there is none. A failure that is not the
     /// server's answer to the query (I/O, a closed connection, a protocol error) drops the connection,
-    /// so that the next query reconnects.
+    /// so that the next query reconnects. A kept connection that the database ended while it sat idle
+    /// (a restart of PostgreSQL: `admin_shutdown`, before `f` ran anything) is replaced and `f` run once
+    /// more, so that a restart costs no query its answer.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Connection) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
+        let kept = self.connected()?;
+        match self.run(&mut f) {
+            Err(e) if kept && ended_by_the_server(&e) => {
+                log::info!(error:% = e; "PostgreSQL ended an idle connection; running the query on a new one");
+                self.connected()?;
+                self.run(&mut f).map_err(StoreError::from)
+            }
+            other => other.map_err(StoreError::from),
+        }
+    }
+
+    /// Opens the connection when there is none (unless the backoff says not yet); whether it was
+    /// already open.
+    fn connected(&self) -> Result<bool, StoreError> {
         let mut slot = self.conn.borrow_mut();
         if slot.as_ref().is_some_and(|c| c.client.is_closed()) {
             *slot = None;
         }
-        if slot.is_none() {
-            if let Some(at) = self.next_attempt.get()
-                && Instant::now() < at
-            {
-                return Err(StoreError(
-                    "PostgreSQL unreachable; the next connection attempt is not due yet".into(),
-                ));
-            }
-            let opened = connect(&self.target).and_then(|mut client| {
-                // A query the database holds (a lock, an overloaded server) would hold this worker
-                // long after the shard stopped waiting (`super::QUERY_TIMEOUT`): end it on the
-                // server at the same moment, unless the URL's `options` set their own.
-                if self.target.config.get_options().is_none() {
-                    client.batch_execute(&format!(
-                        "SET statement_timeout = {}",
-                        super::QUERY_TIMEOUT.as_millis()
-                    ))?;
-                }
-                let st = Statements::prepare(&mut client).map_err(StoreError::from)?;
-                Ok(Connection { client, st })
-            });
-            match opened {
-                Ok(c) => {
-                    self.next_attempt.set(None);
-                    self.backoff.set(BACKOFF_MIN);
-                    *slot = Some(c);
-                }
-                Err(e) => {
-                    let wait = self.backoff.get();
-                    self.next_attempt.set(Some(Instant::now() + wait));
-                    self.backoff.set((wait * 2).min(BACKOFF_MAX));
-                    return Err(e);
-                }
-            }
+        if slot.is_some() {
+            return Ok(true);
         }
-        let conn = slot.as_mut().expect("connected above");
-        match f(conn) {
-            Ok(v) => Ok(v),
+        if let Some(at) = self.next_attempt.get()
+            && Instant::now() < at
+        {
+            return Err(StoreError(
+                "PostgreSQL unreachable; the next connection attempt is not due yet".into(),
+            ));
+        }
+        let opened = connect(&self.target).and_then(|mut client| {
+            // A query the database holds (a lock, an overloaded server) would hold this worker
+            // long after the shard stopped waiting (`super::QUERY_TIMEOUT`): end it on the
+            // server at the same moment, unless the URL's `options` set their own.
+            if self.target.config.get_options().is_none() {
+                client.batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    super::QUERY_TIMEOUT.as_millis()
+                ))?;
+            }
+            let st = Statements::prepare(&mut client).map_err(StoreError::from)?;
+            Ok(Connection { client, st })
+        });
+        match opened {
+            Ok(c) => {
+                self.next_attempt.set(None);
+                self.backoff.set(BACKOFF_MIN);
+                *slot = Some(c);
+                Ok(false)
+            }
             Err(e) => {
-                if e.as_db_error().is_none() || conn.client.is_closed() {
-                    log::warn!(error:% = e; "PostgreSQL connection lost; reconnecting on the next query");
-                    *slot = None;
-                }
-                Err(e.into())
+                let wait = self.backoff.get();
+                self.next_attempt.set(Some(Instant::now() + wait));
+                self.backoff.set((wait * 2).min(BACKOFF_MAX));
+                Err(e)
             }
         }
     }
+
+    /// Runs `f` on the open connection, dropping the connection when the failure is not the server's
+    /// answer to the query.
+    fn run<T>(
+        &self,
+        f: &mut impl FnMut(&mut Connection) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        let mut slot = self.conn.borrow_mut();
+        let conn = slot.as_mut().expect("connected first");
+        let result = f(conn);
+        if let Err(e) = &result
+            && (e.as_db_error().is_none() || conn.client.is_closed() || ended_by_the_server(e))
+        {
+            log::warn!(error:% = e; "PostgreSQL connection lost; reconnecting on the next query");
+            *slot = None;
+        }
+        result
+    }
+}
+
+/// The database ended the session itself (`pg_ctl stop`, `pg_terminate_backend`): SQLSTATE 57P01,
+/// `admin_shutdown`. PostgreSQL sends it when it ends the backend; the query that reads it first did
+/// not run, and a transaction open at that moment was rolled back, so running it again is safe.
+fn ended_by_the_server(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::ADMIN_SHUTDOWN)
 }
 
 fn to_credentials(row: &postgres::Row) -> Credentials {
@@ -451,7 +483,7 @@ impl PgStore {
     /// column order both share; the rows it touched.
     fn write_credentials(
         &self,
-        which: impl FnOnce(&Statements) -> &Statement,
+        which: impl Fn(&Statements) -> &Statement,
         host: &str,
         username: &str,
         creds: &Credentials,

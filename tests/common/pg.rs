@@ -20,6 +20,8 @@ pub struct PgInstance {
     pub port: Option<u16>,
     /// Run PostgreSQL's programs as `postgres` (we are root).
     as_postgres: bool,
+    /// The server's options (`pg_ctl -o`), for starting it again after [`PgInstance::stop`].
+    options: String,
 }
 
 /// Where PostgreSQL's programs are: `RJABBERD_PG_BINDIR`, else Debian's newest
@@ -79,6 +81,7 @@ impl PgInstance {
             dir,
             port: None,
             as_postgres,
+            options: String::new(),
         };
         let mut tcp = "-c listen_addresses=''".to_string();
         if let Some((cert, key)) = tls {
@@ -126,25 +129,46 @@ impl PgInstance {
         );
         // Unix socket in our directory only; durability is not wanted from a server that lives for
         // one test.
-        let options = format!(
+        pg.options = format!(
             "{tcp} -c unix_socket_directories='{}' -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off",
             pg.dir.display()
         );
-        pg.run(
+        pg.start_again();
+        Some(pg)
+    }
+
+    /// Starts the server (again, after [`PgInstance::stop`]) on the same data, socket and port.
+    pub fn start_again(&self) {
+        self.run(
             "pg_ctl",
             &[
                 "-D",
-                &pg.data().to_string_lossy(),
+                &self.data().to_string_lossy(),
                 "-l",
-                &pg.dir.join("postgres.log").to_string_lossy(),
+                &self.dir.join("postgres.log").to_string_lossy(),
                 "-o",
-                &options,
+                &self.options,
                 "-w",
                 "start",
             ],
         );
-        Some(pg)
+    }
+
+    /// Stops the server as an operator's restart would (`-m fast`: clients are disconnected, the
+    /// data is kept), and waits until it is down.
+    pub fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     fn data(&self) -> PathBuf {
