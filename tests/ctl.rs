@@ -555,3 +555,6 @@ fn only_root_and_the_servers_user_may_use_the_socket() {
     let out = ctl(&server, &["status"]).ok();
     assert!(out.stdout.contains("started"));
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(send_message_reaches_online_and_offline_accounts,);

@@ -305,3 +305,10 @@ fn each_host_has_its_certificate_chosen_by_sni() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(
+    starttls_then_every_mechanism,
+    sasl_failures,
+    bind_conflict_and_session_cap,
+);

@@ -206,3 +206,9 @@ fn a_session_replaced_by_the_same_full_jid_goes_unavailable_first() {
         nothing_from(&mut romeo, &jj);
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(
+    presence_flows_along_subscriptions,
+    directed_presence_is_ended_by_unavailable_and_by_a_dropped_connection,
+);

@@ -300,3 +300,11 @@ fn operators_manage_rosters_from_the_command_line() {
             != Some(0)
     );
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(
+    get_set_update_remove_with_pushes_to_interested_resources,
+    the_error_cases_of_2_3_3,
+    versions_the_cap_restart_and_account_removal,
+    operators_manage_rosters_from_the_command_line,
+);

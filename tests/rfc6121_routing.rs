@@ -256,3 +256,6 @@ fn iq_between_users_and_presence_to_own_resources() {
         ));
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(messages_to_full_and_bare_jids, undeliverable_and_unknown,);

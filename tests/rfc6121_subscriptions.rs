@@ -225,3 +225,10 @@ fn pre_approval_and_a_request_to_nobody() {
         quiet(&mut romeo);
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(
+    request_approve_and_mutual_subscription_across_shards,
+    a_request_waits_for_the_next_initial_presence,
+    pre_approval_and_a_request_to_nobody,
+);

@@ -48,3 +48,6 @@ fn uptime_and_last_logout() {
         assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(uptime_and_last_logout,);

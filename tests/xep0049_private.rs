@@ -76,3 +76,6 @@ fn store_and_retrieve() {
         assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"));
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(store_and_retrieve,);

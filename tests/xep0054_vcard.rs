@@ -67,3 +67,6 @@ fn publish_read_and_refuse() {
         assert_eq!(r.child("vCard").unwrap().child_elements().count(), 0, "{r}");
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(publish_read_and_refuse,);

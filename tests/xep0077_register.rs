@@ -180,3 +180,6 @@ fn a_reload_turns_registration_on_and_off() {
         assert_eq!(c.stream_error().as_deref(), Some("not-authorized"));
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(register_change_and_remove,);

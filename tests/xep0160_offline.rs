@@ -98,3 +98,6 @@ fn kept_then_delivered_after_presence() {
         assert!(rest.is_empty(), "{rest:?}");
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(kept_then_delivered_after_presence,);

@@ -292,3 +292,10 @@ fn a_blocked_domain_covers_its_accounts_and_the_list_survives_a_restart() {
         assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
     }
 }
+
+// The same tests with the store on PostgreSQL (issue 12).
+crate::postgres_twins!(
+    block_unblock_and_pushes,
+    a_blocked_jid_reaches_nothing_and_is_reached_by_nothing,
+    a_blocked_domain_covers_its_accounts_and_the_list_survives_a_restart,
+);

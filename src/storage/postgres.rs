@@ -73,12 +73,20 @@ const MIGRATION_LOCK: i64 = 0x726a_6162_6265_7264;
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
-        // The server's own words (e.g. "duplicate key …") are in the DbError; Display alone says only
-        // "db error".
-        match e.as_db_error() {
-            Some(db) => StoreError(format!("postgres: {}", db.message())),
-            None => StoreError(format!("postgres: {e}")),
-        }
+        StoreError(format!("postgres: {}", explain(&e)))
+    }
+}
+
+/// What went wrong in full: the server's own words (e.g. "duplicate key …") are in the DbError, and
+/// the cause of an I/O failure (e.g. "Connection refused") in the source; Display alone says only
+/// "db error" or "error connecting to server".
+fn explain(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -134,7 +142,7 @@ fn connect(target: &Target) -> Result<Client, StoreError> {
         Some(tls) => target.config.connect(tls.clone()),
         None => target.config.connect(NoTls),
     };
-    connected.map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {e}")))
+    connected.map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {}", explain(&e))))
 }
 
 /// Applies the steps of [`MIGRATIONS`] the database lacks, each in its own transaction with its row in

@@ -22,6 +22,69 @@ use rjabberd::proto::xml::{Element, Event, Limits, StreamParser};
 
 pub const SHARDS: [usize; 2] = [1, 2];
 
+thread_local! {
+    /// Set while a test runs through [`with_postgres`]: every server it starts stores in PostgreSQL.
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Servers this thread started on PostgreSQL.
+    static STARTED_ON_POSTGRES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `test` with every [`TestServer`] it starts on a database of its own in one throw-away
+/// PostgreSQL per test binary ([`pg::PgInstance::shared`]), instead of the embedded SQLite: the same
+/// black-box test, the other backend. A test binary without PostgreSQL panics here; the tests are
+/// built as ignored then (see [`postgres_twins`]).
+pub fn with_postgres(test: fn()) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ON_POSTGRES.with(|p| p.set(false));
+        }
+    }
+    ON_POSTGRES.with(|p| p.set(true));
+    let _reset = Reset;
+    let before = STARTED_ON_POSTGRES.with(|n| n.get());
+    test();
+    assert!(
+        STARTED_ON_POSTGRES.with(|n| n.get()) > before,
+        "the test started no server, so it ran on no PostgreSQL"
+    );
+}
+
+/// Databases created on the shared PostgreSQL of this test binary (for their names).
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// The `[storage]` table of a server started now: a fresh database on the shared PostgreSQL under
+/// [`with_postgres`], nothing otherwise.
+fn postgres_storage() -> String {
+    if !ON_POSTGRES.with(|p| p.get()) {
+        return String::new();
+    }
+    let pg =
+        pg::PgInstance::shared().expect("PostgreSQL installed (the test is ignored otherwise)");
+    let url = pg.create_db(&format!("t{}", DATABASES.fetch_add(1, Ordering::SeqCst)));
+    STARTED_ON_POSTGRES.with(|n| n.set(n.get() + 1));
+    // Two connections a server: tests run several servers at once on one PostgreSQL.
+    format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 2\n")
+}
+
+/// Declares, in a module `on_postgres`, a twin of each named test that runs it again with the store
+/// on PostgreSQL ([`with_postgres`]); built as ignored, with the reason, where PostgreSQL is not
+/// installed (build.rs), so that a run without it says which tests it skipped.
+#[macro_export]
+macro_rules! postgres_twins {
+    ($($test:ident),+ $(,)?) => {
+        mod on_postgres {
+            $(
+                #[test]
+                #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+                fn $test() {
+                    $crate::common::with_postgres(super::$test)
+                }
+            )+
+        }
+    };
+}
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 pub struct TestServer {
@@ -38,6 +101,8 @@ pub struct TestServer {
     /// Every listener in configuration order (the two c2s ones first, then what `extra` adds).
     pub listeners: Vec<SocketAddr>,
     extra: String,
+    /// The `[storage]` table when the test runs on PostgreSQL ([`with_postgres`]); empty for SQLite.
+    storage: String,
 }
 
 impl TestServer {
@@ -71,6 +136,7 @@ impl TestServer {
             capture_stderr,
             listeners: Vec::new(),
             extra: extra.to_string(),
+            storage: postgres_storage(),
         };
         s.launch();
         s
@@ -91,10 +157,11 @@ impl TestServer {
             "shards = {}\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\
              [[host]]\nname = \"localhost\"\n[[host]]\nname = \"example.net\"\n\
              [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
-             [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"direct\"\n{}",
+             [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"direct\"\n{}\n{}",
             self.shards,
             self.dir.join("data").display(),
-            self.extra
+            self.extra,
+            self.storage
         );
         std::fs::write(self.config_path(), config).unwrap();
     }

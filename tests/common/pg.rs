@@ -51,6 +51,55 @@ pub fn pg_bindir() -> Option<PathBuf> {
 }
 
 impl PgInstance {
+    /// One server for the whole test binary, started at its first use, for tests that each take a
+    /// database of their own on it ([`super::with_postgres`]). A static is never dropped, so a
+    /// watcher in its own process group stops and removes it once this process has exited, however it
+    /// ends (a panic, an abort, Ctrl-C).
+    pub fn shared() -> Option<&'static PgInstance> {
+        static SHARED: std::sync::OnceLock<Option<PgInstance>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let pg = PgInstance::start()?;
+                pg.watch_for_exit();
+                Some(pg)
+            })
+            .as_ref()
+    }
+
+    fn watch_for_exit(&self) {
+        use std::os::unix::process::CommandExt;
+        let pg_ctl = format!(
+            "{} -D '{}' -m immediate -w stop",
+            self.bin.join("pg_ctl").display(),
+            self.data().display()
+        );
+        let stop = if self.as_postgres {
+            format!("runuser -u postgres -- {pg_ctl}")
+        } else {
+            pg_ctl
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; cd /; {stop} >/dev/null 2>&1; \
+             rm -rf '{dir}'",
+            pid = std::process::id(),
+            dir = self.dir.display()
+        );
+        // Started in the background by a shell that exits at once (and is waited for), so that the
+        // watcher is nobody's child here and outlives this process.
+        let status = Command::new("sh")
+            .args(["-c", &format!("( {script} ) &")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .status()
+            .expect("sh runs");
+        assert!(
+            status.success(),
+            "the watcher of the shared PostgreSQL did not start"
+        );
+    }
+
     /// Starts one, or `None` (having said so on stderr) when PostgreSQL is not installed.
     pub fn start() -> Option<PgInstance> {
         PgInstance::start_with(None)
