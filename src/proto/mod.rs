@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod c2s;
 pub mod carbons;
+pub mod cluster;
 pub mod component;
 pub mod csi;
 pub mod errors;
