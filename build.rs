@@ -9,11 +9,13 @@
 //!   PATH) or `RJABBERD_SKIP_PG` is set, they are built as ignored, with a build warning saying so.
 //!   After installing PostgreSQL, `touch build.rs` (or set `RJABBERD_PG_BINDIR`) to build them again.
 //! - The XEP-0227 tests that export from a real ejabberd are built as ignored when
-//!   `/usr/sbin/ejabberdctl` is absent (and with `RJABBERD_SKIP_E2E`).
+//!   `/usr/sbin/ejabberdctl` is absent, the one that migrates from a real Prosody when
+//!   `/usr/bin/prosody-migrator` is (both also with `RJABBERD_SKIP_E2E`).
 
 use std::path::Path;
 
 const EJABBERDCTL: &str = "/usr/sbin/ejabberdctl";
+const PROSODY_MIGRATOR: &str = "/usr/bin/prosody-migrator";
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -32,6 +34,14 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(rjabberd_no_ejabberd)");
     if !Path::new(EJABBERDCTL).exists() {
         println!("cargo::rustc-cfg=rjabberd_no_ejabberd");
+    }
+    // The same for the test that migrates from Prosody (Debian's package: prosodyctl and the migrator).
+    if Path::new(PROSODY_MIGRATOR).exists() {
+        println!("cargo::rerun-if-changed={PROSODY_MIGRATOR}");
+    }
+    println!("cargo::rustc-check-cfg=cfg(rjabberd_no_prosody)");
+    if !Path::new(PROSODY_MIGRATOR).exists() {
+        println!("cargo::rustc-cfg=rjabberd_no_prosody");
     }
 
     println!("cargo::rerun-if-env-changed=RJABBERD_SKIP_PG");

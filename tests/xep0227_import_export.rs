@@ -7,6 +7,11 @@
 //! their passwords (SCRAM-SHA-1 and PLAIN: ejabberd keeps one hash) and read their roster; and the other
 //! way, `export --ejabberd` files import into ejabberd, whose user then has its password and roster.
 //! Without ejabberd those cases are built ignored ("SKIPPED: ejabberd not installed", see build.rs).
+//! And from a real Prosody (Debian's, its data written throw-away by `tests/piefxis/prosody.sh` and
+//! turned into one XEP-0227 file per account by its own migrator): the files' directory imports, the
+//! users log in with SCRAM-SHA-1 and PLAIN (Prosody keeps SHA-1 keys), or, from a host with
+//! `password_hash = "SHA-256"` (keys the migrator labels SCRAM-SHA-1), with SCRAM-SHA-256 and PLAIN;
+//! and the roster, the pending request, the vCard and the private XML arrive. Without Prosody that case is built ignored ("SKIPPED: Prosody not installed").
 
 mod common;
 
@@ -337,4 +342,138 @@ fn to_a_real_ejabberd() {
     assert!(said.contains("users: alice"), "{said}");
     assert!(said.contains("password: right"), "{said}");
     assert!(said.contains("bob@example.net\t\tboth"), "{said}");
+}
+
+/// The XEP-0227 files of a throw-away Prosody, made once for every shard count.
+fn prosody_files(dir: &Path) {
+    let started = Instant::now();
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/piefxis/prosody.sh"
+    ))
+    .arg(dir)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "Prosody migration failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "Prosody data written and migrated in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+#[cfg_attr(rjabberd_no_prosody, ignore = "SKIPPED: Prosody not installed")]
+#[cfg_attr(
+    all(rjabberd_skip_e2e, not(rjabberd_no_prosody)),
+    ignore = "RJABBERD_SKIP_E2E is set (needs Prosody)"
+)]
+fn from_a_real_prosody() {
+    let files = std::env::temp_dir().join(format!("rjabberd-from-prosody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&files);
+    prosody_files(&files);
+    let mut names: Vec<String> = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "juliet@example.net.xml",
+            "nurse@localhost.xml",
+            "romeo@example.net.xml"
+        ],
+        "one file per account"
+    );
+    for shards in SHARDS {
+        let mut server = TestServer::start(shards, "");
+        let said = ok(rjabberd(&server, &["import", path(&files)]));
+        assert!(
+            said.contains("juliet@example.net: imported (3 roster items, 0 offline messages, 1 vCard, 1 private items); SCRAM-SHA-1 only"),
+            "{said}"
+        );
+        assert!(
+            said.contains("example.net: 2 users, 0 skipped, 0 failed; 3 roster items, 0 offline messages, 1 vCards, 1 private items"),
+            "{said}"
+        );
+        assert!(
+            said.contains("nurse@localhost: imported (0 roster items, 0 offline messages, 0 vCard, 0 private items); SCRAM-SHA-256 only"),
+            "{said}"
+        );
+        assert!(
+            said.contains("localhost: 1 users, 0 skipped, 0 failed"),
+            "{said}"
+        );
+        server.restart();
+
+        // internal_hashed kept SCRAM-SHA-1 keys: SCRAM-SHA-1 and PLAIN log in, SCRAM-SHA-256 cannot.
+        let mut juliet =
+            login_with(&server, "SCRAM-SHA-1", "juliet@example.net", "r0meo&me").unwrap();
+        assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<3").is_ok());
+        assert!(login_with(&server, "SCRAM-SHA-1", "romeo@example.net", "j<4").is_err());
+        let refused = login_with(&server, "SCRAM-SHA-256", "romeo@example.net", "j<3").err();
+        assert_eq!(refused.map(|e| e.name), Some("failure".to_string()));
+        // password_hash = "SHA-256": the other way round.
+        assert!(login_with(&server, "SCRAM-SHA-256", "nurse@localhost", "n0 secret").is_ok());
+        assert!(login_with(&server, "PLAIN", "nurse@localhost", "n0 secret").is_ok());
+        assert!(login_with(&server, "SCRAM-SHA-256", "nurse@localhost", "n0 secrets").is_err());
+        let refused = login_with(&server, "SCRAM-SHA-1", "nurse@localhost", "n0 secret").err();
+        assert_eq!(refused.map(|e| e.name), Some("failure".to_string()));
+
+        let mut items = roster(&mut juliet);
+        items.sort_by(|a, b| a.attr("jid").cmp(&b.attr("jid")));
+        assert_eq!(items.len(), 2, "{items:?}");
+        let (nurse, romeo) = (&items[0], &items[1]);
+        assert_eq!(
+            (
+                romeo.attr("jid"),
+                romeo.attr("subscription"),
+                romeo.attr("name")
+            ),
+            (Some("romeo@example.net"), Some("both"), Some("Romeo"))
+        );
+        assert_eq!(romeo.child("group").unwrap().text(), "Montagues");
+        assert_eq!(
+            (
+                nurse.attr("jid"),
+                nurse.attr("subscription"),
+                nurse.attr("ask")
+            ),
+            (Some("nurse@localhost"), Some("none"), Some("subscribe"))
+        );
+        let v = juliet.iq(None, "get", "<vCard xmlns='vcard-temp'/>");
+        let card = v.child("vCard").unwrap();
+        assert_eq!(card.child("FN").unwrap().text(), "Juliet Capulet");
+        assert_eq!(card.child("NICKNAME").unwrap().text(), "Jules & co");
+        let p = juliet.iq(
+            None,
+            "get",
+            "<query xmlns='jabber:iq:private'><prefs xmlns='example:prefs'/></query>",
+        );
+        let prefs = p.child("query").unwrap().child("prefs").unwrap();
+        assert_eq!(prefs.child("colour").unwrap().text(), "red");
+        // Prosody's pending request from paris (not on the roster) comes at the initial presence.
+        juliet.send("<presence/>");
+        let mut seen = Vec::new();
+        loop {
+            match juliet.next_within(Duration::from_secs(5)) {
+                Some(Got::El(e))
+                    if e.name == "presence"
+                        && e.attr("type") == Some("subscribe")
+                        && e.attr("from") == Some("paris@example.net") =>
+                {
+                    break;
+                }
+                Some(Got::El(e)) => seen.push(e),
+                other => panic!("no subscription request from paris: {other:?} after {seen:?}"),
+            }
+        }
+        server.terminate();
+    }
+    let _ = std::fs::remove_dir_all(&files);
 }

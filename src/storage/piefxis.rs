@@ -2,9 +2,11 @@
 //! a store with their SCRAM credentials, rosters, offline messages, vCards and private XML, to and from
 //! files that ejabberd (`ejabberdctl export_piefxis` / `import_piefxis`) and Prosody's migrator read and
 //! write. It owns the format (an [`Account`] as a `<user/>` element and back, SCRAM keys in both the
-//! plain and ejabberd's doubly base64-encoded forms), the file layout (an index `<server-data/>` that
-//! `xi:include`s one `<host/>` file per host, as ejabberd writes it), and the copy between the files and
-//! any backend, through the [`Store`] traits alone, using the modules' stored forms of [`super::layout`].
+//! plain and ejabberd's doubly base64-encoded forms, and the SHA-256 keys Prosody's migrator labels
+//! SHA-1), the file layout (an index `<server-data/>` that `xi:include`s one `<host/>` file per host,
+//! as ejabberd writes it; or self-contained files, as Prosody's migrator writes one per account), and
+//! the copy between the files and any backend, through the [`Store`] traits alone, using the modules'
+//! stored forms of [`super::layout`].
 //! An account is checked whole before anything is written for it, and removed again if a write fails,
 //! so a bad entry never leaves half an account.
 
@@ -128,7 +130,7 @@ fn key_len(hash: Hash) -> usize {
 /// is read in the same encoding as the keys.
 fn scram_from_element(el: &Element) -> Result<Option<ScramCredential>, String> {
     let mechanism = el.attr("mechanism").unwrap_or_default();
-    let hash = match mechanism {
+    let mut hash = match mechanism {
         "SCRAM-SHA-1" => Hash::Sha1,
         "SCRAM-SHA-256" => Hash::Sha256,
         _ => return Ok(None),
@@ -158,6 +160,13 @@ fn scram_from_element(el: &Element) -> Result<Option<ScramCredential>, String> {
             .map_err(|_| format!("{mechanism} <{name}/> has the wrong length"))
             .and_then(|t| b64(name, t))
     };
+    // Prosody's migrator labels every key SCRAM-SHA-1 (it does not see `password_hash`), also the
+    // SHA-256 keys of a server configured with `password_hash = "SHA-256"`. Their length says what
+    // they are: no SHA-1 key, in either encoding, is 32 bytes.
+    let sha256 = key_len(Hash::Sha256);
+    if hash == Hash::Sha1 && stored.len() == sha256 && server.len() == sha256 {
+        hash = Hash::Sha256;
+    }
     let len = key_len(hash);
     let (stored, server, salt) = if stored.len() == len && server.len() == len {
         (stored, server, salt)
@@ -709,12 +718,7 @@ fn collect_root(
             for child in root.child_elements() {
                 match local_name(child) {
                     // The `xi` prefix is declared on the root (ejabberd) or on the element.
-                    "include"
-                        if ns_of(child, ns_of(&root, "")) == NS_XI
-                            || child.name.split_once(':').is_some_and(|(p, _)| {
-                                root.attr(&format!("xmlns:{p}")) == Some(NS_XI)
-                            }) =>
-                    {
+                    "include" if is_xinclude(&root, child) => {
                         let href = child.attr("href").ok_or_else(|| {
                             format!("{}: <xi:include/> without href", path.display())
                         })?;
@@ -742,8 +746,22 @@ fn collect_root(
     Ok(())
 }
 
+fn is_xinclude(root: &Element, child: &Element) -> bool {
+    local_name(child) == "include"
+        && (ns_of(child, ns_of(root, "")) == NS_XI
+            || child
+                .name
+                .split_once(':')
+                .is_some_and(|(p, _)| root.attr(&format!("xmlns:{p}")) == Some(NS_XI)))
+}
+
+fn is_index(root: &Element) -> bool {
+    local_name(root) == "server-data" && root.child_elements().any(|c| is_xinclude(root, c))
+}
+
 /// The hosts in `path`: a file, or a directory holding one export (one index naming host files, as
-/// ejabberd and `rjabberd export` write it, or host files alone).
+/// ejabberd and `rjabberd export` write it, or files with the hosts themselves, as Prosody's migrator
+/// writes them, one per account).
 fn hosts_in(path: &Path) -> Result<Vec<HostEntry>, String> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -761,9 +779,12 @@ fn hosts_in(path: &Path) -> Result<Vec<HostEntry>, String> {
     for f in files {
         roots.insert(f.clone(), load(&f)?);
     }
+    // Only a <server-data/> that includes files is an index: Prosody's migrator writes one
+    // self-contained <server-data/> per account (`<user>@<host>.xml`), and a directory of those is
+    // one export whose files are all imported.
     let indexes: Vec<&PathBuf> = roots
         .iter()
-        .filter(|(_, r)| local_name(r) == "server-data")
+        .filter(|(_, r)| is_index(r))
         .map(|(f, _)| f)
         .collect();
     if indexes.len() > 1 {
@@ -778,7 +799,18 @@ fn hosts_in(path: &Path) -> Result<Vec<HostEntry>, String> {
         ));
     }
     match indexes.first() {
-        Some(index) => collect(index, &mut seen, &mut out)?,
+        Some(index) => {
+            collect(index, &mut seen, &mut out)?;
+            // A file the index does not name would otherwise be left out without a word.
+            let canonical = |f: &PathBuf| f.canonicalize().unwrap_or_else(|_| f.clone());
+            if let Some(stray) = roots.keys().find(|f| !seen.contains(&canonical(f))) {
+                return Err(format!(
+                    "{}: not included by the index {}: import one file at a time, or move it out",
+                    stray.display(),
+                    index.display()
+                ));
+            }
+        }
         None => {
             for (f, root) in roots {
                 collect_root(&f, root, &mut seen, &mut out)?;

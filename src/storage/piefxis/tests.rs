@@ -333,12 +333,207 @@ fn a_bad_user_is_not_imported_at_all_and_the_others_are() {
 #[test]
 fn a_directory_with_two_exports_is_refused() {
     let dir = temp_dir("two");
+    std::fs::write(
+        dir.join("h.xml"),
+        "<host xmlns='urn:xmpp:pie:0' jid='example.org'/>",
+    )
+    .unwrap();
     for n in ["a.xml", "b.xml"] {
-        std::fs::write(dir.join(n), "<server-data xmlns='urn:xmpp:pie:0'/>").unwrap();
+        std::fs::write(
+            dir.join(n),
+            "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'><xi:include href='h.xml'/></server-data>",
+        )
+        .unwrap();
     }
     let db = UserDb::open(&dir.join("data")).unwrap();
     let e = import(&db, &dir, &opts(false), &mut |_| {}).err().unwrap();
     assert!(e.contains("several exports (a.xml, b.xml)"), "{e}");
+    // One index, and a file it does not include: refused rather than left out.
+    std::fs::remove_file(dir.join("b.xml")).unwrap();
+    std::fs::write(
+        dir.join("prosody@example.org.xml"),
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='example.org'><user name='prosody' password='pw'/></host></server-data>",
+    )
+    .unwrap();
+    let e = import(&db, &dir, &opts(false), &mut |_| {}).err().unwrap();
+    assert!(
+        e.contains("prosody@example.org.xml: not included by the index"),
+        "{e}"
+    );
+    assert!(!db.exists("example.org", "prosody").unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A user as Prosody 0.12.3's migrator writes it (`mod_storage_xep0227`, from `internal_hashed`
+/// accounts; the password is `r0meo&me`): one `<server-data/>` per account, SCRAM-SHA-1 values base64
+/// once with the salt a UUID's text, the pending request's `<presence/>` in the file's namespace
+/// rather than jabber:client, the roster version kept as an attribute.
+const PROSODY_JULIET: &str = "<server-data xmlns='urn:xmpp:pie:0'><host jid='example.net'><user name='juliet'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'><server-key>dw0x4sxEGGZHjkdI/b//rl3YYd0=</server-key><stored-key>H1OqJxg4KY+D0Q1oFdnJ9lNdeV0=</stored-key><iter-count>10000</iter-count><salt>NjNkM2QxMGYtNzU1Zi00ZjAxLWIzZjktNzkwZDJhMTE3OTJm</salt></scram-credentials><query xmlns='jabber:iq:roster' version='3'><item name='Romeo' subscription='both' jid='romeo@example.net'><group>Montagues</group></item><item subscription='none' ask='subscribe' jid='nurse@localhost'/></query><presence type='subscribe' from='paris@example.net'/><vCard xmlns='vcard-temp'><FN>Juliet Capulet</FN><NICKNAME>Jules &amp; co</NICKNAME></vCard><query xmlns='jabber:iq:private'><prefs xmlns='example:prefs'><colour>red</colour></prefs></query></user></host></server-data>";
+
+/// Prosody's `internal_plain` accounts: the password as an attribute. Account properties XEP-0227 has
+/// no element for travel as attributes in Prosody's own namespace; PEP nodes and the MAM archive as
+/// `<pubsub/>` and `<archive/>`.
+const PROSODY_NURSE: &str = "<server-data xmlns='urn:xmpp:pie:0'><host jid='example.net'><user name='nurse' password='n0 secret' xmlns:ns1='http://prosody.im/protocol/extended-xep0227' ns1:created='1764612000'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:avatar:metadata'><item id='current'><metadata xmlns='urn:xmpp:avatar:metadata'/></item></items></pubsub><archive xmlns='urn:xmpp:pie:0#mam'><result xmlns='urn:xmpp:mam:2' id='1'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='2026-12-01T19:00:00Z'/><message xmlns='jabber:client' from='juliet@example.net/r' to='nurse@example.net'><body>Anon!</body></message></forwarded></result></archive></user></host></server-data>";
+
+fn prosody_opts() -> ImportOptions {
+    ImportOptions {
+        hosts: vec!["example.net".into(), "localhost".into()],
+        ..opts(false)
+    }
+}
+
+#[test]
+fn prosody_migrator_files_import_whole() {
+    let dir = temp_dir("prosody");
+    let files = dir.join("xep0227");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("juliet@example.net.xml"), PROSODY_JULIET).unwrap();
+    std::fs::write(files.join("nurse@example.net.xml"), PROSODY_NURSE).unwrap();
+    let db = UserDb::open(&dir.join("data")).unwrap();
+    let mut lines = Vec::new();
+    // The directory, as the operator is told to import it: every account's file, none an index.
+    let (sums, failed) = import(&db, &files, &prosody_opts(), &mut |l| lines.push(l)).unwrap();
+    assert!(!failed, "{lines:?}");
+    assert_eq!(sums.len(), 1, "one summary for the host of both files");
+    assert_eq!(
+        (
+            sums[0].users,
+            sums[0].roster_items,
+            sums[0].vcards,
+            sums[0].private
+        ),
+        (2, 3, 1, 1)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("juliet@example.net: imported (3 roster items, 0 offline messages, 1 vCard, 1 private items); SCRAM-SHA-1 only")),
+        "{lines:?}"
+    );
+
+    // The keys are the password's: the salt is the UUID text Prosody salts with, as bytes.
+    let creds = db.credentials("example.net", "juliet").unwrap().unwrap();
+    assert_eq!(creds.sha1.salt, b"63d3d10f-755f-4f01-b3f9-790d2a11792f");
+    assert_eq!(
+        ScramCredential::derive(Hash::Sha1, "r0meo&me", &creds.sha1.salt, 10000),
+        creds.sha1
+    );
+    assert!(creds.verify_password("r0meo&me") && !creds.verify_password("r0meo"));
+    let nurse = db.credentials("example.net", "nurse").unwrap().unwrap();
+    assert!(nurse.verify_password("n0 secret"));
+    assert!(
+        !nurse.sha256.stored_key.is_empty(),
+        "both hashes from a password"
+    );
+
+    let back = read_account(&db, "example.net", "juliet").unwrap();
+    let by_jid = |j: &str| back.roster.iter().find(|i| i.jid == j).unwrap().clone();
+    let romeo = by_jid("romeo@example.net");
+    assert_eq!(
+        (
+            romeo.name.as_deref(),
+            romeo.subscription,
+            romeo.groups.clone()
+        ),
+        (
+            Some("Romeo"),
+            Subscription::Both,
+            vec!["Montagues".to_string()]
+        )
+    );
+    let nurse_item = by_jid("nurse@localhost");
+    assert!(nurse_item.ask && nurse_item.listed && !nurse_item.pending_in);
+    let paris = by_jid("paris@example.net");
+    assert!(paris.pending_in && !paris.listed, "{paris:?}");
+    let card = back.vcard.unwrap();
+    assert_eq!(card.child("NICKNAME").unwrap().text(), "Jules & co");
+    assert_eq!(
+        back.private[0].to_xml_string(),
+        "<prefs xmlns='example:prefs'><colour>red</colour></prefs>"
+    );
+    // Nothing of PEP or the archive is carried, and the account is the rest.
+    let nurse_back = read_account(&db, "example.net", "nurse").unwrap();
+    assert!(nurse_back.roster.is_empty() && nurse_back.offline.is_empty());
+    assert!(nurse_back.vcard.is_none() && nurse_back.private.is_empty());
+
+    // One of the files named alone imports only its account.
+    let db2 = UserDb::open(&dir.join("data2")).unwrap();
+    let (sums, _) = import(
+        &db2,
+        &files.join("nurse@example.net.xml"),
+        &prosody_opts(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(sums[0].users, 1);
+    assert!(!db2.exists("example.net", "juliet").unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prosody_sha256_keys_labelled_sha1_are_read_as_sha256() {
+    // Prosody 0.12.3 with `password_hash = "SHA-256"`, through its migrator; the password is `r0meo&me`.
+    let file = "<server-data xmlns='urn:xmpp:pie:0'><host jid='example.net'><user name='juliet'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='SCRAM-SHA-1'><server-key>FN1lmfCv4Rwu1tAQLzpkzBkM+bIABItsTrJOzp2Nt14=</server-key><stored-key>WV0ob2rCSnoUx7HJyVOmAx6hr1rPNeL0Ei9Sfiv5d0w=</stored-key><iter-count>10000</iter-count><salt>YTA5OGE2MWEtNGEzNC00Y2M0LTlmNTUtMzA5YjlkOGVkM2Rk</salt></scram-credentials></user></host></server-data>";
+    let root = el(file);
+    let user = root
+        .child_elements()
+        .next()
+        .unwrap()
+        .child_elements()
+        .next()
+        .unwrap();
+    let a = Account::from_element("example.net", user, NS_PIE).unwrap();
+    assert_eq!(a.scram.len(), 1);
+    let c = &a.scram[0];
+    assert_eq!(
+        &ScramCredential::derive(Hash::Sha256, "r0meo&me", &c.salt, 10000),
+        c
+    );
+    let (creds, notes) = credentials_for(&a, 4096).unwrap();
+    assert!(creds.sha1.stored_key.is_empty() && creds.verify_password("r0meo&me"));
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    // A key of neither length is still refused: a byte short of SHA-256's.
+    let short = file.replace(
+        "FN1lmfCv4Rwu1tAQLzpkzBkM+bIABItsTrJOzp2Nt14=",
+        "FN1lmfCv4Rwu1tAQLzpkzBkM+bIABItsTrJOzp2Ntw==",
+    );
+    let root = el(&short);
+    let user = root
+        .child_elements()
+        .next()
+        .unwrap()
+        .child_elements()
+        .next()
+        .unwrap();
+    let e = Account::from_element("example.net", user, NS_PIE).unwrap_err();
+    assert!(
+        e.contains("SCRAM-SHA-1 keys are neither 20 bytes nor base64 of 20 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_prosody_file_is_named_and_stops_the_import() {
+    let dir = temp_dir("prosody-bad");
+    std::fs::write(dir.join("juliet@example.net.xml"), PROSODY_JULIET).unwrap();
+    // Cut short, as a migrator that died half-way would leave it.
+    std::fs::write(
+        dir.join("romeo@example.net.xml"),
+        &PROSODY_JULIET.replace("juliet", "romeo")[..200],
+    )
+    .unwrap();
+    let db = UserDb::open(&dir.join("data")).unwrap();
+    let e = import(&db, &dir, &prosody_opts(), &mut |_| {})
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("romeo@example.net.xml: not a well-formed XML document"),
+        "{e}"
+    );
+    assert!(
+        !db.exists("example.net", "juliet").unwrap(),
+        "nothing written"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
