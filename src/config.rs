@@ -44,6 +44,9 @@ pub struct Config {
     pub ctl: CtlConfig,
     /// `[storage]`: which backend holds accounts, rosters and module data (docs/storage.md).
     pub storage: StorageConfig,
+    /// `[cluster]`: this host as a member of a cluster (docs/cluster-protocol.md §2); absent, a
+    /// single host.
+    pub cluster: Option<ClusterConfig>,
     /// The text the configuration was read from (empty for the embedded defaults), for the checks made
     /// above this layer (module options) to name their line and column.
     #[serde(skip)]
@@ -335,6 +338,225 @@ impl StorageConfig {
     }
 }
 
+/// `[cluster]` (docs/cluster-protocol.md §2). Relative paths are relative to the configuration file's
+/// directory, so that one file can be copied to every host with its secret beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name: hosts of another name never link.
+    pub name: Spanned<String>,
+    /// This host's name, unique in the cluster.
+    pub node: Spanned<String>,
+    /// Where the other hosts reach this one (`ip:port`).
+    pub listen: Spanned<String>,
+    /// The address the others use when `listen` is a wildcard (`host:port`).
+    #[serde(default)]
+    pub advertise: Option<Spanned<String>>,
+    /// Hosts to ask first (`host:port`); may include this one.
+    #[serde(default)]
+    pub seeds: Vec<Spanned<String>>,
+    /// The shared secret: the same file on every host, at least 32 bytes, readable by its owner only.
+    pub secret_file: Spanned<PathBuf>,
+    /// TLS on links (rustls), with `ca_file`, `cert_file` and `key_file`.
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub cert_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub key_file: Option<Spanned<PathBuf>>,
+    /// How long a host stays a member without renewing its lease (ms, default 5,000).
+    #[serde(default)]
+    pub lease_ms: Option<Spanned<u64>>,
+    /// Idle tick on every link (ms, default 1,000); a peer silent for four ticks is suspected.
+    #[serde(default)]
+    pub tick_ms: Option<Spanned<u64>>,
+    /// Frames a link may hold unacknowledged or unsent (default 65,536).
+    #[serde(default)]
+    pub link_queue: Option<Spanned<usize>>,
+}
+
+/// The smallest cluster secret (docs/cluster-protocol.md §2).
+pub const MIN_CLUSTER_SECRET: usize = 32;
+
+impl ClusterConfig {
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms.as_ref().map_or(5_000, |v| *v.get_ref())
+    }
+
+    pub fn tick_ms(&self) -> u64 {
+        self.tick_ms.as_ref().map_or(1_000, |v| *v.get_ref())
+    }
+
+    pub fn link_queue(&self) -> usize {
+        self.link_queue.as_ref().map_or(65_536, |v| *v.get_ref())
+    }
+
+    /// `path` as this section means it: relative to the configuration file's directory.
+    pub fn resolve(&self, path: &Path, config_file: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        config_file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+
+    /// The shared secret's bytes (trimmed of ASCII whitespace), or why the file will not do.
+    pub fn read_secret(&self, config_file: &Path) -> Result<Vec<u8>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.resolve(self.secret_file.get_ref(), config_file);
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| format!("cluster.secret_file {}: {e}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "cluster.secret_file {} may be read by others (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("cluster.secret_file {}: {e}", path.display()))?;
+        let secret = bytes.trim_ascii();
+        if secret.len() < MIN_CLUSTER_SECRET {
+            return Err(format!(
+                "cluster.secret_file {} holds {} bytes; at least {MIN_CLUSTER_SECRET} are needed \
+                 (e.g. `head -c 48 /dev/urandom | base64 > {}`)",
+                path.display(),
+                secret.len(),
+                path.display()
+            ));
+        }
+        Ok(secret.to_vec())
+    }
+
+    fn check(
+        &self,
+        config_file: &Path,
+        storage: &StorageConfig,
+        taken: &[SocketAddr],
+    ) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        for (value, key) in [(&self.name, "cluster.name"), (&self.node, "cluster.node")] {
+            let v = value.get_ref();
+            if v.is_empty()
+                || v.len() > 64
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err((
+                    Some(value.span()),
+                    format!("{key}: `{v}` is not 1 to 64 of A-Z a-z 0-9 . _ -"),
+                ));
+            }
+        }
+        let listen: SocketAddr = self.listen.get_ref().parse().map_err(|_| {
+            (
+                Some(self.listen.span()),
+                format!(
+                    "cluster.listen: `{}` is not an ip:port address",
+                    self.listen.get_ref()
+                ),
+            )
+        })?;
+        if listen.port() != 0 && taken.contains(&listen) {
+            return Err((
+                Some(self.listen.span()),
+                format!("cluster.listen: {listen} is already an XMPP or metrics listener"),
+            ));
+        }
+        if listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err((
+                Some(self.listen.span()),
+                format!(
+                    "cluster.listen is a wildcard ({listen}): say in cluster.advertise which \
+                     address the other hosts use"
+                ),
+            ));
+        }
+        for addr in self.advertise.iter().chain(&self.seeds) {
+            if !is_host_port(addr.get_ref()) {
+                return Err((
+                    Some(addr.span()),
+                    format!("cluster: `{}` is not a host:port address", addr.get_ref()),
+                ));
+            }
+        }
+        if storage.backend != StorageBackend::Postgres {
+            return Err((
+                Some(self.name.span()),
+                "a cluster needs [storage] backend = \"postgres\": every host must see the same \
+                 accounts, and the membership table lives there"
+                    .into(),
+            ));
+        }
+        self.read_secret(config_file)
+            .map_err(|e| (Some(self.secret_file.span()), e))?;
+        let files = [
+            (&self.ca_file, "cluster.ca_file"),
+            (&self.cert_file, "cluster.cert_file"),
+            (&self.key_file, "cluster.key_file"),
+        ];
+        for (file, key) in files {
+            match file {
+                Some(f) if !self.resolve(f.get_ref(), config_file).is_file() => {
+                    return Err((
+                        Some(f.span()),
+                        format!("{key}: {} is not a file", f.get_ref().display()),
+                    ));
+                }
+                None if self.tls => {
+                    return Err((
+                        None,
+                        format!(
+                            "cluster.tls = true needs {key} (the cluster's own CA and this host's certificate)"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let tick = self.tick_ms();
+        if !(100..=60_000).contains(&tick) {
+            return Err((
+                self.tick_ms.as_ref().map(|v| v.span()),
+                "cluster.tick_ms must be between 100 and 60000".into(),
+            ));
+        }
+        if self.lease_ms() < 1_000 || self.lease_ms() < 2 * tick {
+            // Whichever of the two was written is the one to look at.
+            let span = self
+                .lease_ms
+                .as_ref()
+                .or(self.tick_ms.as_ref())
+                .map(|v| v.span());
+            return Err((
+                span,
+                "cluster.lease_ms must be at least 1000 and at least twice cluster.tick_ms".into(),
+            ));
+        }
+        if self.link_queue() < 64 {
+            return Err((
+                self.link_queue.as_ref().map(|v| v.span()),
+                "cluster.link_queue must be at least 64".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a port number and a non-empty host (a name, an IPv4 address or `[IPv6]`).
+fn is_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok_and(|p| p != 0) && is_plausible_domain(host)
+        }
+        None => false,
+    }
+}
+
 /// TLS session resumption (what a reconnect wave costs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -428,6 +650,7 @@ impl Default for Config {
             components: Vec::new(),
             ctl: CtlConfig::default(),
             storage: StorageConfig::default(),
+            cluster: None,
             source: String::new(),
             file: PathBuf::new(),
         }
@@ -488,11 +711,12 @@ impl Config {
         };
         let mut config: Config =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        // Before the checks: `[cluster]` paths are relative to the file.
+        config.file = file.to_path_buf();
         config
             .check()
             .map_err(|(span, message)| at(span, message))?;
         config.source = text.to_string();
-        config.file = file.to_path_buf();
         Ok(config)
     }
 
@@ -668,6 +892,20 @@ impl Config {
             ));
         }
         self.storage.check()?;
+        if let Some(cluster) = &self.cluster {
+            let mut taken: Vec<SocketAddr> = self
+                .listeners
+                .iter()
+                .filter_map(|l| l.address.get_ref().parse().ok())
+                .collect();
+            taken.extend(
+                self.metrics
+                    .listen
+                    .as_ref()
+                    .and_then(|m| m.get_ref().parse::<SocketAddr>().ok()),
+            );
+            cluster.check(&self.file, &self.storage, &taken)?;
+        }
         if self.auth.scram_iterations < 4096 {
             return Err((
                 None,
@@ -870,5 +1108,133 @@ mod tests {
             assert_eq!(err.line, line, "{text}: {err}");
             assert!(err.message.contains(needle), "{text}: {err}");
         }
+    }
+
+    /// A directory with a configuration whose `[cluster]` is `cluster` (after a Postgres `[storage]`),
+    /// and a secret file of `secret` with `mode`; returns the configuration file's path.
+    fn cluster_dir(name: &str, cluster: &str, secret: &[u8], mode: u32) -> (PathBuf, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "rjabberd-cluster-config-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret_path = dir.join("cluster.secret");
+        std::fs::write(&secret_path, secret).unwrap();
+        std::fs::set_permissions(&secret_path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let text = format!(
+            "[[host]]\nname = \"localhost\"\n[[listener]]\naddress = \"127.0.0.1:5222\"\n\
+             [storage]\nbackend = \"postgres\"\nurl = \"host=/tmp dbname=x\"\n[cluster]\n{cluster}"
+        );
+        (dir.join("rjabberd.toml"), text)
+    }
+
+    const CLUSTER: &str = "name = \"chat-prod\"\nnode = \"n1\"\nlisten = \"127.0.0.2:7470\"\n\
+        seeds = [\"127.0.0.3:7470\", \"db2.example.net:7470\"]\nsecret_file = \"cluster.secret\"\n";
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef\n";
+
+    #[test]
+    fn a_cluster_section_as_the_issue_writes_it_parses_with_its_defaults() {
+        let (file, text) = cluster_dir("ok", CLUSTER, SECRET, 0o600);
+        let config = Config::parse(&text, &file).unwrap();
+        let c = config.cluster.as_ref().unwrap();
+        assert_eq!(
+            (c.name.get_ref().as_str(), c.node.get_ref().as_str()),
+            ("chat-prod", "n1")
+        );
+        assert_eq!(c.seeds.len(), 2);
+        assert_eq!(
+            (c.lease_ms(), c.tick_ms(), c.link_queue()),
+            (5000, 1000, 65536)
+        );
+        // Relative to the file, trimmed.
+        assert_eq!(c.read_secret(&file).unwrap(), SECRET.trim_ascii());
+        assert!(parse("").unwrap().cluster.is_none());
+    }
+
+    #[test]
+    fn each_bad_cluster_value_is_named_with_its_line() {
+        // (what replaces a line of the good section, the line the error names (8 = [cluster]),
+        //  words the message holds)
+        let cases: [(&str, &str, usize, &str); 8] = [
+            ("node = \"n1\"", "node = \"n 1\"", 10, "cluster.node"),
+            (
+                "listen = \"127.0.0.2:7470\"",
+                "listen = \"n1:7470\"",
+                11,
+                "ip:port",
+            ),
+            (
+                "listen = \"127.0.0.2:7470\"",
+                "listen = \"0.0.0.0:7470\"",
+                11,
+                "cluster.advertise",
+            ),
+            (
+                "listen = \"127.0.0.2:7470\"",
+                "listen = \"127.0.0.1:5222\"",
+                11,
+                "already",
+            ),
+            (
+                "\"db2.example.net:7470\"",
+                "\"db2.example.net\"",
+                12,
+                "host:port",
+            ),
+            (
+                "secret_file = \"cluster.secret\"",
+                "secret_file = \"missing\"",
+                13,
+                "missing",
+            ),
+            (
+                "secret_file = \"cluster.secret\"",
+                "secret_file = \"cluster.secret\"\ntick_ms = 3000",
+                14,
+                "twice",
+            ),
+            (
+                "secret_file = \"cluster.secret\"",
+                "secret_file = \"cluster.secret\"\ntls = true",
+                0,
+                "cluster.ca_file",
+            ),
+        ];
+        for (i, (from, to, line, words)) in cases.into_iter().enumerate() {
+            let (file, text) = cluster_dir(
+                &format!("bad{i}"),
+                &CLUSTER.replace(from, to),
+                SECRET,
+                0o600,
+            );
+            let err = Config::parse(&text, &file).unwrap_err();
+            assert_eq!(err.line, line, "{to}: {err}");
+            assert!(err.message.contains(words), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_weak_or_exposed_secret_and_a_cluster_on_sqlite_are_refused() {
+        let (file, text) = cluster_dir("short", CLUSTER, b"too short\n", 0o600);
+        let err = Config::parse(&text, &file).unwrap_err();
+        assert!(err.message.contains("at least 32"), "{err}");
+        assert_eq!(err.line, 13);
+        let (file, text) = cluster_dir("exposed", CLUSTER, SECRET, 0o644);
+        let err = Config::parse(&text, &file).unwrap_err();
+        assert!(err.message.contains("chmod 600"), "{err}");
+        let (file, text) = cluster_dir("sqlite", CLUSTER, SECRET, 0o600);
+        let text = text.replace("backend = \"postgres\"\nurl = \"host=/tmp dbname=x\"\n", "");
+        let err = Config::parse(&text, &file).unwrap_err();
+        assert!(err.message.contains("postgres"), "{err}");
+        let (file, text) = cluster_dir(
+            "unknown",
+            &format!("{CLUSTER}secret = \"x\"\n"),
+            SECRET,
+            0o600,
+        );
+        let err = Config::parse(&text, &file).unwrap_err();
+        assert!(err.message.contains("secret"), "{err}");
     }
 }

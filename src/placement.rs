@@ -184,8 +184,16 @@ mod tests {
             ("ünïcödé@example.org", ("n3", 1), ("n3", 1)),
         ];
         for (jid, with_n2, without) in golden {
-            assert_eq!(named(&three, three.home(jid)), (with_n2.0.into(), with_n2.1), "{jid:?}");
-            assert_eq!(named(&two, two.home(jid)), (without.0.into(), without.1), "{jid:?}");
+            assert_eq!(
+                named(&three, three.home(jid)),
+                (with_n2.0.into(), with_n2.1),
+                "{jid:?}"
+            );
+            assert_eq!(
+                named(&two, two.home(jid)),
+                (without.0.into(), without.1),
+                "{jid:?}"
+            );
         }
         for (slot, want) in [(0, ("n3", 0)), (1, ("n3", 2)), (4095, ("n3", 1))] {
             assert_eq!(
