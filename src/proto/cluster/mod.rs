@@ -3,4 +3,5 @@
 //! drive them live above, with the sockets.
 
 pub mod handshake;
+pub mod link;
 pub mod wire;
