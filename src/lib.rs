@@ -38,6 +38,7 @@
 pub mod admin;
 pub mod auth;
 pub mod c2s;
+pub mod cluster;
 pub mod component;
 pub mod config;
 pub mod logging;

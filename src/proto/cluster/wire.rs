@@ -3,7 +3,7 @@
 //! [`RawFrame`]s (kind and body, a slice of what was read: a stanza's XML stays the bytes that arrived);
 //! [`Frame::decode`] checks a body field by field, with no trailing byte allowed, and
 //! [`Frame::encode`] writes the canonical form. Handshake MACs are computed over raw bodies
-//! ([`super::handshake`]), so what was read is what is authenticated.
+//! (the handshake), so what was read is what is authenticated.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
