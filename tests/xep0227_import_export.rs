@@ -20,6 +20,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Client, Got, SHARDS, TestServer};
+use rjabberd::proto::sasl::{Hash, ScramCredential};
 use rjabberd::proto::xml::Element;
 
 fn rjabberd(server: &TestServer, args: &[&str]) -> Output {
@@ -220,6 +221,106 @@ fn bad_input_is_named_and_exits_1() {
         String::from_utf8_lossy(&out.stderr).contains("bad.xml: not a well-formed XML document"),
         "{out:?}"
     );
+}
+
+/// A XEP-0227 `<user/>` with the SCRAM keys of `hash` alone, as ejabberd and Prosody export them.
+fn one_hash_user(name: &str, hash: Hash, password: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let c = ScramCredential::derive(hash, password, b"a salt of 16 b..", 4096);
+    let mechanism = match hash {
+        Hash::Sha1 => "SCRAM-SHA-1",
+        Hash::Sha256 => "SCRAM-SHA-256",
+    };
+    format!(
+        "<user name='{name}'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='{mechanism}'>\
+         <iter-count>4096</iter-count><salt>{}</salt><server-key>{}</server-key>\
+         <stored-key>{}</stored-key></scram-credentials></user>",
+        b64(&c.salt),
+        b64(&c.server_key),
+        b64(&c.stored_key)
+    )
+}
+
+/// The migration path of docs/storage.md: an imported account with one hash's keys fails the other
+/// hash's SCRAM, logs in with PLAIN, and from then on the other SCRAM works too; a wrong PLAIN password
+/// upgrades nothing. Both ways: SHA-1 keys alone (ejabberd, Prosody's default) and SHA-256 alone.
+#[test]
+fn a_one_hash_account_is_upgraded_at_a_plain_login() {
+    for shards in SHARDS {
+        let server = TestServer::start_capturing(shards, "[log]\nlevel = \"info\"\n");
+        let juliet = "juliet@localhost";
+        let nurse = common::on_another_shard(juliet, "nurse", shards);
+        let nurse_local = nurse.split_once('@').unwrap().0;
+        let file = server.dir.join("one-hash.xml");
+        std::fs::write(
+            &file,
+            format!(
+                "<?xml version='1.0'?>\n<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'>{}{}</host></server-data>\n",
+                one_hash_user("juliet", Hash::Sha1, "r0meo&me"),
+                one_hash_user(nurse_local, Hash::Sha256, "n0 secret"),
+            ),
+        )
+        .unwrap();
+        let said = ok(rjabberd(&server, &["import", path(&file)]));
+        assert!(
+            said.contains("localhost: 2 users, 0 skipped, 0 failed"),
+            "{said}"
+        );
+        for (jid, password, has, lacks) in [
+            (juliet, "r0meo&me", "SCRAM-SHA-1", "SCRAM-SHA-256"),
+            (nurse.as_str(), "n0 secret", "SCRAM-SHA-256", "SCRAM-SHA-1"),
+        ] {
+            let failed = |r: Result<Client, Element>| r.err().map(|e| e.to_string());
+            let refused = failed(login_with(&server, lacks, jid, password));
+            assert!(
+                refused
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not-authorized")),
+                "{jid} {lacks} before: {refused:?}"
+            );
+            assert!(
+                login_with(&server, has, jid, password).is_ok(),
+                "{jid} {has}"
+            );
+            // A wrong password neither logs in nor upgrades.
+            assert!(login_with(&server, "PLAIN", jid, "guess").is_err());
+            assert!(
+                login_with(&server, lacks, jid, password).is_err(),
+                "{jid}: {lacks} after a failed PLAIN"
+            );
+            assert!(
+                login_with(&server, "PLAIN", jid, password).is_ok(),
+                "{jid} PLAIN"
+            );
+            // At once, and on as many connections as there are shards to accept them.
+            for _ in 0..shards {
+                let after = login_with(&server, lacks, jid, password);
+                assert!(
+                    after.is_ok(),
+                    "{jid} {lacks} after PLAIN: {:?}",
+                    failed(after)
+                );
+            }
+            assert!(
+                login_with(&server, has, jid, password).is_ok(),
+                "{jid} {has} still"
+            );
+            assert!(login_with(&server, lacks, jid, "guess").is_err());
+            // An account with both hashes upgrades nothing at its next PLAIN login.
+            assert!(login_with(&server, "PLAIN", jid, password).is_ok());
+            let log = server.stderr.lock().unwrap().join("\n");
+            assert_eq!(
+                log.matches(&format!("event=keys-upgraded jid={jid} mechanism={lacks}"))
+                    .count(),
+                1,
+                "one upgrade, logged: {log}"
+            );
+        }
+        let log = server.stderr.lock().unwrap().join("\n");
+        assert_eq!(log.matches("event=keys-upgraded").count(), 2, "{log}");
+        assert!(!log.contains("keys-upgrade-failed"), "{log}");
+    }
 }
 
 #[test]
@@ -477,3 +578,6 @@ fn from_a_real_prosody() {
     }
     let _ = std::fs::remove_dir_all(&files);
 }
+
+// The key upgrade with the store on PostgreSQL, whose conditional write is SQL of its own.
+crate::postgres_twins!(a_one_hash_account_is_upgraded_at_a_plain_login,);
