@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::proto::sasl::Mechanism;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -595,6 +596,71 @@ pub struct AuthConfig {
     pub extauth_pool_size: usize,
     /// Seconds one request may take before it fails and that instance is restarted.
     pub extauth_timeout_secs: u64,
+    /// The SASL mechanisms offered, in order of preference (the order of `<mechanisms/>`). Streams
+    /// without channel-binding data leave out the -PLUS ones, and external authentication all but
+    /// PLAIN. A server migrated from one that kept SCRAM keys of one hash offers that hash's SCRAM and
+    /// PLAIN here until PLAIN logins have upgraded the keys (docs/storage.md).
+    pub mechanisms: Spanned<Vec<Spanned<String>>>,
+}
+
+impl AuthConfig {
+    /// The configured mechanisms, which [`Config::check`] has found all known.
+    pub fn mechanisms(&self) -> Vec<Mechanism> {
+        self.mechanisms
+            .get_ref()
+            .iter()
+            .filter_map(|m| Mechanism::from_name(m.get_ref()))
+            .collect()
+    }
+
+    fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let list = self.mechanisms.get_ref();
+        let mut seen = Vec::new();
+        for name in list {
+            let Some(m) = Mechanism::from_name(name.get_ref()) else {
+                let known: Vec<&str> = Mechanism::ALL.iter().map(|m| m.name()).collect();
+                return Err((
+                    Some(name.span()),
+                    format!(
+                        "auth.mechanisms: `{}` is not a mechanism rjabberd offers ({})",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
+                ));
+            };
+            if seen.contains(&m) {
+                return Err((
+                    Some(name.span()),
+                    format!("auth.mechanisms: `{}` is listed twice", m.name()),
+                ));
+            }
+            seen.push(m);
+        }
+        if seen.is_empty() {
+            return Err((
+                Some(self.mechanisms.span()),
+                "auth.mechanisms is empty: no client could log in".into(),
+            ));
+        }
+        // -PLUS alone would leave streams without channel binding nothing to offer: a mistake, not
+        // a way to close the server.
+        if seen.iter().all(|m| m.is_plus()) {
+            return Err((
+                Some(self.mechanisms.span()),
+                "auth.mechanisms needs a mechanism other than the -PLUS ones, which are offered only \
+                 with TLS channel binding"
+                    .into(),
+            ));
+        }
+        if self.method == AuthMethod::External && !seen.contains(&Mechanism::Plain) {
+            return Err((
+                Some(self.mechanisms.span()),
+                "auth.method = \"external\" offers only PLAIN, which auth.mechanisms does not list"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -614,6 +680,13 @@ impl Default for AuthConfig {
             extauth_program: None,
             extauth_pool_size: 2,
             extauth_timeout_secs: 10,
+            mechanisms: Spanned::new(
+                0..0,
+                Mechanism::ALL
+                    .iter()
+                    .map(|m| Spanned::new(0..0, m.name().to_string()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -906,6 +979,7 @@ impl Config {
             );
             cluster.check(&self.file, &self.storage, &taken)?;
         }
+        self.auth.check()?;
         if self.auth.scram_iterations < 4096 {
             return Err((
                 None,
@@ -1002,6 +1076,69 @@ mod tests {
         assert_eq!(err.line, 3);
         let err = parse("[auth]\nscram_iterations = 10\n").unwrap_err();
         assert!(err.message.contains("4096"));
+    }
+
+    #[test]
+    fn auth_mechanisms() {
+        assert_eq!(
+            parse("").unwrap().auth.mechanisms(),
+            Mechanism::ALL,
+            "today's list by default"
+        );
+        let c = parse("[auth]\nmechanisms = [\"SCRAM-SHA-1-PLUS\", \"SCRAM-SHA-1\", \"PLAIN\"]\n")
+            .unwrap();
+        assert_eq!(
+            c.auth.mechanisms(),
+            [
+                Mechanism::ScramSha1Plus,
+                Mechanism::ScramSha1,
+                Mechanism::Plain
+            ]
+        );
+        let c = parse("[auth]\nmechanisms = [\"PLAIN\", \"SCRAM-SHA-256\"]\n").unwrap();
+        assert_eq!(
+            c.auth.mechanisms(),
+            [Mechanism::Plain, Mechanism::ScramSha256],
+            "the order is the operator's"
+        );
+        for (text, line, needle) in [
+            (
+                "[auth]\nmechanisms = [\n  \"PLAIN\",\n  \"DIGEST-MD5\",\n]\n",
+                4,
+                "`DIGEST-MD5` is not a mechanism",
+            ),
+            (
+                "[auth]\nmechanisms = [\"scram-sha-1\"]\n",
+                2,
+                "`scram-sha-1` is not",
+            ),
+            ("[auth]\n\nmechanisms = []\n", 3, "auth.mechanisms is empty"),
+            (
+                "[auth]\nmechanisms = [\"SCRAM-SHA-256-PLUS\", \"SCRAM-SHA-1-PLUS\"]\n",
+                2,
+                "other than the -PLUS",
+            ),
+            (
+                "[auth]\nmechanisms = [\"PLAIN\", \"SCRAM-SHA-1\",\n\"PLAIN\"]\n",
+                3,
+                "`PLAIN` is listed twice",
+            ),
+            ("[auth]\nmechanisms = \"PLAIN\"\n", 2, "sequence"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, line, "{text}: {err}");
+            assert!(err.message.contains(needle), "{text}: {err}");
+        }
+        // External authentication offers PLAIN alone, so it must be on the list.
+        let program = std::env::current_exe().unwrap();
+        let external = format!(
+            "[auth]\nmethod = \"external\"\nextauth_program = \"{}\"\n",
+            program.display()
+        );
+        assert!(parse(&external).is_ok());
+        let err = parse(&format!("{external}mechanisms = [\"SCRAM-SHA-1\"]\n")).unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(err.message.contains("only PLAIN"), "{err}");
     }
 
     #[test]

@@ -306,8 +306,53 @@ fn each_host_has_its_certificate_chosen_by_sni() {
     }
 }
 
+/// `[auth] mechanisms` decides what `<mechanisms/>` lists, in its order, and what `<auth/>` accepts.
+#[test]
+fn configured_mechanisms_are_offered_and_no_others() {
+    for shards in SHARDS {
+        let server = TestServer::start(
+            shards,
+            "[auth]\nmechanisms = [\"SCRAM-SHA-1-PLUS\", \"SCRAM-SHA-1\", \"PLAIN\"]\n",
+        );
+        server.add_user("juliet@localhost", "pencil");
+        let connect = || {
+            let mut c = Client::connect(server.starttls, server.cert_path());
+            c.open("localhost");
+            c.starttls();
+            let f = c.open("localhost");
+            (c, f)
+        };
+        let (c, f) = connect();
+        assert_eq!(
+            c.mechanisms(),
+            ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-1", "PLAIN"],
+            "{f}"
+        );
+        assert!(f.child("sasl-channel-binding").is_some(), "{f}");
+        for refused in ["SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"] {
+            let (mut c, _) = connect();
+            let r = c.sasl(refused, "juliet", "pencil", None);
+            assert_eq!(
+                (r.name.as_str(), r.child("invalid-mechanism").is_some()),
+                ("failure", true),
+                "{refused}: {r}"
+            );
+        }
+        for (mechanism, cb) in [
+            ("SCRAM-SHA-1-PLUS", Some("tls-exporter")),
+            ("SCRAM-SHA-1", None),
+            ("PLAIN", None),
+        ] {
+            let (mut c, _) = connect();
+            let r = c.sasl(mechanism, "juliet", "pencil", cb);
+            assert_eq!(r.name, "success", "{mechanism}: {r}");
+        }
+    }
+}
+
 // The same tests with the store on PostgreSQL (issue 12).
 crate::postgres_twins!(
+    configured_mechanisms_are_offered_and_no_others,
     starttls_then_every_mechanism,
     sasl_failures,
     bind_conflict_and_session_cap,

@@ -4,7 +4,8 @@
 //! passwords and find everything; the second server's export is byte for byte the first's; a second
 //! import skips every account. And from a real ejabberd (Debian's, started throw-away by
 //! `tests/piefxis/ejabberd.sh`): its `export_piefxis` files import, and its users log in with
-//! their passwords (SCRAM-SHA-1 and PLAIN: ejabberd keeps one hash) and read their roster; and the other
+//! their passwords (SCRAM-SHA-1 and PLAIN: ejabberd keeps one hash; SCRAM-SHA-256 once a PLAIN login has
+//! made its keys) and read their roster; and the other
 //! way, `export --ejabberd` files import into ejabberd, whose user then has its password and roster.
 //! Without ejabberd those cases are built ignored ("SKIPPED: ejabberd not installed", see build.rs).
 //! And from a real Prosody (Debian's, its data written throw-away by `tests/piefxis/prosody.sh` and
@@ -12,6 +13,8 @@
 //! users log in with SCRAM-SHA-1 and PLAIN (Prosody keeps SHA-1 keys), or, from a host with
 //! `password_hash = "SHA-256"` (keys the migrator labels SCRAM-SHA-1), with SCRAM-SHA-256 and PLAIN;
 //! and the roster, the pending request, the vCard and the private XML arrive. Without Prosody that case is built ignored ("SKIPPED: Prosody not installed").
+//! And the migration path for accounts with one hash's keys (from a file the test writes, on SQLite
+//! and PostgreSQL): the other hash's SCRAM works once a PLAIN login has made its keys.
 
 mod common;
 
@@ -20,6 +23,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Client, Got, SHARDS, TestServer};
+use rjabberd::proto::sasl::{Hash, ScramCredential};
 use rjabberd::proto::xml::Element;
 
 fn rjabberd(server: &TestServer, args: &[&str]) -> Output {
@@ -222,6 +226,106 @@ fn bad_input_is_named_and_exits_1() {
     );
 }
 
+/// A XEP-0227 `<user/>` with the SCRAM keys of `hash` alone, as ejabberd and Prosody export them.
+fn one_hash_user(name: &str, hash: Hash, password: &str) -> String {
+    use base64::Engine;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let c = ScramCredential::derive(hash, password, b"a salt of 16 b..", 4096);
+    let mechanism = match hash {
+        Hash::Sha1 => "SCRAM-SHA-1",
+        Hash::Sha256 => "SCRAM-SHA-256",
+    };
+    format!(
+        "<user name='{name}'><scram-credentials xmlns='urn:xmpp:pie:0#scram' mechanism='{mechanism}'>\
+         <iter-count>4096</iter-count><salt>{}</salt><server-key>{}</server-key>\
+         <stored-key>{}</stored-key></scram-credentials></user>",
+        b64(&c.salt),
+        b64(&c.server_key),
+        b64(&c.stored_key)
+    )
+}
+
+/// The migration path of docs/storage.md: an imported account with one hash's keys fails the other
+/// hash's SCRAM, logs in with PLAIN, and from then on the other SCRAM works too; a wrong PLAIN password
+/// upgrades nothing. Both ways: SHA-1 keys alone (ejabberd, Prosody's default) and SHA-256 alone.
+#[test]
+fn a_one_hash_account_is_upgraded_at_a_plain_login() {
+    for shards in SHARDS {
+        let server = TestServer::start_capturing(shards, "[log]\nlevel = \"info\"\n");
+        let juliet = "juliet@localhost";
+        let nurse = common::on_another_shard(juliet, "nurse", shards);
+        let nurse_local = nurse.split_once('@').unwrap().0;
+        let file = server.dir.join("one-hash.xml");
+        std::fs::write(
+            &file,
+            format!(
+                "<?xml version='1.0'?>\n<server-data xmlns='urn:xmpp:pie:0'><host jid='localhost'>{}{}</host></server-data>\n",
+                one_hash_user("juliet", Hash::Sha1, "r0meo&me"),
+                one_hash_user(nurse_local, Hash::Sha256, "n0 secret"),
+            ),
+        )
+        .unwrap();
+        let said = ok(rjabberd(&server, &["import", path(&file)]));
+        assert!(
+            said.contains("localhost: 2 users, 0 skipped, 0 failed"),
+            "{said}"
+        );
+        for (jid, password, has, lacks) in [
+            (juliet, "r0meo&me", "SCRAM-SHA-1", "SCRAM-SHA-256"),
+            (nurse.as_str(), "n0 secret", "SCRAM-SHA-256", "SCRAM-SHA-1"),
+        ] {
+            let failed = |r: Result<Client, Element>| r.err().map(|e| e.to_string());
+            let refused = failed(login_with(&server, lacks, jid, password));
+            assert!(
+                refused
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not-authorized")),
+                "{jid} {lacks} before: {refused:?}"
+            );
+            assert!(
+                login_with(&server, has, jid, password).is_ok(),
+                "{jid} {has}"
+            );
+            // A wrong password neither logs in nor upgrades.
+            assert!(login_with(&server, "PLAIN", jid, "guess").is_err());
+            assert!(
+                login_with(&server, lacks, jid, password).is_err(),
+                "{jid}: {lacks} after a failed PLAIN"
+            );
+            assert!(
+                login_with(&server, "PLAIN", jid, password).is_ok(),
+                "{jid} PLAIN"
+            );
+            // At once, and on as many connections as there are shards to accept them.
+            for _ in 0..shards {
+                let after = login_with(&server, lacks, jid, password);
+                assert!(
+                    after.is_ok(),
+                    "{jid} {lacks} after PLAIN: {:?}",
+                    failed(after)
+                );
+            }
+            assert!(
+                login_with(&server, has, jid, password).is_ok(),
+                "{jid} {has} still"
+            );
+            assert!(login_with(&server, lacks, jid, "guess").is_err());
+            // An account with both hashes upgrades nothing at its next PLAIN login.
+            assert!(login_with(&server, "PLAIN", jid, password).is_ok());
+            let log = server.stderr.lock().unwrap().join("\n");
+            assert_eq!(
+                log.matches(&format!("event=keys-upgraded jid={jid} mechanism={lacks}"))
+                    .count(),
+                1,
+                "one upgrade, logged: {log}"
+            );
+        }
+        let log = server.stderr.lock().unwrap().join("\n");
+        assert_eq!(log.matches("event=keys-upgraded").count(), 2, "{log}");
+        assert!(!log.contains("keys-upgrade-failed"), "{log}");
+    }
+}
+
 #[test]
 #[cfg_attr(rjabberd_no_ejabberd, ignore = "SKIPPED: ejabberd not installed")]
 #[cfg_attr(
@@ -261,12 +365,14 @@ fn from_a_real_ejabberd() {
     );
     server.restart();
 
-    // ejabberd kept SCRAM-SHA-1 keys only: SCRAM-SHA-1 and PLAIN work, SCRAM-SHA-256 cannot.
+    // ejabberd kept SCRAM-SHA-1 keys only: SCRAM-SHA-1 and PLAIN work, SCRAM-SHA-256 not until a
+    // PLAIN login has made its keys.
     let mut juliet = login_with(&server, "SCRAM-SHA-1", "juliet@example.net", "r0meo&me").unwrap();
-    assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<3").is_ok());
-    assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<4").is_err());
     let refused = login_with(&server, "SCRAM-SHA-256", "romeo@example.net", "j<3").err();
     assert_eq!(refused.map(|e| e.name), Some("failure".to_string()));
+    assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<4").is_err());
+    assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<3").is_ok());
+    assert!(login_with(&server, "SCRAM-SHA-256", "romeo@example.net", "j<3").is_ok());
 
     let items = roster(&mut juliet);
     assert_eq!(items.len(), 1, "{items:?}");
@@ -414,16 +520,19 @@ fn from_a_real_prosody() {
         // internal_hashed kept SCRAM-SHA-1 keys: SCRAM-SHA-1 and PLAIN log in, SCRAM-SHA-256 cannot.
         let mut juliet =
             login_with(&server, "SCRAM-SHA-1", "juliet@example.net", "r0meo&me").unwrap();
-        assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<3").is_ok());
         assert!(login_with(&server, "SCRAM-SHA-1", "romeo@example.net", "j<4").is_err());
         let refused = login_with(&server, "SCRAM-SHA-256", "romeo@example.net", "j<3").err();
         assert_eq!(refused.map(|e| e.name), Some("failure".to_string()));
+        // A PLAIN login makes the SHA-256 keys.
+        assert!(login_with(&server, "PLAIN", "romeo@example.net", "j<3").is_ok());
+        assert!(login_with(&server, "SCRAM-SHA-256", "romeo@example.net", "j<3").is_ok());
         // password_hash = "SHA-256": the other way round.
         assert!(login_with(&server, "SCRAM-SHA-256", "nurse@localhost", "n0 secret").is_ok());
-        assert!(login_with(&server, "PLAIN", "nurse@localhost", "n0 secret").is_ok());
         assert!(login_with(&server, "SCRAM-SHA-256", "nurse@localhost", "n0 secrets").is_err());
         let refused = login_with(&server, "SCRAM-SHA-1", "nurse@localhost", "n0 secret").err();
         assert_eq!(refused.map(|e| e.name), Some("failure".to_string()));
+        assert!(login_with(&server, "PLAIN", "nurse@localhost", "n0 secret").is_ok());
+        assert!(login_with(&server, "SCRAM-SHA-1", "nurse@localhost", "n0 secret").is_ok());
 
         let mut items = roster(&mut juliet);
         items.sort_by(|a, b| a.attr("jid").cmp(&b.attr("jid")));
@@ -477,3 +586,6 @@ fn from_a_real_prosody() {
     }
     let _ = std::fs::remove_dir_all(&files);
 }
+
+// The key upgrade with the store on PostgreSQL, whose conditional write is SQL of its own.
+crate::postgres_twins!(a_one_hash_account_is_upgraded_at_a_plain_login,);

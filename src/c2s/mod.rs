@@ -23,7 +23,7 @@ use crate::placement::Home;
 use crate::proto::c2s::{Action, C2s};
 use crate::proto::errors::{Closing, StreamErrorCondition};
 use crate::proto::jid::domain_of;
-use crate::proto::sasl::{ChannelBindings, Credentials};
+use crate::proto::sasl::{ChannelBindings, Credentials, Hash, PlainVerdict};
 use crate::proto::xml::{Event, TargetStream, XmlError};
 use crate::router::{self, Origin};
 use crate::shard::Shard;
@@ -34,6 +34,12 @@ use crate::sm::session::{self, SessionRef};
 enum Input {
     Credentials(Option<Credentials>),
     PlainChecked(bool),
+    /// PLAIN verified, and the account's missing hash was made from the password: `Ok` with the
+    /// hash's mechanism when stored, `Err` with why not. Logged; the login succeeds either way.
+    PlainUpgraded {
+        jid: String,
+        outcome: Result<&'static str, String>,
+    },
     /// Neither the store nor the extauth program could answer (down, timed out).
     Unavailable,
 }
@@ -326,15 +332,39 @@ impl C2sGlue {
         }
         let store = self.shard.server().store.clone();
         glommio::spawn_local(async move {
-            // The lookup, and for PLAIN the PBKDF2 check, run on a store worker thread.
+            // The lookup, and for PLAIN the PBKDF2 check and any key upgrade, run on a store worker
+            // thread. The upgrade is done before the answer so that the client's next login, which
+            // may pick the upgraded mechanism at once, finds the keys.
             let result = store
                 .run(move |db| {
                     let found = db.credentials(&host, &username)?;
-                    Ok(match plain_password {
-                        Some(p) => {
-                            Input::PlainChecked(found.is_some_and(|c| c.verify_password(&p)))
+                    let (Some(p), Some(found)) = (plain_password.as_deref(), &found) else {
+                        return Ok(match plain_password {
+                            Some(_) => Input::PlainChecked(false),
+                            None => Input::Credentials(found),
+                        });
+                    };
+                    Ok(match found.verify_plain(p) {
+                        PlainVerdict::Wrong => Input::PlainChecked(false),
+                        PlainVerdict::Right { completed: None } => Input::PlainChecked(true),
+                        PlainVerdict::Right {
+                            completed: Some(full),
+                        } => {
+                            let name = match found.missing_hash() {
+                                Some(Hash::Sha1) => "SCRAM-SHA-1",
+                                _ => "SCRAM-SHA-256",
+                            };
+                            let outcome =
+                                match db.replace_credentials(&host, &username, found, &full) {
+                                    Ok(true) => Ok(name),
+                                    Ok(false) => Err("the credentials changed meanwhile".into()),
+                                    Err(e) => Err(e.to_string()),
+                                };
+                            Input::PlainUpgraded {
+                                jid: format!("{username}@{host}"),
+                                outcome,
+                            }
                         }
-                        None => Input::Credentials(found),
                     })
                 })
                 .await;
@@ -368,6 +398,23 @@ impl StreamGlue for C2sGlue {
             match input {
                 Input::Credentials(c) => self.c2s.credentials(c.as_ref()),
                 Input::PlainChecked(ok) => self.c2s.plain_checked(ok),
+                Input::PlainUpgraded { jid, outcome } => {
+                    match outcome {
+                        // No `peer`, so the per-address rate limit never holds it back: it comes
+                        // once per account after a verified password, and operators count these
+                        // lines to follow a migration.
+                        Ok(mechanism) => log::info!(
+                            event = "keys-upgraded", jid = jid.as_str(), mechanism = mechanism;
+                            "keys of the missing hash made from the PLAIN password"
+                        ),
+                        Err(e) => log::warn!(
+                            event = "keys-upgrade-failed", jid = jid.as_str(),
+                            error = e.as_str(), peer:% = self.peer;
+                            "the keys of the missing hash were not stored"
+                        ),
+                    }
+                    self.c2s.plain_checked(true)
+                }
                 Input::Unavailable => self.c2s.credentials_unavailable(),
             }
         }

@@ -44,6 +44,9 @@ pub struct C2sSettings {
     pub auth_timeout: Duration,
     /// Offer only PLAIN (external authentication needs the password itself).
     pub plain_only: bool,
+    /// The SASL mechanisms configured (`[auth] mechanisms`), in order of preference; a stream offers
+    /// those it can (see [`offered_mechanisms`]).
+    pub mechanisms: Vec<Mechanism>,
     /// Hosts offering in-band registration (XEP-0077) before authentication; replaced when a
     /// configuration reload changes `mod_register`.
     pub register_hosts: std::sync::Arc<std::sync::RwLock<Vec<String>>>,
@@ -113,6 +116,20 @@ pub enum BindError {
     BadResource,
     /// The account has as many sessions as it may.
     TooManySessions,
+}
+
+/// The mechanisms a stream offers, from the `configured` ones in their order: -PLUS ones only with
+/// channel-binding data (`plus`), and only PLAIN with external authentication (`plain_only`).
+pub fn offered_mechanisms(
+    configured: &[Mechanism],
+    plus: bool,
+    plain_only: bool,
+) -> impl Iterator<Item = Mechanism> + '_ {
+    configured
+        .iter()
+        .copied()
+        .filter(move |m| plus || !m.is_plus())
+        .filter(move |m| !plain_only || *m == Mechanism::Plain)
 }
 
 /// A get or set whose one payload is `<query xmlns='jabber:iq:register'/>`.
@@ -493,12 +510,17 @@ impl C2s {
     }
 
     fn mechanisms(&self) -> impl Iterator<Item = Mechanism> + '_ {
-        let plus = self.secure && self.bindings.any();
-        let plain_only = self.settings.plain_only;
-        Mechanism::ALL
-            .into_iter()
-            .filter(move |m| plus || !m.is_plus())
-            .filter(move |m| !plain_only || *m == Mechanism::Plain)
+        offered_mechanisms(
+            &self.settings.mechanisms,
+            self.secure && self.bindings.any(),
+            self.settings.plain_only,
+        )
+    }
+
+    /// Whether this stream offers a -PLUS mechanism: only then does a client's `y` flag (it could bind
+    /// but thinks the server cannot) mean a downgrade, and only then is XEP-0440's list worth sending.
+    fn offers_plus(&self) -> bool {
+        self.mechanisms().any(Mechanism::is_plus)
     }
 
     fn features(&self) -> Vec<u8> {
@@ -530,7 +552,7 @@ impl C2s {
                     f.push_str("<register xmlns='http://jabber.org/features/iq-register'/>");
                 }
                 self.roster_features(&mut f);
-                if self.secure && self.bindings.any() {
+                if self.offers_plus() {
                     f.push_str("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
                     for t in self.bindings.types() {
                         f.push_str("<channel-binding type='");
@@ -660,7 +682,7 @@ impl C2s {
         };
         let mut nonce = [0u8; 18];
         (self.random)(&mut nonce);
-        let plus_offered = self.secure && self.bindings.any();
+        let plus_offered = self.offers_plus();
         self.sasl = Some(SaslServer::new(
             mech,
             self.bindings.clone(),
@@ -902,6 +924,7 @@ mod tests {
             max_sasl_failures: 2,
             auth_timeout: Duration::from_secs(30),
             plain_only: false,
+            mechanisms: Mechanism::ALL.to_vec(),
             register_hosts: std::sync::Arc::new(std::sync::RwLock::new(vec!["example.org".into()])),
             rosterver_hosts: std::sync::Arc::default(),
             preapproval_hosts: std::sync::Arc::default(),
@@ -933,11 +956,15 @@ mod tests {
 
     impl Peer {
         fn new(tls_required: bool, secure: bool, piece: usize) -> Peer {
+            Peer::with(settings(tls_required), secure, piece)
+        }
+
+        fn with(settings: Arc<C2sSettings>, secure: bool, piece: usize) -> Peer {
             let mut counter = 0u8;
             Peer {
                 parser: StreamParser::new(Limits::default()),
                 c2s: C2s::new(
-                    settings(tls_required),
+                    settings,
                     secure,
                     ChannelBindings::default(),
                     Instant::now(),
@@ -1055,9 +1082,18 @@ mod tests {
         /// A SCRAM-SHA-256 exchange as juliet with `password`: the client machine and the
         /// server's last answer.
         fn scram(&mut self, password: &str) -> (ScramClient, String) {
-            let mut scram = ScramClient::new(Hash::Sha256, "juliet", password, "cnonce", None);
+            self.scram_with(Hash::Sha256, "SCRAM-SHA-256", password)
+        }
+
+        fn scram_with(
+            &mut self,
+            hash: Hash,
+            mechanism: &str,
+            password: &str,
+        ) -> (ScramClient, String) {
+            let mut scram = ScramClient::new(hash, "juliet", password, "cnonce", None);
             let out = self.client(&format!(
-                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
                 B64.encode(scram.client_first())
             ));
             let challenge = between(
@@ -1170,6 +1206,75 @@ mod tests {
         assert!(out.starts_with("<success"), "{out}");
         assert_eq!(p.auths[1], ("PLAIN", Some("juliet".to_string()), Ok(())));
         assert!(p.c2s.is_secure());
+    }
+
+    fn offered(out: &str) -> Vec<&str> {
+        between(
+            out,
+            "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>",
+            "</mechanisms>",
+        )
+        .split("</mechanism>")
+        .filter_map(|m| m.strip_prefix("<mechanism>"))
+        .collect()
+    }
+
+    #[test]
+    fn the_configured_mechanisms_are_offered_in_their_order_and_no_others_accepted() {
+        use Mechanism::*;
+        let bindings = || ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: None,
+        };
+        let mut s = (*settings(true)).clone();
+        s.mechanisms = vec![ScramSha1Plus, ScramSha1, Plain];
+        let s = Arc::new(s);
+        let mut p = Peer::with(s.clone(), true, usize::MAX);
+        p.c2s.tls_established(bindings());
+        let out = p.client(HDR);
+        assert_eq!(
+            offered(&out),
+            ["SCRAM-SHA-1-PLUS", "SCRAM-SHA-1", "PLAIN"],
+            "{out}"
+        );
+        assert!(out.contains("<sasl-channel-binding"), "{out}");
+        for refused in ["SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "DIGEST-MD5"] {
+            let out = p.client(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{refused}'>biwsbj1qdWxpZXQscj1hYmM=</auth>"
+            ));
+            assert!(out.contains("<invalid-mechanism/>"), "{refused}: {out}");
+            // Reset the cap (2) between attempts: this is about the condition, not the count.
+            p.c2s.sasl_failures = 0;
+        }
+        let (_, out) = p.scram_with(Hash::Sha1, "SCRAM-SHA-1", "pencil");
+        assert!(out.contains("<success"), "{out}");
+
+        // Without channel-binding data the -PLUS ones go, and so does XEP-0440's list.
+        let mut p = Peer::with(s.clone(), true, usize::MAX);
+        let out = p.client(HDR);
+        assert_eq!(offered(&out), ["SCRAM-SHA-1", "PLAIN"], "{out}");
+        assert!(!out.contains("sasl-channel-binding"), "{out}");
+
+        // No -PLUS configured: a client that could bind and says so (`y`) is no downgrade victim.
+        let mut s2 = (*s).clone();
+        s2.mechanisms = vec![ScramSha256, Plain];
+        let mut p = Peer::with(Arc::new(s2), true, usize::MAX);
+        p.c2s.tls_established(bindings());
+        let out = p.client(HDR);
+        assert_eq!(offered(&out), ["SCRAM-SHA-256", "PLAIN"], "{out}");
+        assert!(!out.contains("sasl-channel-binding"), "{out}");
+        let out = p.client(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            B64.encode("y,,n=juliet,r=abc")
+        ));
+        assert!(out.starts_with("<challenge"), "{out}");
+
+        // External authentication keeps PLAIN alone, wherever the list puts it.
+        let mut s3 = (*s).clone();
+        s3.plain_only = true;
+        let mut p = Peer::with(Arc::new(s3), true, usize::MAX);
+        p.c2s.tls_established(bindings());
+        assert_eq!(offered(&p.client(HDR)), ["PLAIN"]);
     }
 
     #[test]

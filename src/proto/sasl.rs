@@ -168,12 +168,66 @@ impl Credentials {
         }
     }
 
+    /// The hash whose keys the account lacks while it has the other's (an import from a server that
+    /// kept one hash), or `None` when it has both, or neither (nothing to check a password against).
+    pub fn missing_hash(&self) -> Option<Hash> {
+        match (
+            self.sha1.stored_key.is_empty(),
+            self.sha256.stored_key.is_empty(),
+        ) {
+            (true, false) => Some(Hash::Sha1),
+            (false, true) => Some(Hash::Sha256),
+            _ => None,
+        }
+    }
+
+    /// PLAIN's check with the key upgrade: whether `password` (prepared, as PLAIN hands it over) is the
+    /// account's and, when it is and the account lacks one hash's keys, the credentials completed with
+    /// them (to be stored, so that the mechanism of that hash works from then on).
+    pub fn verify_plain(&self, password: &str) -> PlainVerdict {
+        if !self.verify_password(password) {
+            return PlainVerdict::Wrong;
+        }
+        PlainVerdict::Right {
+            completed: self.completed_with(password),
+        }
+    }
+
+    /// The credentials with the missing hash's keys derived from `password`, which must have been
+    /// verified; `None` when nothing is missing. The new keys take the salt and iteration count of
+    /// the existing ones: the store keeps one of each per account, and so the keys that work today
+    /// stay exactly as they are.
+    fn completed_with(&self, password: &str) -> Option<Credentials> {
+        let missing = self.missing_hash()?;
+        let have = self.for_hash(match missing {
+            Hash::Sha1 => Hash::Sha256,
+            Hash::Sha256 => Hash::Sha1,
+        });
+        let derived = ScramCredential::derive(missing, password, &have.salt, have.iterations);
+        let mut full = self.clone();
+        match missing {
+            Hash::Sha1 => full.sha1 = derived,
+            Hash::Sha256 => full.sha256 = derived,
+        }
+        Some(full)
+    }
+
     pub fn for_hash(&self, hash: Hash) -> &ScramCredential {
         match hash {
             Hash::Sha1 => &self.sha1,
             Hash::Sha256 => &self.sha256,
         }
     }
+}
+
+/// What [`Credentials::verify_plain`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlainVerdict {
+    Wrong,
+    /// The password is right; `completed` is `Some` when the account lacked one hash's keys.
+    Right {
+        completed: Option<Credentials>,
+    },
 }
 
 /// Prepares a password with the OpaqueString profile (RFC 8265 §4.2), as SCRAM's SASLprep successor.
@@ -913,6 +967,59 @@ mod tests {
         );
         let mut s = SaslServer::new(Mechanism::Plain, ChannelBindings::default(), false, b"");
         assert!(s.step(b"user@example.org\0user\0pencil").is_ok());
+    }
+
+    /// An account with one hash's keys, as an import leaves it: the other's are empty, with the same
+    /// salt and iteration count.
+    fn one_hash(creds: &Credentials, keep: Hash) -> Credentials {
+        let mut one = creds.clone();
+        let gone = match keep {
+            Hash::Sha1 => &mut one.sha256,
+            Hash::Sha256 => &mut one.sha1,
+        };
+        gone.stored_key.clear();
+        gone.server_key.clear();
+        one
+    }
+
+    #[test]
+    fn the_missing_hash_is_completed_from_the_password() {
+        let full = Credentials::from_password("pencil", b"saltsaltsaltsalt", 4096).unwrap();
+        assert_eq!(full.missing_hash(), None);
+        assert_eq!(
+            full.verify_plain("pencil"),
+            PlainVerdict::Right { completed: None },
+            "nothing to upgrade"
+        );
+        for (keep, missing) in [(Hash::Sha1, Hash::Sha256), (Hash::Sha256, Hash::Sha1)] {
+            let one = one_hash(&full, keep);
+            assert_eq!(one.missing_hash(), Some(missing));
+            assert!(one.verify_password("pencil"));
+            // Same salt and iterations: the result is what a password set with them gives.
+            assert_eq!(
+                one.verify_plain("pencil"),
+                PlainVerdict::Right {
+                    completed: Some(full.clone())
+                }
+            );
+            assert_eq!(one.verify_plain("pencil!"), PlainVerdict::Wrong);
+            let mech = match missing {
+                Hash::Sha1 => Mechanism::ScramSha1,
+                Hash::Sha256 => Mechanism::ScramSha256,
+            };
+            let mut c = ScramClient::new(missing, "user", "pencil", "abc", None);
+            assert_eq!(
+                run(mech, Some(&one), &mut c, ChannelBindings::default()),
+                Err(SaslError::NotAuthorized),
+                "empty keys match no proof"
+            );
+            let upgraded = one.completed_with("pencil").unwrap();
+            let mut c = ScramClient::new(missing, "user", "pencil", "abc", None);
+            assert!(run(mech, Some(&upgraded), &mut c, ChannelBindings::default()).is_ok());
+        }
+        let none = one_hash(&one_hash(&full, Hash::Sha1), Hash::Sha256);
+        assert_eq!(none.missing_hash(), None, "no keys: nothing to derive from");
+        assert_eq!(none.verify_plain("pencil"), PlainVerdict::Wrong);
     }
 
     #[test]

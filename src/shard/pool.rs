@@ -226,6 +226,12 @@ pub fn reload(shared: &ServerShared) -> Result<Reloaded, String> {
     if new.host_names() != shared.hosts {
         notes.push("hosts changed; that needs a restart (modules reloaded)".to_string());
     }
+    // The streams' settings (mechanisms, plaintext) and the extauth pool are made once at start, so
+    // like the other sections [auth] waits for a restart; saying so spares an operator who edited
+    // `mechanisms` for a migration the surprise of an unchanged server.
+    if new.auth != shared.config.auth {
+        notes.push("[auth] changed; that needs a restart (modules reloaded)".to_string());
+    }
     let generation = set_module_plan(shared, plan);
     Ok(Reloaded {
         generation,
@@ -340,6 +346,7 @@ pub(crate) fn shared_state(
         max_sasl_failures: config.limits.max_sasl_failures,
         auth_timeout: Duration::from_secs(config.limits.auth_timeout_secs),
         plain_only: config.auth.method == AuthMethod::External,
+        mechanisms: config.auth.mechanisms(),
         register_hosts: Arc::new(std::sync::RwLock::new(register_hosts(&plan))),
         rosterver_hosts: Arc::new(std::sync::RwLock::new(rosterver_hosts(&plan))),
         preapproval_hosts: Arc::new(std::sync::RwLock::new(preapproval_hosts(&plan))),

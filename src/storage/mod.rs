@@ -42,6 +42,16 @@ pub trait Accounts {
         username: &str,
         creds: &Credentials,
     ) -> Result<(), StoreError>;
+    /// Replaces an account's credentials with `new` if they still are `old`, in one statement; false
+    /// when they are not (changed meanwhile, e.g. a password set, which then stands) or the account
+    /// is gone.
+    fn replace_credentials(
+        &self,
+        host: &str,
+        username: &str,
+        old: &Credentials,
+        new: &Credentials,
+    ) -> Result<bool, StoreError>;
     /// Removes an account and every module's data for it, atomically; fails when it does not exist.
     fn delete(&self, host: &str, username: &str) -> Result<(), StoreError>;
     /// Every account as `(host, username)`, sorted; only `host`'s when given.
@@ -409,7 +419,29 @@ pub(crate) mod tests {
         db.add("example.org", "imported", &one).unwrap();
         assert_eq!(
             db.credentials("example.org", "imported").unwrap(),
-            Some(one)
+            Some(one.clone())
+        );
+        // The upgrade at a PLAIN login replaces them only if they are still what it read.
+        let stale = Credentials::from_password("other", b"fedcba9876543210", 4096).unwrap();
+        assert!(
+            !db.replace_credentials("example.org", "imported", &stale, &c)
+                .unwrap()
+        );
+        assert!(
+            db.replace_credentials("example.org", "imported", &one, &c)
+                .unwrap()
+        );
+        assert_eq!(
+            db.credentials("example.org", "imported").unwrap(),
+            Some(c.clone())
+        );
+        assert!(
+            !db.replace_credentials("example.org", "imported", &one, &c)
+                .unwrap()
+        );
+        assert!(
+            !db.replace_credentials("example.org", "nobody", &one, &c)
+                .unwrap()
         );
         db.delete("example.org", "imported").unwrap();
     }

@@ -457,7 +457,7 @@ pub fn credentials_for(a: &Account, iterations: u32) -> Result<(Credentials, Vec
         }
         (Some(s1), None) => {
             notes.push(
-                "SCRAM-SHA-1 only: SCRAM-SHA-256 logins fail until the password is set".into(),
+                "SCRAM-SHA-1 only: SCRAM-SHA-256 logins fail until a PLAIN login or a password set makes its keys".into(),
             );
             Credentials {
                 sha256: empty(Hash::Sha256, &s1),
@@ -465,7 +465,7 @@ pub fn credentials_for(a: &Account, iterations: u32) -> Result<(Credentials, Vec
             }
         }
         (None, Some(s256)) => {
-            notes.push("SCRAM-SHA-256 only: SCRAM-SHA-1 logins fail".into());
+            notes.push("SCRAM-SHA-256 only: SCRAM-SHA-1 logins fail until a PLAIN login or a password set makes its keys".into());
             Credentials {
                 sha1: empty(Hash::Sha1, &s256),
                 sha256: s256,

@@ -197,6 +197,7 @@ fn apply_migrations(client: &mut Client) -> Result<Vec<i32>, StoreError> {
 struct Statements {
     add: Statement,
     set_credentials: Statement,
+    replace_credentials: Statement,
     delete_user: Statement,
     delete_data: Statement,
     delete_roster: Statement,
@@ -238,6 +239,12 @@ impl Statements {
             set_credentials: c.prepare(&format!(
                 "UPDATE users SET iterations = $3, salt = $4, sha1_stored_key = $5,
                  sha1_server_key = $6, sha256_stored_key = $7, sha256_server_key = $8 {user}"
+            ))?,
+            replace_credentials: c.prepare(&format!(
+                "UPDATE users SET iterations = $3, salt = $4, sha1_stored_key = $5,
+                 sha1_server_key = $6, sha256_stored_key = $7, sha256_server_key = $8 {user}
+                 AND iterations = $9 AND salt = $10 AND sha1_stored_key = $11
+                 AND sha1_server_key = $12 AND sha256_stored_key = $13 AND sha256_server_key = $14"
             ))?,
             delete_user: c.prepare(&format!("DELETE FROM users {user}"))?,
             delete_data: c.prepare(&format!("DELETE FROM account_data {user}"))?,
@@ -532,6 +539,37 @@ impl Accounts for PgStore {
             return Err(StoreError(format!("{username}@{host} does not exist")));
         }
         Ok(())
+    }
+
+    fn replace_credentials(
+        &self,
+        host: &str,
+        username: &str,
+        old: &Credentials,
+        new: &Credentials,
+    ) -> Result<bool, StoreError> {
+        let n = self.with(|c| {
+            c.client.execute(
+                &c.st.replace_credentials,
+                &[
+                    &host,
+                    &username,
+                    &i64::from(new.sha256.iterations),
+                    &new.sha256.salt,
+                    &new.sha1.stored_key,
+                    &new.sha1.server_key,
+                    &new.sha256.stored_key,
+                    &new.sha256.server_key,
+                    &i64::from(old.sha256.iterations),
+                    &old.sha256.salt,
+                    &old.sha1.stored_key,
+                    &old.sha1.server_key,
+                    &old.sha256.stored_key,
+                    &old.sha256.server_key,
+                ],
+            )
+        })?;
+        Ok(n > 0)
     }
 
     fn delete(&self, host: &str, username: &str) -> Result<(), StoreError> {

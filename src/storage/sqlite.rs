@@ -132,6 +132,39 @@ impl Accounts for UserDb {
         Ok(())
     }
 
+    fn replace_credentials(
+        &self,
+        host: &str,
+        username: &str,
+        old: &Credentials,
+        new: &Credentials,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE users SET iterations = ?3, salt = ?4, sha1_stored_key = ?5, sha1_server_key = ?6,
+                 sha256_stored_key = ?7, sha256_server_key = ?8
+             WHERE host = ?1 AND username = ?2 AND iterations = ?9 AND salt = ?10
+                 AND sha1_stored_key = ?11 AND sha1_server_key = ?12
+                 AND sha256_stored_key = ?13 AND sha256_server_key = ?14",
+            params![
+                host,
+                username,
+                new.sha256.iterations,
+                new.sha256.salt,
+                new.sha1.stored_key,
+                new.sha1.server_key,
+                new.sha256.stored_key,
+                new.sha256.server_key,
+                old.sha256.iterations,
+                old.sha256.salt,
+                old.sha1.stored_key,
+                old.sha1.server_key,
+                old.sha256.stored_key,
+                old.sha256.server_key
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
     /// Removes an account and every module's data for it.
     fn delete(&self, host: &str, username: &str) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction()?;
