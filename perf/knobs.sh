@@ -11,15 +11,29 @@
 #                             harness): chat among 1,000 users at 1,000 and 10,000 msg/s
 #   perf/knobs.sh tls         TLS resumption off / session cache / stateless tickets: 3,000 STARTTLS
 #                             logins (the harness's TLS client resumes whenever the server lets it)
+#   perf/knobs.sh storage     [storage] backend sqlite vs postgres (a throw-away PostgreSQL on CPU 0, fsync
+#                             on), alternating, ROUNDS=2 rounds each: 3,000 SCRAM-SHA-256 logins; offline
+#                             messages, 10,000 stored by 100 senders and retrieved by 200 recipients
 set -euo pipefail
 cd "$(dirname "$0")/.."
-knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls}
+knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls|storage}
 
 cargo build --release -q -p rjabberd -p bench-harness
-bench=target/release/rjabberd-bench
+target=${CARGO_TARGET_DIR:-target}
+bench=$target/release/rjabberd-bench
 work=$(mktemp -d /tmp/rjabberd-knobs.XXXXXX)
 server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true; rm -rf "$work"; }
+# The throw-away PostgreSQL of `storage`, once started: its data directory, and how to run its programs
+# (as `postgres` when we are root, since PostgreSQL refuses to run as root).
+pg_data=""
+pg_bin=""
+as_pg=()
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  # Immediate: nothing in it is worth a clean shutdown, and it must not wait for clients.
+  [ -n "$pg_data" ] && (cd / && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w stop) >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # start BIN NAME [LIMITS] [TAIL]: a fresh server with 6,000 provisioned users on 127.0.0.1:15333, LIMITS
@@ -42,7 +56,8 @@ $extra
 allow_plaintext = true
 $tail
 CONF
-  "$bench" provision --data-dir "$dir/data" --users 6000 >/dev/null
+  # Through the configuration, so that the users land in its [storage], whichever backend.
+  "$bench" provision --config "$dir/rjabberd.toml" --users 6000 > "$dir/provision.log"
   taskset -c "${SERVER_CPUS:-0}" "$bin" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do grep -q "serving" "$dir/server.log" 2>/dev/null && return; sleep 0.1; done
@@ -51,10 +66,36 @@ CONF
 stop() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 run() { taskset -c 1 "$bench" run --server 127.0.0.1:15333 --server-pid "$server_pid" "$@"; }
 
+# pg_start DIR: a throw-away PostgreSQL in DIR, on CPU 0 with the server (so that CPU per login counts
+# what the database costs the machine, not a core of its own), listening on a Unix socket in DIR only;
+# sets pg_data and pg_bin (call it in this shell, not in $(…)). fsync, synchronous_commit and
+# full_page_writes keep their defaults (on), as in production: every commit waits for its WAL to reach
+# the disk.
+pg_start() {
+  local dir=$1
+  pg_bin=${RJABBERD_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+  [ -x "$pg_bin/initdb" ] || { echo "PostgreSQL is not installed (no initdb)" >&2; exit 1; }
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    as_pg=(runuser -u postgres --)
+    chown postgres: "$dir"
+    # mktemp made the work directory 0700: the postgres user must reach its socket directory.
+    chmod 711 "$work"
+  fi
+  # The postgres user may not be allowed into the caller's working directory.
+  (cd "$dir" && "${as_pg[@]}" "$pg_bin/initdb" -D "$dir/data" -U rjabberd --auth=trust -E UTF8 --no-sync) \
+    > "$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+  pg_data=$dir/data
+  (cd "$dir" && taskset -c 0 "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" \
+    -o "-c listen_addresses='' -c unix_socket_directories='$dir'" -w start) > /dev/null \
+    || { cat "$dir/postgres.log" >&2; exit 1; }
+  (cd "$dir" && "${as_pg[@]}" "$pg_bin/createdb" -h "$dir" -U rjabberd rjabberd)
+}
+
 case $knob in
   allocator)
     cargo build --release -q -p rjabberd --features system-allocator --target-dir target/sysalloc
-    for variant in mimalloc:target/release/rjabberd system:target/sysalloc/release/rjabberd; do
+    for variant in mimalloc:$target/release/rjabberd system:target/sysalloc/release/rjabberd; do
       name=${variant%%:*}
       start "${variant#*:}" "$name"
       echo "== $name"
@@ -67,7 +108,7 @@ case $knob in
   backlog)
     echo "net.core.somaxconn = $(cat /proc/sys/net/core/somaxconn) (caps the backlog)"
     for value in 128 1024 4096; do
-      start target/release/rjabberd "backlog-$value" "listen_backlog = $value"
+      start "$target/release/rjabberd" "backlog-$value" "listen_backlog = $value"
       echo "== listen_backlog $value"
       run --tls none --scenario login --users 5000 --login-concurrency 2000 --label "backlog $value" \
         | grep -E "logins:|login latency|CPU per login"
@@ -76,7 +117,7 @@ case $knob in
     ;;
   shards)
     for n in 1 2; do
-      SHARDS=$n SERVER_CPUS=$([ "$n" = 1 ] && echo 0 || echo 0,1) start target/release/rjabberd "shards-$n"
+      SHARDS=$n SERVER_CPUS=$([ "$n" = 1 ] && echo 0 || echo 0,1) start "$target/release/rjabberd" "shards-$n"
       echo "== $n shard(s)"
       for rate in 1000 10000; do
         run --tls none --scenario chat --users 1000 --rate $rate --duration 10 --label "$n shards" \
@@ -90,12 +131,42 @@ case $knob in
                    "tickets:session_cache_size = 0
 session_tickets = true"; do
       name=${setting%%:*}
-      start target/release/rjabberd "tls-$name" "" "[tls]
+      start "$target/release/rjabberd" "tls-$name" "" "[tls]
 ${setting#*:}"
       echo "== TLS resumption: $name"
       run --scenario login --users 3000 --tls starttls --mech scram-sha256 --label "tls $name" \
         | grep -E "logins:|login latency|CPU per login"
       stop
+    done
+    ;;
+  storage)
+    pg_start "$work/pg"
+    url="host=$work/pg user=rjabberd dbname=rjabberd"
+    db_pid=$(head -1 "$pg_data/postmaster.pid")
+    echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on CPU 0, fsync $(cd / &&
+      "${as_pg[@]}" "$pg_bin/psql" -h "$work/pg" -U rjabberd -d rjabberd -Atc 'show fsync'), synchronous_commit $(cd / &&
+      "${as_pg[@]}" "$pg_bin/psql" -h "$work/pg" -U rjabberd -d rjabberd -Atc 'show synchronous_commit')"
+    for round in $(seq "${ROUNDS:-2}"); do
+      for backend in sqlite postgres; do
+        storage="[storage]
+backend = \"$backend\""
+        dbargs=()
+        if [ "$backend" = postgres ]; then
+          storage="$storage
+url = \"$url\""
+          dbargs=(--db-pid "$db_pid")
+        fi
+        # One database for every postgres round: the accounts stay, the offline queue is empty again.
+        start "$target/release/rjabberd" "storage-$backend-$round" "" "$storage"
+        echo "== $backend, round $round ($(cat "$work/storage-$backend-$round/provision.log"))"
+        run --tls none --scenario login --users 3000 --mech scram-sha256 --label "$backend" "${dbargs[@]}" \
+          | grep -E "logins:|login latency|CPU per login"
+        # Let the server end the storm's sessions before messages go to some of those users.
+        sleep 1
+        run --tls none --scenario offline --users 100 --recipients 200 --messages 100 --batch 10 \
+          --mech scram-sha256 --label "$backend" "${dbargs[@]}" | grep -E "^offline|per recipient"
+        stop
+      done
     done
     ;;
   *) echo "unknown knob $knob" >&2; exit 2 ;;

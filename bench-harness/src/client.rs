@@ -37,7 +37,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + 'static> Io for T {
         self
     }
 }
-type Stream = Box<dyn Io>;
+pub(crate) type Stream = Box<dyn Io>;
 
 /// Accepts any server certificate: for loopback benchmarks without `--ca`.
 #[derive(Debug)]
@@ -119,7 +119,7 @@ pub fn tls_connector(args: &RunArgs) -> Result<futures_rustls::TlsConnector, Str
 /// The time origin every harness thread measures from (an `Instant` is comparable across threads).
 static BASE: OnceLock<Instant> = OnceLock::new();
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
@@ -209,9 +209,13 @@ pub struct Summary {
     pub login_failures: usize,
     pub steps: Vec<ChatStep>,
     pub server_cpu_login_s: Option<f64>,
+    /// The database's CPU over the login phase (`--db-pid`).
+    pub db_cpu_login_s: Option<f64>,
     pub harness_cpu_login_s: f64,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// The `offline` scenario's phases.
+    pub offline: Option<crate::offline::OfflineResult>,
 }
 
 pub struct ChatStep {
@@ -262,6 +266,36 @@ pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds of a process and of its direct children: a database server (PostgreSQL forks a backend
+/// per connection and its WAL writer, checkpointer … under the postmaster), whose work for the server
+/// happens in those children. Children that have exited are not counted (the backends of the server's
+/// connections live as long as it does).
+pub fn tree_cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let pid = pid?;
+    let mut total = cpu_secs(Some(pid))?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The command may hold spaces and parentheses: the fields after the last ')' are state, ppid.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            total += cpu_secs(Some(child)).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -274,15 +308,36 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs .. 100 s, 3 significant digits.
     Histogram::new_with_bounds(1_000, 100_000_000_000, 3).expect("valid bounds")
+}
+
+/// Where the harness threads run: `--cpus`, or anywhere.
+pub(crate) fn placement(args: &RunArgs) -> PoolPlacement {
+    let threads = args.threads.max(1);
+    if args.cpus.is_empty() {
+        PoolPlacement::Unbound(threads)
+    } else {
+        PoolPlacement::Custom(
+            (0..threads)
+                .map(|t| {
+                    glommio::CpuSet::online()
+                        .expect("CPUs")
+                        .filter(|c| c.cpu == args.cpus[t % args.cpus.len()])
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Runs the scenario of `args`; returns what was measured.
 pub fn run(args: &RunArgs) -> Result<Summary, String> {
     let _ = now_ns();
     tls_connector(args)?;
+    if args.scenario == Scenario::Offline {
+        return crate::offline::run(args);
+    }
     if let Some(path) = &args.trace_file {
         let mut f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let unix_ns = std::time::SystemTime::now()
@@ -301,20 +356,9 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
         .rate_milli
         .store((args.rate * 1000.0) as u64, Ordering::SeqCst);
     let threads = args.threads.max(1);
-    let placement = if args.cpus.is_empty() {
-        PoolPlacement::Unbound(threads)
-    } else {
-        PoolPlacement::Custom(
-            (0..threads)
-                .map(|t| {
-                    glommio::CpuSet::online()
-                        .expect("CPUs")
-                        .filter(|c| c.cpu == args.cpus[t % args.cpus.len()])
-                })
-                .collect(),
-        )
-    };
+    let placement = placement(args);
     let server_cpu0 = cpu_secs(args.server_pid);
+    let db_cpu0 = tree_cpu_secs(args.db_pid);
     let harness_cpu0 = cpu_secs(None).unwrap_or(0.0);
     let rss_before = args.server_pid.and_then(rss_kib);
     let login_started = Instant::now();
@@ -348,6 +392,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
     let server_cpu_login = server_cpu0
         .zip(cpu_secs(args.server_pid))
         .map(|(a, b)| b - a);
+    let db_cpu_login = db_cpu0.zip(tree_cpu_secs(args.db_pid)).map(|(a, b)| b - a);
     let harness_cpu_login = cpu_secs(None).unwrap_or(0.0) - harness_cpu0;
     eprintln!(
         "  {} online in {login_secs:.2} s ({} failed)",
@@ -358,7 +403,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
     let mut rss_after = None;
     let mut steps = Vec::new();
     match args.scenario {
-        Scenario::Login => {}
+        Scenario::Login | Scenario::Offline => {}
         Scenario::Idle => {
             std::thread::sleep(secs(args.settle));
             rss_after = args.server_pid.and_then(rss_kib);
@@ -507,9 +552,11 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
         login_failures: shared.login_failures.load(Ordering::SeqCst),
         steps: chat_steps,
         server_cpu_login_s: server_cpu_login,
+        db_cpu_login_s: db_cpu_login,
         harness_cpu_login_s: harness_cpu_login,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
+        offline: None,
     })
 }
 
@@ -983,7 +1030,7 @@ impl Rng {
 }
 
 /// Connects from `source`, then negotiates: header, SASL, restart, bind, initial presence.
-async fn login(
+pub(crate) async fn login(
     args: &RunArgs,
     connector: &futures_rustls::TlsConnector,
     user: usize,
@@ -1162,7 +1209,7 @@ async fn login(
     Ok((stream, p, early))
 }
 
-async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
+pub(crate) async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
     stream
         .write_all(bytes)
         .await
@@ -1219,7 +1266,7 @@ async fn expect_header(
     }
 }
 
-async fn element(
+pub(crate) async fn element(
     stream: &mut Stream,
     p: &mut StreamParser,
     buf: &mut [u8],
@@ -1347,13 +1394,13 @@ async fn steady(
 
 /// Live progress: an indicatif bar with current rates when stderr is a terminal, otherwise one plain line
 /// per update (for logs and `perf/compare.sh`).
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     label: String,
 }
 
 impl Progress {
-    fn new(len: u64, label: &str) -> Progress {
+    pub(crate) fn new(len: u64, label: &str) -> Progress {
         use std::io::IsTerminal;
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(len);
@@ -1373,11 +1420,11 @@ impl Progress {
         }
     }
 
-    fn is_bar(&self) -> bool {
+    pub(crate) fn is_bar(&self) -> bool {
         self.bar.is_some()
     }
 
-    fn update(&self, position: u64, message: String) {
+    pub(crate) fn update(&self, position: u64, message: String) {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(position);
@@ -1387,7 +1434,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
         }

@@ -3,6 +3,7 @@
 //! and the harness's own tests.
 
 pub mod client;
+pub mod offline;
 pub mod report;
 
 use std::net::SocketAddr;
@@ -26,6 +27,11 @@ pub enum Scenario {
     /// both, provisioned on the server beforehand); once all are online, presence updates at `--rate`
     /// per second each reach K contacts. Needs a server with rosters.
     Presence,
+    /// Offline messages (XEP-0160): `--users` senders each send `--messages` chat messages to
+    /// `--recipients` accounts that are offline (the users after the senders), `--batch` at a time, each
+    /// batch closed by two store-backed IQs; then the recipients log in and receive what was kept. Store
+    /// and retrieve rates, and every message accounted for.
+    Offline,
 }
 
 /// The contacts of user `i` among `n` in the presence scenario: its ring neighbours `i±1 … i±K/2`
@@ -40,17 +46,49 @@ pub fn contacts(i: usize, n: usize, k: usize) -> Vec<usize> {
     out
 }
 
+/// The `offline` scenario's plan: message `k` of sender `i` (of `senders`) goes to recipient
+/// `senders + (k * senders + i) % recipients`, so that consecutive messages of one sender, and the
+/// messages of one batch across senders, spread over every recipient.
+pub fn offline_recipient(sender: usize, k: usize, senders: usize, recipients: usize) -> usize {
+    senders + (k * senders + sender) % recipients.max(1)
+}
+
+/// How many messages recipient `r` (its index among the recipients, from 0) gets in the `offline`
+/// plan: `senders * messages` spread round robin.
+pub fn offline_expected(r: usize, senders: usize, messages: usize, recipients: usize) -> usize {
+    let total = senders * messages;
+    let recipients = recipients.max(1);
+    total / recipients + usize::from(r < total % recipients)
+}
+
+/// The store `provision` writes into: rjabberd's configured one (`[storage]`, either backend, through
+/// `rjabberd::storage::open` as `rjabberd user add` does) when a configuration file is given, else the
+/// SQLite file in `data_dir`.
+pub fn open_store(
+    data_dir: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> Result<Box<dyn rjabberd::storage::Store>, String> {
+    match (config, data_dir) {
+        (Some(path), _) => {
+            let config = rjabberd::config::Config::load(path).map_err(|e| e.to_string())?;
+            rjabberd::storage::open(&config.storage, &config.data_dir).map_err(|e| e.to_string())
+        }
+        (None, Some(dir)) => Ok(Box::new(
+            rjabberd::storage::UserDb::open(dir).map_err(|e| e.to_string())?,
+        )),
+        (None, None) => Err("provision needs --data-dir or --config".into()),
+    }
+}
+
 /// Writes rjabberd rosters for the presence scenario's rings (subscription both) into its store.
 pub fn rosters(
-    data_dir: &std::path::Path,
+    db: &dyn rjabberd::storage::Store,
     users: usize,
     contacts_per_user: usize,
     host: &str,
     prefix: &str,
 ) -> Result<(), String> {
     use rjabberd::proto::roster::{RosterItem, Subscription};
-    use rjabberd::storage::Rosters;
-    let db = rjabberd::storage::UserDb::open(data_dir).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     for i in 0..users {
         let owner = format!("{prefix}{i}");
@@ -174,6 +212,17 @@ pub struct RunArgs {
     /// `presence`: contacts per user (ring neighbours; rounded down to even).
     #[arg(long, default_value_t = 18)]
     pub contacts: usize,
+    /// `offline`: accounts that receive while offline: users `--users` … `--users + --recipients - 1`.
+    #[arg(long, default_value_t = 1000)]
+    pub recipients: usize,
+    /// `offline`: messages each sender sends.
+    #[arg(long, default_value_t = 20)]
+    pub messages: usize,
+    /// `offline`: messages a sender sends before it waits for two store-backed IQs (vCard gets) to
+    /// come back. Keep senders × batch × 2 (two store queries per message) under the server's store
+    /// queue (4,096 jobs), which refuses the excess.
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
     /// `mixed`: users per second (all threads) that drop their connection and log in again.
     #[arg(long, default_value_t = 10.0)]
     pub churn: f64,
@@ -188,6 +237,10 @@ pub struct RunArgs {
     /// The server's process id, for its CPU time and RSS.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// A database server's main process id (PostgreSQL's postmaster): its CPU time and its direct
+    /// children's (the backends, the WAL writer) is reported beside the server's.
+    #[arg(long)]
+    pub db_pid: Option<u32>,
     /// Enable message carbons (XEP-0280) on every session after binding, before initial presence: what
     /// a modern client does, so the server carries each message on its carbons path.
     #[arg(long)]
@@ -236,8 +289,28 @@ pub fn provision_with(
     iterations: u32,
     numbered_passwords: bool,
 ) -> Result<(), String> {
-    use rjabberd::storage::Accounts;
     let db = rjabberd::storage::UserDb::open(data_dir).map_err(|e| e.to_string())?;
+    provision_into(
+        &db,
+        users,
+        host,
+        prefix,
+        password,
+        iterations,
+        numbered_passwords,
+    )
+}
+
+/// As [`provision_with`], into any store (see [`open_store`]).
+pub fn provision_into(
+    db: &dyn rjabberd::storage::Store,
+    users: usize,
+    host: &str,
+    prefix: &str,
+    password: &str,
+    iterations: u32,
+    numbered_passwords: bool,
+) -> Result<(), String> {
     let creds = rjabberd::proto::sasl::Credentials::from_password(
         password,
         b"rjabberd-bench-salt",

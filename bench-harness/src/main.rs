@@ -1,16 +1,18 @@
 //! `rjabberd-bench`: an XMPP load generator. It owns the scenarios (`login`, `idle`, `chat` with
-//! `--find-max`), the client connections that run them (one glommio executor per harness thread, each
-//! with its own connections; source addresses spread over 127.0.0.x so N can exceed one address's
-//! ephemeral ports), the measurements (hdrhistogram latencies, corrected for coordinated omission in
-//! `chat`; the server's and its own CPU and the server's RSS from /proc), and the reports (a one-screen
-//! summary, JSON, an SVG percentile plot). `provision` writes N accounts straight into rjabberd's store.
+//! `--find-max`, `mixed`, `presence`, `offline`), the client connections that run them (one glommio
+//! executor per harness thread, each with its own connections; source addresses spread over 127.0.0.x so
+//! N can exceed one address's ephemeral ports), the measurements (hdrhistogram latencies, corrected for
+//! coordinated omission in `chat`; the server's, a database's and its own CPU and the server's RSS from
+//! /proc), and the reports (a one-screen summary, JSON, an SVG percentile plot). `provision` writes N
+//! accounts straight into rjabberd's store (its SQLite file, or whatever `[storage]` a configuration
+//! file names).
 //!
 //! The hot path (sending and receiving chat messages) formats into and parses from reused buffers with
 //! rjabberd's zero-copy parser: no allocation per message.
 
 use std::path::PathBuf;
 
-use bench_harness::{RunArgs, client, provision_with, report, rosters};
+use bench_harness::{RunArgs, client, open_store, provision_into, report, rosters};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,9 +29,12 @@ struct Cli {
 enum Command {
     /// Write N accounts (`{prefix}{i}@{host}`, one password, one salt) into rjabberd's store.
     Provision {
-        /// rjabberd's data directory (its `data_dir`).
+        /// rjabberd's data directory (its `data_dir`): its SQLite store.
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// rjabberd's configuration file instead: its `[storage]` (SQLite or PostgreSQL).
         #[arg(long)]
-        data_dir: PathBuf,
+        config: Option<PathBuf>,
         #[arg(long, default_value_t = 1000)]
         users: usize,
         #[arg(long, default_value = "localhost")]
@@ -71,6 +76,7 @@ fn main() {
     match cli.command {
         Command::Provision {
             data_dir,
+            config,
             users,
             host,
             prefix,
@@ -79,20 +85,20 @@ fn main() {
             numbered_passwords,
             contacts,
         } => {
-            let result = provision_with(
-                &data_dir,
-                users,
-                &host,
-                &prefix,
-                &password,
-                iterations,
-                numbered_passwords,
-            )
-            .and_then(|()| {
+            let result = open_store(data_dir.as_deref(), config.as_deref()).and_then(|db| {
+                provision_into(
+                    &*db,
+                    users,
+                    &host,
+                    &prefix,
+                    &password,
+                    iterations,
+                    numbered_passwords,
+                )?;
                 if contacts == 0 {
                     return Ok(());
                 }
-                rosters(&data_dir, users, contacts, &host, &prefix)
+                rosters(&*db, users, contacts, &host, &prefix)
             });
             if let Err(e) = result {
                 eprintln!("rjabberd-bench: {e}");

@@ -63,7 +63,15 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             cpu * 1e6 / s.online.max(1) as f64,
             s.harness_cpu_login_s * 1e6 / s.online.max(1) as f64
         );
+        if let Some(db) = s.db_cpu_login_s {
+            println!(
+                "server+db CPU per login: {:.1} µs (db: {:.1} µs)",
+                (cpu + db) * 1e6 / s.online.max(1) as f64,
+                db * 1e6 / s.online.max(1) as f64
+            );
+        }
     }
+    let offline = s.offline.as_ref().map(|o| offline_report(args, o));
     let mut rss_per_session = None;
     if let (Some(b), Some(a)) = (s.rss_before_kib, s.rss_after_kib) {
         let per = (a.saturating_sub(b)) as f64 / s.online.max(1) as f64;
@@ -163,6 +171,8 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             "relogins": s.relogins,
             "relogin_failures": s.relogin_failures,
             "relogin_latency": percentiles(&s.relogin),
+            "db_cpu_us_per_login": s.db_cpu_login_s.map(|c| c * 1e6 / s.online.max(1) as f64),
+            "offline": offline,
         });
         if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&v).expect("JSON")) {
             eprintln!("rjabberd-bench: cannot write {}: {e}", path.display());
@@ -206,6 +216,76 @@ pub fn finish(args: &RunArgs, s: &Summary) {
             }
         }
     }
+}
+
+/// µs per item of CPU seconds, and with the database's beside: `(server, server + db)`.
+fn per_item(server: Option<f64>, db: Option<f64>, n: u64) -> (Option<f64>, Option<f64>) {
+    let per = |c: f64| c * 1e6 / n.max(1) as f64;
+    (server.map(per), server.zip(db).map(|(s, d)| per(s + d)))
+}
+
+fn cpu_text((server, both): (Option<f64>, Option<f64>)) -> String {
+    match (server, both) {
+        (Some(s), Some(b)) => format!("server CPU per message {s:.1} µs, server+db {b:.1} µs"),
+        (Some(s), None) => format!("server CPU per message {s:.1} µs"),
+        _ => "no CPU figures (no --server-pid)".into(),
+    }
+}
+
+/// The `offline` scenario's lines; its JSON.
+fn offline_report(args: &RunArgs, o: &crate::offline::OfflineResult) -> serde_json::Value {
+    let kept = o.sent.saturating_sub(o.refused);
+    let store_rate = o.sent as f64 / o.store_secs.max(1e-9);
+    let delivered = o.received.saturating_sub(o.surplus);
+    let retrieve_rate = delivered as f64 / o.retrieve_secs.max(1e-9);
+    let store_cpu = per_item(o.store_server_cpu_s, o.store_db_cpu_s, o.sent);
+    let retrieve_cpu = per_item(o.retrieve_server_cpu_s, o.retrieve_db_cpu_s, delivered);
+    println!(
+        "offline store: {} messages ({} per sender, batches of {}) in {:.2} s = {store_rate:.0} msg/s; \
+         refused {}, batch errors {}; {}",
+        o.sent,
+        args.messages,
+        args.batch,
+        o.store_secs,
+        o.refused,
+        o.barrier_errors,
+        cpu_text(store_cpu)
+    );
+    println!(
+        "offline retrieve: {} of {} recipients logged in ({} failed); received {delivered} of {kept} kept \
+         (lost {}, duplicates {}) in {:.2} s = {retrieve_rate:.0} msg/s; {}",
+        o.recipients_online,
+        o.recipients,
+        o.recipient_login_failures,
+        o.lost(),
+        o.surplus,
+        o.retrieve_secs,
+        cpu_text(retrieve_cpu)
+    );
+    println!(
+        "  per recipient, login start to its last message: {}",
+        line(&o.retrieve)
+    );
+    json!({
+        "sent": o.sent,
+        "refused": o.refused,
+        "batch_errors": o.barrier_errors,
+        "store_secs": o.store_secs,
+        "store_msgs_per_sec": store_rate,
+        "store_server_cpu_us_per_message": store_cpu.0,
+        "store_server_db_cpu_us_per_message": store_cpu.1,
+        "recipients": o.recipients,
+        "recipients_online": o.recipients_online,
+        "recipient_login_failures": o.recipient_login_failures,
+        "received": delivered,
+        "lost": o.lost(),
+        "duplicates": o.surplus,
+        "retrieve_secs": o.retrieve_secs,
+        "retrieve_msgs_per_sec": retrieve_rate,
+        "retrieve_server_cpu_us_per_message": retrieve_cpu.0,
+        "retrieve_server_db_cpu_us_per_message": retrieve_cpu.1,
+        "retrieve_latency": percentiles(&o.retrieve),
+    })
 }
 
 /// Throughput (bars) and p99 (line) per second over the whole run, as a self-contained SVG.

@@ -41,9 +41,13 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         find_max: false,
         churn: 0.0,
         contacts: 18,
+        recipients: 0,
+        messages: 0,
+        batch: 10,
         p99_bound_ms: 10.0,
         settle: 0.0,
         server_pid: Some(std::process::id()),
+        db_pid: None,
         carbons: false,
         label: "rjabberd".into(),
         json: None,
@@ -58,6 +62,9 @@ fn login_and_chat_measure_every_message() {
     let dir = std::env::temp_dir().join(format!("rjabberd-bench-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     provision(&dir, 200, "localhost", "u", "pw", 4096).unwrap();
+    // Accounts of their own for the offline run, so that no session of the runs before is still
+    // closing on the server when their messages arrive.
+    provision(&dir, 50, "localhost", "o", "pw", 4096).unwrap();
     let (server, shutdown) = server(&dir);
     let addr = server.shared.bound[0].0;
 
@@ -126,7 +133,52 @@ fn login_and_chat_measure_every_message() {
         step.bounced
     );
 
+    // Offline: every message sent to an offline user is kept, then handed out at its login.
+    let mut off = args(Scenario::Offline, addr, 20);
+    (off.recipients, off.messages, off.batch) = (30, 12, 5);
+    off.prefix = "o".into();
+    let offline = client::run(&off).unwrap();
+    let o = offline.offline.as_ref().expect("the offline phases");
+    assert_eq!(offline.online, 20);
+    assert_eq!((o.sent, o.refused, o.barrier_errors), (240, 0, 0));
+    assert_eq!((o.recipients_online, o.recipient_login_failures), (30, 0));
+    assert_eq!((o.received, o.surplus, o.lost()), (240, 0, 0));
+    assert_eq!(o.retrieve.len(), 30, "a retrieve time per recipient");
+    assert!(o.store_server_cpu_s.is_some() && o.store_secs > 0.0);
+
     shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
     server.join();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The offline plan spreads each sender's messages, and each batch, over every recipient, and the
+/// expected counts add up to what is sent.
+#[test]
+fn offline_plan_covers_every_recipient() {
+    use bench_harness::{offline_expected, offline_recipient};
+    for (senders, messages, recipients) in [(100, 20, 1000), (7, 3, 5), (3, 2, 10), (1, 1, 1)] {
+        let mut got = vec![0usize; recipients];
+        for i in 0..senders {
+            for k in 0..messages {
+                let r = offline_recipient(i, k, senders, recipients);
+                assert!(
+                    (senders..senders + recipients).contains(&r),
+                    "a recipient, not a sender"
+                );
+                got[r - senders] += 1;
+            }
+        }
+        let want: Vec<usize> = (0..recipients)
+            .map(|r| offline_expected(r, senders, messages, recipients))
+            .collect();
+        assert_eq!(got, want, "{senders} senders × {messages} to {recipients}");
+        assert_eq!(want.iter().sum::<usize>(), senders * messages);
+        // Balanced: no recipient gets more than one message more than another.
+        assert!(want.iter().max().unwrap() - want.iter().min().unwrap() <= 1);
+    }
+    // One batch (the same k) of many senders goes to many recipients, not to one.
+    let batch: std::collections::HashSet<usize> = (0..100)
+        .map(|i| offline_recipient(i, 0, 100, 1000))
+        .collect();
+    assert_eq!(batch.len(), 100);
 }

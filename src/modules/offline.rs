@@ -141,7 +141,7 @@ fn deliver_stored(ctx: &ModuleCtx, e: &SessionEvent) {
             Ok(s) => s,
             Err(err) => {
                 log::warn!("mod_offline: cannot read the messages of {user}@{host}: {err}");
-                // Still waiting: the next initial presence asks again.
+                // Still there: the next login must look again (the index forgot them above).
                 ctx.state::<Waiting>()
                     .0
                     .set(&format!("{user}@{host}"), true);

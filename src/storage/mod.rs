@@ -487,6 +487,35 @@ pub(crate) mod tests {
         contract(&db, &move || Box::new(UserDb::open(&d).unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Two workers queueing and handing out (as mod_offline does) at the same time: a take that reads
+    /// and then deletes must wait for the other writer, not fail with "database is locked" (it did
+    /// for a third of the recipients in `perf/knobs.sh storage`).
+    #[test]
+    fn sqlite_takes_while_another_connection_writes() {
+        let dir = std::env::temp_dir().join(format!("rjabberd-store-take-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        UserDb::open(&dir).unwrap();
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let db = UserDb::open(&dir).unwrap();
+                    let user = format!("u{w}");
+                    for i in 0..500 {
+                        let v = vec![(format!("{i:05}"), Some(b"m".to_vec()))];
+                        db.data_put("h", &user, "offline", &v).unwrap();
+                        let taken = db.data_take_all("h", &user, "offline").unwrap();
+                        assert_eq!(taken.len(), 1, "worker {w}, round {i}");
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// The throw-away PostgreSQL server of the black-box tests, shared with the unit tests here.

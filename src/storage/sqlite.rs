@@ -317,7 +317,14 @@ impl AccountData for UserDb {
         username: &str,
         module: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        // IMMEDIATE: a deferred transaction that reads and then writes fails at once with "database is
+        // locked" when another connection wrote in between (WAL mode cannot upgrade its snapshot, and
+        // the busy timeout does not apply); two store workers handing out offline messages at the same
+        // time did that to a third of the logins in `perf/knobs.sh storage`.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         let rows = {
             let mut stmt = tx.prepare(
                 "SELECT key, value FROM account_data WHERE host = ?1 AND username = ?2 AND module = ?3 ORDER BY key",
