@@ -159,6 +159,22 @@ const DOWNWARD_ONLY: &[(&str, &[&str], &str)] = &[
         "a sink is a queue below everything that writes to it",
     ),
     (
+        "src/cluster/membership.rs",
+        &[
+            "crate::shard",
+            "crate::router",
+            "crate::sm",
+            "crate::net",
+            "crate::mesh",
+            "crate::c2s",
+            "crate::component",
+            "crate::modules",
+            "crate::sink",
+        ],
+        "the membership registry sits beside the store and blocks on the database: it knows no \
+         shard, routing or socket",
+    ),
+    (
         "src/placement.rs",
         &["crate::"],
         "placement is a pure function of a name",
