@@ -25,6 +25,7 @@
 //! | session manager | [`sm::session`] | bind, unbind, conflict, presence, session hooks, delivery ([`sm::deliver`]: the RFC 6121 §8.5 rules) |
 //! | state | [`shard`] | one core's mutable state (the session, route and module tables), `send_home` with the local fast path, the router's entry as wired |
 //! | | [`mesh`] | messages between shards and their overflow policy |
+//! | cluster | [`cluster`] | the hosts of a cluster: the links between them (glommio TCP, on the shards) and the membership registry in PostgreSQL (members, epochs, leases, fencing; on its own thread, never a shard's) |
 //! | modules | [`modules`] | gen_mod, gen_iq_handler, the open hook registry, [`modules::ctx::ModuleCtx`] (the trait the shard implements), one file per module |
 //! | below | [`sink`], [`storage`], [`auth`], [`net`] | a connection's output queue by generational id; the store behind traits on worker threads (and XEP-0227 import/export over them); the extauth pool; the only sockets: the generic stream driver, TLS |
 //! | ground | [`placement`], [`config`], [`logging`], [`probe`] | where an account lives (a specified hash); the configuration; the log output and its per-source rate limit; test probes |

@@ -167,6 +167,37 @@ const DOWNWARD_ONLY: &[(&str, &[&str], &str)] = &[
         "a sink is a queue below everything that writes to it",
     ),
     (
+        "src/cluster/membership.rs",
+        &[
+            "crate::shard",
+            "crate::router",
+            "crate::sm",
+            "crate::net",
+            "crate::mesh",
+            "crate::c2s",
+            "crate::component",
+            "crate::modules",
+            "crate::sink",
+        ],
+        "the membership registry sits beside the store and blocks on the database: it knows no \
+         shard, routing or socket",
+    ),
+    (
+        "src/cluster/transport.rs",
+        &[
+            "crate::shard",
+            "crate::router",
+            "crate::sm",
+            "crate::mesh",
+            "crate::c2s",
+            "crate::component",
+            "crate::modules",
+            "crate::sink",
+            "crate::storage",
+        ],
+        "the links carry frames; what they mean (routing, sessions) is above them",
+    ),
+    (
         "src/placement.rs",
         &["crate::"],
         "placement is a pure function of a name",

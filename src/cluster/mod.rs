@@ -1,5 +1,11 @@
-//! The cluster: rjabberd hosts serving the same domains as one server (docs/cluster-protocol.md). This
-//! layer holds the sockets and state under the sans-IO protocol of [`crate::proto::cluster`]: the links
-//! between hosts ([`transport`]). Routing, sessions and membership across hosts build on it.
+//! The cluster of rjabberd hosts (docs/cluster-protocol.md), the parts with I/O: the links between
+//! hosts over glommio TCP ([`transport`]: authenticated, acknowledged, resumed after a reconnect; they
+//! run on the shards' reactors and never block), and the membership registry in PostgreSQL
+//! ([`membership`]: who is a member, at which epoch, and who is fenced; its calls block on the
+//! database, so they run on a thread of their own, never on a reactor). The frames, the handshake and a
+//! link's bookkeeping are sans-IO and live in `crate::proto::cluster`; placement over the members is
+//! `crate::placement`. This module sits beside the router, the session manager and the store: it may
+//! use `storage` and `proto`.
 
+pub mod membership;
 pub mod transport;

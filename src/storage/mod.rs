@@ -518,10 +518,12 @@ pub(crate) mod tests {
     }
 }
 
-/// The throw-away PostgreSQL server of the black-box tests, shared with the unit tests here.
+/// The throw-away PostgreSQL server of the black-box tests, shared with the unit tests here and with
+/// the other modules' unit tests that need a database (one copy: a file loaded as two modules is
+/// refused by clippy).
 #[cfg(test)]
 #[path = "../../tests/common/pg.rs"]
-mod throwaway_pg;
+pub(crate) mod throwaway_pg;
 
 #[cfg(test)]
 mod postgres_tests {
@@ -536,7 +538,8 @@ mod postgres_tests {
             return;
         };
         let config = Target::new(&pg.create_db("contract"), None).unwrap();
-        assert_eq!(migrate(&config).unwrap(), vec![1]);
+        let all: Vec<i32> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(migrate(&config).unwrap(), all);
         let db = PgStore::open(config.clone()).unwrap();
         tests::contract(&db, &move || {
             Box::new(PgStore::open(config.clone()).unwrap())

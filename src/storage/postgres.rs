@@ -21,9 +21,10 @@ use crate::proto::sasl::{Credentials, Hash, ScramCredential};
 /// step. Text that names or orders things (hosts, usernames, modules, keys, contacts) uses the "C"
 /// collation: byte order, as SQLite compares, so both backends list in the same order whatever the
 /// database's locale.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE users (
         host text COLLATE "C" NOT NULL,
         username text COLLATE "C" NOT NULL,
@@ -65,7 +66,37 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (host, username)
     );
     "#,
-)];
+    ),
+    // The cluster's membership registry (docs/cluster-protocol.md §6.1, `crate::cluster::membership`).
+    (
+        2,
+        r#"
+    CREATE TABLE cluster_members (
+        cluster text COLLATE "C" NOT NULL,
+        node text COLLATE "C" NOT NULL,
+        incarnation bigint NOT NULL,
+        address text NOT NULL,
+        shards integer NOT NULL,
+        proto_major integer NOT NULL,
+        state text NOT NULL,
+        lease_until timestamptz NOT NULL,
+        sessions bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (cluster, node)
+    );
+    CREATE TABLE cluster_epochs (
+        cluster text COLLATE "C" PRIMARY KEY,
+        epoch bigint NOT NULL
+    );
+    CREATE TABLE cluster_suspicions (
+        cluster text COLLATE "C" NOT NULL,
+        reporter text COLLATE "C" NOT NULL,
+        suspect text COLLATE "C" NOT NULL,
+        since timestamptz NOT NULL,
+        PRIMARY KEY (cluster, reporter, suspect)
+    );
+    "#,
+    ),
+];
 
 /// The advisory lock key migrations run under ("rjabberd" in ASCII): the first host to take it applies
 /// the steps; the others wait, then find nothing left to do.
@@ -137,7 +168,7 @@ impl Target {
 }
 
 /// Opens one connection.
-fn connect(target: &Target) -> Result<Client, StoreError> {
+pub(crate) fn connect(target: &Target) -> Result<Client, StoreError> {
     let connected = match &target.tls {
         Some(tls) => target.config.connect(tls.clone()),
         None => target.config.connect(NoTls),
