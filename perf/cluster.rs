@@ -69,8 +69,8 @@ fn reparse(parser: &mut StreamParser) -> usize {
 fn mean_ns(group: &str, id: &str) -> Option<f64> {
     let dir = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let text = std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json"))
-        .ok()?;
+    let text =
+        std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
     let at = text.find("\"mean\"")?;
     let rest = &text[at..];
     let at = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
@@ -140,8 +140,7 @@ fn main() {
                 unreachable!()
             };
             r.feed(&auth);
-            let Ok(Step::Up(ok, _)) = acc.on_frame(&r.next_frame().unwrap().unwrap(), |_| 0)
-            else {
+            let Ok(Step::Up(ok, _)) = acc.on_frame(&r.next_frame().unwrap().unwrap(), |_| 0) else {
                 unreachable!()
             };
             r.feed(&ok);

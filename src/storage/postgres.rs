@@ -67,7 +67,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     );
     "#,
     ),
-    // The cluster's membership registry (docs/cluster-protocol.md §6.1, `crate::cluster::membership`).
+    // The cluster's membership registry (docs/cluster-protocol.md §6.1; the cluster module's registry reads and writes it).
     (
         2,
         r#"
