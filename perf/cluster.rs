@@ -7,6 +7,9 @@
 //!
 //! Run with `cargo bench --bench cluster`; `-- --quick` for rougher figures faster.
 
+#[path = "estimates.rs"]
+mod estimates;
+use estimates::mean_ns;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -64,20 +67,6 @@ fn reparse(parser: &mut StreamParser) -> usize {
         }
     }
     n
-}
-
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let text =
-        std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let at = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let rest = rest[at..].trim_start();
-    let end =
-        rest.find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')))?;
-    rest[..end].parse().ok()
 }
 
 fn main() {

@@ -7,6 +7,9 @@
 //!
 //! Run with `cargo bench --bench xml`; `cargo bench --bench xml -- --quick` gives rougher figures faster.
 
+#[path = "estimates.rs"]
+mod estimates;
+use estimates::mean_ns;
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::time::Duration;
@@ -185,21 +188,6 @@ fn drip(bytes: &[u8], piece: usize) -> u64 {
         }
     }
     n
-}
-
-/// Criterion's point estimate (mean, in ns) for a benchmark of this run, from its saved estimates.
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let path = format!("{dir}/criterion/{group}/{}/new/estimates.json", id);
-    let text = std::fs::read_to_string(path).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let at = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let rest = rest[at..].trim_start();
-    let end =
-        rest.find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')))?;
-    rest[..end].parse().ok()
 }
 
 fn main() {

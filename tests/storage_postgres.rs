@@ -18,12 +18,10 @@ fn storage(url: &str) -> String {
 
 /// Whether `user` (local@host) can authenticate with `password` on `server`.
 fn sasl_succeeds(server: &TestServer, user: &str, password: &str) -> bool {
-    let (local, host) = user.split_once('@').unwrap();
-    let mut c = Client::connect(server.starttls, server.cert_path());
-    c.open(host);
-    c.starttls();
-    c.open(host);
-    c.sasl("SCRAM-SHA-256", local, password, None).name == "success"
+    Client::authenticate(server, user, password, "SCRAM-SHA-256")
+        .1
+        .name
+        == "success"
 }
 
 #[test]
@@ -95,12 +93,7 @@ fn a_bad_database_url_stops_the_start_with_its_line() {
 /// The SASL outcome of a fresh connection's SCRAM-SHA-256 login: `success`, or `failure` with its
 /// condition.
 fn sasl_outcome(server: &TestServer, user: &str, password: &str) -> String {
-    let (local, host) = user.split_once('@').unwrap();
-    let mut c = Client::connect(server.starttls, server.cert_path());
-    c.open(host);
-    c.starttls();
-    c.open(host);
-    let r = c.sasl("SCRAM-SHA-256", local, password, None);
+    let (_, r) = Client::authenticate(server, user, password, "SCRAM-SHA-256");
     match r.child_elements().find(|e| e.name != "text") {
         Some(condition) if r.name == "failure" => format!("failure: {}", condition.name),
         _ => r.name.clone(),

@@ -681,14 +681,27 @@ impl Client {
         reply
     }
 
-    /// STARTTLS, SCRAM-SHA-256, bind: a logged-in client on `host`.
-    pub fn login(server: &TestServer, user: &str, password: &str, resource: &str) -> Client {
+    /// A fresh connection's STARTTLS and SASL with `mechanism` for `user` (local@host): the client
+    /// and the server's last answer (`success` or `failure`).
+    pub fn authenticate(
+        server: &TestServer,
+        user: &str,
+        password: &str,
+        mechanism: &str,
+    ) -> (Client, Element) {
         let (local, host) = user.split_once('@').unwrap();
         let mut c = Client::connect(server.starttls, server.cert_path());
         c.open(host);
         c.starttls();
         c.open(host);
-        let r = c.sasl("SCRAM-SHA-256", local, password, None);
+        let r = c.sasl(mechanism, local, password, None);
+        (c, r)
+    }
+
+    /// STARTTLS, SCRAM-SHA-256, bind: a logged-in client on `host`.
+    pub fn login(server: &TestServer, user: &str, password: &str, resource: &str) -> Client {
+        let host = user.split_once('@').unwrap().1;
+        let (mut c, r) = Client::authenticate(server, user, password, "SCRAM-SHA-256");
         assert_eq!(r.name, "success", "{r}");
         c.restart(host);
         let b = c.bind(Some(resource));
