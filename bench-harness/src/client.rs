@@ -684,6 +684,9 @@ async fn thread_main(
     let per_thread_rate = args.arrival_rate / threads as f64;
     let started = Instant::now();
     let mut logins = Vec::new();
+    // `mixed`: sessions dropped whose login again has not finished.
+    // (how many, whether the run has ended and counted them).
+    let pending_relogins = Rc::new(Cell::new((0u64, false)));
     for (k, user) in users.iter().copied().enumerate() {
         if per_thread_rate > 0.0 {
             let at = started + secs(k as f64 / per_thread_rate);
@@ -798,18 +801,27 @@ async fn thread_main(
                         tr.log(format_args!("drop user={}", dropped.user));
                     }
                     let shared = shared.clone();
+                    pending_relogins.set((pending_relogins.get().0 + 1, false));
+                    let pending = pending_relogins.clone();
                     logins.push(spawn_session(
                         &ctx,
                         dropped.user,
                         true,
                         relogin_hist.clone(),
-                        move |result: Result<(), &str>| match result {
-                            Ok(()) => {
-                                shared.relogins.fetch_add(1, Ordering::SeqCst);
+                        move |result: Result<(), &str>| {
+                            if pending.get().1 {
+                                // Already counted as a failure at the end of the run.
+                                return;
                             }
-                            Err(e) => {
-                                if shared.relogin_failures.fetch_add(1, Ordering::SeqCst) < 5 {
-                                    eprintln!("  login again failed: {e}");
+                            pending.set((pending.get().0 - 1, false));
+                            match result {
+                                Ok(()) => {
+                                    shared.relogins.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(e) => {
+                                    if shared.relogin_failures.fetch_add(1, Ordering::SeqCst) < 5 {
+                                        eprintln!("  login again failed: {e}");
+                                    }
                                 }
                             }
                         },
@@ -868,6 +880,16 @@ async fn thread_main(
     for c in online.borrow().iter() {
         c.wake();
     }
+    // A session dropped just before the end is still logging in again: wait for it (a little), so
+    // that every drop is counted as a login again or a failure; one still pending then is a failure.
+    let waited_from = Instant::now();
+    while pending_relogins.get().0 > 0 && waited_from.elapsed() < Duration::from_secs(5) {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shared
+        .relogin_failures
+        .fetch_add(pending_relogins.get().0, Ordering::SeqCst);
+    pending_relogins.set((0, true));
     drop(logins);
     if let Some(tr) = &trace {
         tr.flush();
