@@ -69,6 +69,13 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// The cluster as its membership table in PostgreSQL says (docs/cluster-protocol.md §6), read
+    /// directly from the database, so it works from any machine with the configuration file:
+    /// `cluster status [--json]`.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Talk to the running server over its control socket (ejabberdctl's commands): `ctl help` lists
     /// them; `--json` anywhere before `--` for machine-readable output. Exit codes: 0 done, 1 failed,
     /// 2 usage error, 3 no server reached.
@@ -76,6 +83,15 @@ enum Command {
     Ctl {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Every host the table holds: state, address, shards, sessions, the lease left, and the epoch.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -167,6 +183,9 @@ fn main() -> ExitCode {
             ejabberd,
         } => export(&config, &dir, host, ejabberd),
         Command::Import { path, overwrite } => import(&config, &path, overwrite),
+        Command::Cluster {
+            action: ClusterAction::Status { json },
+        } => cluster_status(&config, json),
         Command::Ctl { .. } => unreachable!("answered above"),
     };
     match result {
@@ -405,6 +424,84 @@ fn configured_hosts(config: &Config) -> Vec<String> {
         .iter()
         .map(|h| h.name.get_ref().clone())
         .collect()
+}
+
+fn cluster_status(config: &Config, json: bool) -> Result<(), String> {
+    use rjabberd::cluster::membership::{Registry, Timing};
+    let cluster = config
+        .cluster
+        .as_ref()
+        .ok_or("no [cluster] in the configuration: this is a single host")?;
+    let url = config
+        .storage
+        .url
+        .as_ref()
+        .ok_or("a cluster needs [storage] url")?;
+    let target = rjabberd::storage::postgres::Target::new(
+        url.get_ref(),
+        config
+            .storage
+            .ca_file
+            .as_ref()
+            .map(|c| c.get_ref().as_path()),
+    )
+    .map_err(|e| e.to_string())?;
+    let name = cluster.name.get_ref();
+    let status = Registry::open(target, name, Timing::default())
+        .and_then(|r| r.status())
+        .map_err(|e| format!("cluster {name}: {e}"))?;
+    if json {
+        let rows: Vec<serde_json::Value> = status
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "node": r.node,
+                    "incarnation": format!("{:016x}", r.incarnation),
+                    "address": r.address,
+                    "shards": r.shards,
+                    "state": r.state,
+                    "member": r.is_member(),
+                    "sessions": r.sessions,
+                    "lease_left_ms": r.lease_left_ms,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({ "cluster": name, "epoch": status.epoch, "hosts": rows });
+        println!("{out}");
+        return Ok(());
+    }
+    let members = status.rows.iter().filter(|r| r.is_member()).count();
+    println!(
+        "cluster {name}: epoch {}, {members} member(s) of {} host(s) known",
+        status.epoch,
+        status.rows.len()
+    );
+    if status.rows.is_empty() {
+        println!("no host has joined yet");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<8} {:<24} {:>6} {:>9} {:>10}  incarnation",
+        "node", "state", "address", "shards", "sessions", "lease"
+    );
+    for r in &status.rows {
+        let state = if r.state == "up" && !r.is_member() {
+            "lapsed"
+        } else {
+            r.state.as_str()
+        };
+        let lease = if r.lease_left_ms > 0 {
+            format!("{:.1} s", r.lease_left_ms as f64 / 1000.0)
+        } else {
+            "-".to_string()
+        };
+        println!(
+            "{:<16} {:<8} {:<24} {:>6} {:>9} {:>10}  {:016x}",
+            r.node, state, r.address, r.shards, r.sessions, lease, r.incarnation
+        );
+    }
+    Ok(())
 }
 
 fn export(

@@ -71,6 +71,34 @@ impl View {
     }
 }
 
+/// The registry's rows as they are (`rjabberd cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub epoch: u64,
+    /// By node name.
+    pub rows: Vec<StatusRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    pub node: String,
+    pub incarnation: u64,
+    pub address: String,
+    pub shards: u32,
+    /// `up`, `leaving` or `fenced`, as stored.
+    pub state: String,
+    pub sessions: u64,
+    /// Until the lease runs out, on the database's clock; negative when it has.
+    pub lease_left_ms: i64,
+}
+
+impl StatusRow {
+    /// A member now: `up` with a live lease.
+    pub fn is_member(&self) -> bool {
+        self.state == "up" && self.lease_left_ms > 0
+    }
+}
+
 /// What a renewal found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewal {
@@ -308,6 +336,48 @@ impl Registry {
     /// The current view, after putting out whoever must go: rows whose lease lapsed and members fenced
     /// by suspicion ([`arbitrate`]), marked `fenced` with one epoch bump. Any host may call it; a
     /// host that is not a member (an operator's `cluster status`) reads the same view.
+    /// Every row of the cluster as the table holds it now, fenced and lapsed ones included, and the
+    /// epoch: what `rjabberd cluster status` shows. Read-only (unlike [`Registry::view`], it fences
+    /// nobody), in one snapshot.
+    pub fn status(&self) -> Result<Status> {
+        let cluster = &self.cluster;
+        self.with(|c| {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let epoch = tx
+                .query_opt(
+                    "SELECT epoch FROM cluster_epochs WHERE cluster = $1",
+                    &[cluster],
+                )?
+                .map_or(0, |r| r.get::<_, i64>(0) as u64);
+            let rows = tx.query(
+                "SELECT node, incarnation, address, shards, state, sessions, \
+                        (EXTRACT(EPOCH FROM (lease_until - now())) * 1000)::bigint \
+                 FROM cluster_members WHERE cluster = $1 ORDER BY node",
+                &[cluster],
+            )?;
+            tx.commit()?;
+            Ok(Status {
+                epoch,
+                rows: rows
+                    .iter()
+                    .map(|r| StatusRow {
+                        node: r.get(0),
+                        incarnation: from_db(r.get(1)),
+                        address: r.get(2),
+                        shards: r.get::<_, i32>(3).max(0) as u32,
+                        state: r.get(4),
+                        sessions: r.get::<_, i64>(5).max(0) as u64,
+                        lease_left_ms: r.get(6),
+                    })
+                    .collect(),
+            })
+        })
+    }
+
     pub fn view(&self) -> Result<View> {
         let cluster = &self.cluster;
         let evict_after = millis(self.timing.evict_after);
