@@ -432,20 +432,7 @@ fn cluster_status(config: &Config, json: bool) -> Result<(), String> {
         .cluster
         .as_ref()
         .ok_or("no [cluster] in the configuration: this is a single host")?;
-    let url = config
-        .storage
-        .url
-        .as_ref()
-        .ok_or("a cluster needs [storage] url")?;
-    let target = rjabberd::storage::postgres::Target::new(
-        url.get_ref(),
-        config
-            .storage
-            .ca_file
-            .as_ref()
-            .map(|c| c.get_ref().as_path()),
-    )
-    .map_err(|e| e.to_string())?;
+    let target = rjabberd::storage::postgres_target(&config.storage).map_err(|e| e.to_string())?;
     let name = cluster.name.get_ref();
     let status = Registry::open(target, name, Timing::default())
         .and_then(|r| r.status())

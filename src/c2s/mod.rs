@@ -23,7 +23,7 @@ use crate::placement::Home;
 use crate::proto::c2s::{Action, C2s};
 use crate::proto::errors::{Closing, StreamErrorCondition};
 use crate::proto::jid::domain_of;
-use crate::proto::sasl::{ChannelBindings, Credentials, Hash, PlainVerdict};
+use crate::proto::sasl::{ChannelBindings, Credentials, Hash, Mechanism, PlainVerdict};
 use crate::proto::xml::{Event, TargetStream, XmlError};
 use crate::router::{self, Origin};
 use crate::shard::Shard;
@@ -351,9 +351,10 @@ impl C2sGlue {
                             completed: Some(full),
                         } => {
                             let name = match found.missing_hash() {
-                                Some(Hash::Sha1) => "SCRAM-SHA-1",
-                                _ => "SCRAM-SHA-256",
-                            };
+                                Some(Hash::Sha1) => Mechanism::ScramSha1,
+                                _ => Mechanism::ScramSha256,
+                            }
+                            .name();
                             let outcome =
                                 match db.replace_credentials(&host, &username, found, &full) {
                                     Ok(true) => Ok(name),

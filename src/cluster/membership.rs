@@ -18,7 +18,7 @@ use postgres::{Client, IsolationLevel};
 
 use crate::proto::cluster::wire::{MAJOR, Member, MemberState};
 use crate::storage::StoreError;
-use crate::storage::postgres::{Target, connect};
+use crate::storage::postgres::{Target, connect_bounded};
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -155,15 +155,11 @@ impl Registry {
             *slot = None;
         }
         if slot.is_none() {
-            let mut client = connect(&self.target)?;
             // An answer later than the lease is worthless (the lease lapsed meanwhile), and a stuck
             // statement would hold the thread that should notice it; a second at least, so a short
             // lease on a busy database does not fail every statement.
-            if self.target.config.get_options().is_none() {
-                let limit = self.timing.lease.max(Duration::from_secs(1));
-                client.batch_execute(&format!("SET statement_timeout = {}", limit.as_millis()))?;
-            }
-            *slot = Some(client);
+            let limit = self.timing.lease.max(Duration::from_secs(1));
+            *slot = Some(connect_bounded(&self.target, limit)?);
         }
         let client = slot.as_mut().expect("connected above");
         let result = f(client);

@@ -75,13 +75,17 @@ impl From<WireError> for LinkEnd {
     }
 }
 
-/// Reads until a whole frame is there, or the deadline passes (`Ok(None)`).
+/// How much one socket read takes at most; one buffer of it per connection.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Reads (through `buf`, the connection's read buffer) until a whole frame is there, or the deadline
+/// passes (`Ok(None)`).
 async fn read_frame(
     stream: &mut TcpStream,
     reader: &mut FrameReader,
+    buf: &mut [u8],
     deadline: Instant,
 ) -> Result<Option<RawFrame>, LinkEnd> {
-    let mut buf = vec![0u8; 16 * 1024];
     loop {
         if let Some(f) = reader.next_frame()? {
             return Ok(Some(f));
@@ -90,7 +94,7 @@ async fn read_frame(
         if wait.is_zero() {
             return Ok(None);
         }
-        let read = async { Some(stream.read(&mut buf).await) }
+        let read = async { Some(stream.read(buf).await) }
             .or(async {
                 glommio::timer::sleep(wait).await;
                 None
@@ -268,9 +272,10 @@ async fn connection(
     );
     write(&mut stream, &hello).await?;
     let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; READ_BUFFER];
     let deadline = Instant::now() + crate::proto::cluster::handshake::HANDSHAKE_TIMEOUT;
     let peer: Peer = loop {
-        let raw = read_frame(&mut stream, &mut reader, deadline)
+        let raw = read_frame(&mut stream, &mut reader, &mut buf, deadline)
             .await?
             .ok_or_else(|| LinkEnd::Closed("no handshake within 5 s".into()))?;
         match hs.on_frame(&raw) {
@@ -350,7 +355,7 @@ async fn connection(
         // Wait for a frame from the receiver, a kick (something to write), or the next tick.
         let deadline = ticks.next_deadline();
         let kicked = kicked.clone();
-        let got = async { Some(read_frame(&mut stream, &mut reader, deadline).await) }
+        let got = async { Some(read_frame(&mut stream, &mut reader, &mut buf, deadline).await) }
             .or(async move {
                 kicked.recv().await;
                 None
@@ -422,8 +427,9 @@ pub async fn serve_inbound(
         Instant::now(),
     );
     let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; READ_BUFFER];
     let peer = loop {
-        let raw = match read_frame(&mut stream, &mut reader, hs.deadline()).await {
+        let raw = match read_frame(&mut stream, &mut reader, &mut buf, hs.deadline()).await {
             Ok(Some(raw)) => raw,
             Ok(None) => {
                 if let Some(r) = hs.expired(Instant::now()) {
@@ -484,7 +490,7 @@ pub async fn serve_inbound(
             let deadline = inbound
                 .ack_deadline()
                 .map_or(ticks.next_deadline(), |a| a.min(ticks.next_deadline()));
-            let Some(raw) = read_frame(&mut stream, &mut reader, deadline).await? else {
+            let Some(raw) = read_frame(&mut stream, &mut reader, &mut buf, deadline).await? else {
                 continue;
             };
             ticks.read(Instant::now());

@@ -165,7 +165,7 @@ impl StoreWorkers {
                     .collect::<Result<Vec<_>, _>>()?
             }
             StorageBackend::Postgres => {
-                let config = postgres_config(storage)?;
+                let config = postgres_target(storage)?;
                 postgres::migrate(&config)?;
                 (0..threads)
                     .map(|_| {
@@ -246,7 +246,9 @@ impl StoreWorkers {
     }
 }
 
-fn postgres_config(storage: &StorageConfig) -> Result<postgres::Target, StoreError> {
+/// The configured PostgreSQL database (`storage.url`, `storage.ca_file`), for whatever connects to it:
+/// the store, `rjabberd storage migrate`, the cluster's registry.
+pub fn postgres_target(storage: &StorageConfig) -> Result<postgres::Target, StoreError> {
     let url = storage
         .url
         .as_ref()
@@ -263,7 +265,7 @@ pub fn open(storage: &StorageConfig, data_dir: &Path) -> Result<Box<dyn Store>, 
     Ok(match storage.backend {
         StorageBackend::Sqlite => Box::new(UserDb::open(data_dir)?),
         StorageBackend::Postgres => {
-            let config = postgres_config(storage)?;
+            let config = postgres_target(storage)?;
             postgres::migrate(&config)?;
             Box::new(postgres::PgStore::open(config)?)
         }
@@ -281,7 +283,7 @@ pub fn migrate(storage: &StorageConfig, data_dir: &Path) -> Result<String, Store
             ))
         }
         StorageBackend::Postgres => {
-            let applied = postgres::migrate(&postgres_config(storage)?)?;
+            let applied = postgres::migrate(&postgres_target(storage)?)?;
             let latest = postgres::MIGRATIONS.last().map_or(0, |(v, _)| *v);
             Ok(match applied.as_slice() {
                 [] => format!("PostgreSQL: the schema is at version {latest}; nothing to apply"),

@@ -176,6 +176,22 @@ pub(crate) fn connect(target: &Target) -> Result<Client, StoreError> {
     connected.map_err(|e| StoreError(format!("cannot connect to PostgreSQL: {}", explain(&e))))
 }
 
+/// Opens one connection whose statements the server ends after `statement_timeout`, unless the URL's
+/// `options` set their own: a caller that has stopped waiting should not leave a query running.
+pub(crate) fn connect_bounded(
+    target: &Target,
+    statement_timeout: Duration,
+) -> Result<Client, StoreError> {
+    let mut client = connect(target)?;
+    if target.config.get_options().is_none() {
+        client.batch_execute(&format!(
+            "SET statement_timeout = {}",
+            statement_timeout.as_millis()
+        ))?;
+    }
+    Ok(client)
+}
+
 /// Applies the steps of [`MIGRATIONS`] the database lacks, each in its own transaction with its row in
 /// `schema_migrations`; returns the versions applied. Fails when the database is at a version this
 /// build does not know (a newer rjabberd migrated it).
@@ -421,16 +437,9 @@ impl PgStore {
                 "PostgreSQL unreachable; the next connection attempt is not due yet".into(),
             ));
         }
-        let opened = connect(&self.target).and_then(|mut client| {
-            // A query the database holds (a lock, an overloaded server) would hold this worker
-            // long after the shard stopped waiting (`super::QUERY_TIMEOUT`): end it on the
-            // server at the same moment, unless the URL's `options` set their own.
-            if self.target.config.get_options().is_none() {
-                client.batch_execute(&format!(
-                    "SET statement_timeout = {}",
-                    super::QUERY_TIMEOUT.as_millis()
-                ))?;
-            }
+        // A query the database holds (a lock, an overloaded server) would hold this worker long
+        // after the shard stopped waiting (`super::QUERY_TIMEOUT`): end it on the server then.
+        let opened = connect_bounded(&self.target, super::QUERY_TIMEOUT).and_then(|mut client| {
             let st = Statements::prepare(&mut client).map_err(StoreError::from)?;
             Ok(Connection { client, st })
         });
@@ -525,36 +534,39 @@ fn remove_account_data(
 }
 
 impl PgStore {
-    /// Runs the statement `which` picks (insert or update) with an account's credentials in the
-    /// column order both share; the rows it touched.
+    /// Runs the statement `which` picks with `host`, `username`, then each of `creds`' columns in the
+    /// order all the credential statements share (iterations, salt, SHA-1 keys, SHA-256 keys): one
+    /// set for an insert or an update, the new then the old for a compare-and-replace. The rows it
+    /// touched.
     fn write_credentials(
         &self,
         which: impl Fn(&Statements) -> &Statement,
         host: &str,
         username: &str,
-        creds: &Credentials,
+        creds: &[&Credentials],
     ) -> Result<u64, StoreError> {
-        self.with(|c| {
-            c.client.execute(
-                which(&c.st),
-                &[
-                    &host,
-                    &username,
-                    &i64::from(creds.sha256.iterations),
-                    &creds.sha256.salt,
-                    &creds.sha1.stored_key,
-                    &creds.sha1.server_key,
-                    &creds.sha256.stored_key,
-                    &creds.sha256.server_key,
-                ],
-            )
-        })
+        let iterations: Vec<i64> = creds
+            .iter()
+            .map(|c| i64::from(c.sha256.iterations))
+            .collect();
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&host, &username];
+        for (c, iterations) in creds.iter().zip(&iterations) {
+            params.extend([
+                iterations as &(dyn postgres::types::ToSql + Sync),
+                &c.sha256.salt,
+                &c.sha1.stored_key,
+                &c.sha1.server_key,
+                &c.sha256.stored_key,
+                &c.sha256.server_key,
+            ]);
+        }
+        self.with(|c| c.client.execute(which(&c.st), &params))
     }
 }
 
 impl Accounts for PgStore {
     fn add(&self, host: &str, username: &str, creds: &Credentials) -> Result<(), StoreError> {
-        if self.write_credentials(|st| &st.add, host, username, creds)? == 0 {
+        if self.write_credentials(|st| &st.add, host, username, &[creds])? == 0 {
             return Err(StoreError(format!("{username}@{host} already exists")));
         }
         Ok(())
@@ -566,7 +578,7 @@ impl Accounts for PgStore {
         username: &str,
         creds: &Credentials,
     ) -> Result<(), StoreError> {
-        if self.write_credentials(|st| &st.set_credentials, host, username, creds)? == 0 {
+        if self.write_credentials(|st| &st.set_credentials, host, username, &[creds])? == 0 {
             return Err(StoreError(format!("{username}@{host} does not exist")));
         }
         Ok(())
@@ -579,27 +591,8 @@ impl Accounts for PgStore {
         old: &Credentials,
         new: &Credentials,
     ) -> Result<bool, StoreError> {
-        let n = self.with(|c| {
-            c.client.execute(
-                &c.st.replace_credentials,
-                &[
-                    &host,
-                    &username,
-                    &i64::from(new.sha256.iterations),
-                    &new.sha256.salt,
-                    &new.sha1.stored_key,
-                    &new.sha1.server_key,
-                    &new.sha256.stored_key,
-                    &new.sha256.server_key,
-                    &i64::from(old.sha256.iterations),
-                    &old.sha256.salt,
-                    &old.sha1.stored_key,
-                    &old.sha1.server_key,
-                    &old.sha256.stored_key,
-                    &old.sha256.server_key,
-                ],
-            )
-        })?;
+        let n =
+            self.write_credentials(|st| &st.replace_credentials, host, username, &[new, old])?;
         Ok(n > 0)
     }
 

@@ -82,28 +82,28 @@ impl UserDb {
         Ok(UserDb { conn })
     }
 
-    /// Runs `sql` with the account and its credentials bound as ?1…?8, in the table's column order;
-    /// returns the rows changed.
+    /// Runs `sql` with `host`, `username` (?1, ?2), then each of `creds`' columns in the order all
+    /// the credential statements share (iterations, salt, SHA-1 keys, SHA-256 keys): one set for an
+    /// insert or an update, the new then the old for a compare-and-replace. The rows it touched.
     fn write_credentials(
         &self,
         sql: &str,
         host: &str,
         username: &str,
-        creds: &Credentials,
+        creds: &[&Credentials],
     ) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
-            sql,
-            params![
-                host,
-                username,
-                creds.sha256.iterations,
-                creds.sha256.salt,
-                creds.sha1.stored_key,
-                creds.sha1.server_key,
-                creds.sha256.stored_key,
-                creds.sha256.server_key
-            ],
-        )?)
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&host, &username];
+        for c in creds {
+            params.extend([
+                &c.sha256.iterations as &dyn rusqlite::ToSql,
+                &c.sha256.salt,
+                &c.sha1.stored_key,
+                &c.sha1.server_key,
+                &c.sha256.stored_key,
+                &c.sha256.server_key,
+            ]);
+        }
+        Ok(self.conn.execute(sql, params.as_slice())?)
     }
 }
 
@@ -111,7 +111,7 @@ impl Accounts for UserDb {
     /// Adds an account; fails when it exists.
     fn add(&self, host: &str, username: &str, creds: &Credentials) -> Result<(), StoreError> {
         let sql = "INSERT OR IGNORE INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-        if self.write_credentials(sql, host, username, creds)? == 0 {
+        if self.write_credentials(sql, host, username, &[creds])? == 0 {
             return Err(StoreError(format!("{username}@{host} already exists")));
         }
         Ok(())
@@ -126,7 +126,7 @@ impl Accounts for UserDb {
     ) -> Result<(), StoreError> {
         let sql = "UPDATE users SET iterations = ?3, salt = ?4, sha1_stored_key = ?5, sha1_server_key = ?6,
                  sha256_stored_key = ?7, sha256_server_key = ?8 WHERE host = ?1 AND username = ?2";
-        if self.write_credentials(sql, host, username, creds)? == 0 {
+        if self.write_credentials(sql, host, username, &[creds])? == 0 {
             return Err(StoreError(format!("{username}@{host} does not exist")));
         }
         Ok(())
@@ -139,28 +139,15 @@ impl Accounts for UserDb {
         old: &Credentials,
         new: &Credentials,
     ) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.write_credentials(
             "UPDATE users SET iterations = ?3, salt = ?4, sha1_stored_key = ?5, sha1_server_key = ?6,
                  sha256_stored_key = ?7, sha256_server_key = ?8
              WHERE host = ?1 AND username = ?2 AND iterations = ?9 AND salt = ?10
                  AND sha1_stored_key = ?11 AND sha1_server_key = ?12
                  AND sha256_stored_key = ?13 AND sha256_server_key = ?14",
-            params![
-                host,
-                username,
-                new.sha256.iterations,
-                new.sha256.salt,
-                new.sha1.stored_key,
-                new.sha1.server_key,
-                new.sha256.stored_key,
-                new.sha256.server_key,
-                old.sha256.iterations,
-                old.sha256.salt,
-                old.sha1.stored_key,
-                old.sha1.server_key,
-                old.sha256.stored_key,
-                old.sha256.server_key
-            ],
+            host,
+            username,
+            &[new, old],
         )?;
         Ok(n > 0)
     }

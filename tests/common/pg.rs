@@ -224,7 +224,9 @@ impl PgInstance {
         self.dir.join("data")
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// PostgreSQL's `program`, run as the `postgres` user when we are root, in our directory (the
+    /// postgres user may not be allowed into the caller's working directory).
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
@@ -233,10 +235,15 @@ impl PgInstance {
         } else {
             Command::new(&path)
         };
-        // The postgres user may not be allowed into the caller's working directory.
-        let out = cmd
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let out = self
+            .command(program)
             .args(args)
-            .current_dir(&self.dir)
             .output()
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(
@@ -312,15 +319,8 @@ impl PgInstance {
 impl Drop for PgInstance {
     fn drop(&mut self) {
         // Immediate: nothing here needs a clean shutdown, and it must not wait for clients.
-        let path = self.bin.join("pg_ctl");
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let _ = cmd
+        let _ = self
+            .command("pg_ctl")
             .args([
                 "-D",
                 &self.data().to_string_lossy(),
@@ -329,7 +329,6 @@ impl Drop for PgInstance {
                 "-w",
                 "stop",
             ])
-            .current_dir(&self.dir)
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
