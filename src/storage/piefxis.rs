@@ -10,7 +10,7 @@
 //! An account is checked whole before anything is written for it, and removed again if a write fails,
 //! so a bad entry never leaves half an account.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -687,23 +687,35 @@ fn is_pie(ns: &str) -> bool {
     ns == NS_PIE || ns == NS_PIE_OLD
 }
 
+/// A file's identity for `seen` and `parsed`: how an index names a file need not be how the directory
+/// listing did.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The hosts of a file: its root `<host/>`, or those of its `<server-data/>`, included files followed.
+/// A file already in `parsed` (by [`canonical`] path) is taken from there rather than read again.
 fn collect(
     path: &Path,
+    parsed: &mut HashMap<PathBuf, Element>,
     seen: &mut HashSet<PathBuf>,
     out: &mut Vec<HostEntry>,
 ) -> Result<(), String> {
-    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if !seen.insert(key) {
+    let key = canonical(path);
+    if !seen.insert(key.clone()) {
         return Ok(());
     }
-    let root = load(path)?;
-    collect_root(path, root, seen, out)
+    let root = match parsed.remove(&key) {
+        Some(root) => root,
+        None => load(path)?,
+    };
+    collect_root(path, root, parsed, seen, out)
 }
 
 fn collect_root(
     path: &Path,
     root: Element,
+    parsed: &mut HashMap<PathBuf, Element>,
     seen: &mut HashSet<PathBuf>,
     out: &mut Vec<HostEntry>,
 ) -> Result<(), String> {
@@ -723,7 +735,7 @@ fn collect_root(
                             format!("{}: <xi:include/> without href", path.display())
                         })?;
                         let target = path.parent().unwrap_or(Path::new(".")).join(href);
-                        collect(&target, seen, out)?;
+                        collect(&target, parsed, seen, out)?;
                     }
                     "host" => out.push(HostEntry {
                         file: path.to_path_buf(),
@@ -766,7 +778,7 @@ fn hosts_in(path: &Path) -> Result<Vec<HostEntry>, String> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     if !path.is_dir() {
-        collect(path, &mut seen, &mut out)?;
+        collect(path, &mut HashMap::new(), &mut seen, &mut out)?;
         return Ok(out);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -798,12 +810,15 @@ fn hosts_in(path: &Path) -> Result<Vec<HostEntry>, String> {
                 .join(", ")
         ));
     }
-    match indexes.first() {
+    match indexes.first().map(|f| (*f).clone()) {
         Some(index) => {
-            collect(index, &mut seen, &mut out)?;
+            let files: Vec<PathBuf> = roots.keys().cloned().collect();
+            // Each file was parsed once above; the index's includes take them from here.
+            let mut parsed: HashMap<PathBuf, Element> =
+                roots.into_iter().map(|(f, r)| (canonical(&f), r)).collect();
+            collect(&index, &mut parsed, &mut seen, &mut out)?;
             // A file the index does not name would otherwise be left out without a word.
-            let canonical = |f: &PathBuf| f.canonicalize().unwrap_or_else(|_| f.clone());
-            if let Some(stray) = roots.keys().find(|f| !seen.contains(&canonical(f))) {
+            if let Some(stray) = files.iter().find(|f| !seen.contains(&canonical(f))) {
                 return Err(format!(
                     "{}: not included by the index {}: import one file at a time, or move it out",
                     stray.display(),
@@ -813,7 +828,7 @@ fn hosts_in(path: &Path) -> Result<Vec<HostEntry>, String> {
         }
         None => {
             for (f, root) in roots {
-                collect_root(&f, root, &mut seen, &mut out)?;
+                collect_root(&f, root, &mut HashMap::new(), &mut seen, &mut out)?;
             }
         }
     }
