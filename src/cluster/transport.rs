@@ -6,7 +6,7 @@
 //! handshake as acceptor, then data frames handed to the caller in order, acknowledged as §3.4 says.
 //! What the frames mean (routing, sessions, membership) is above this file.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -385,23 +385,26 @@ async fn connection(
 }
 
 /// The receiving ends this host holds, by (sender node, sender incarnation, sending shard): what a
-/// reconnecting sender need not send again (§3.4).
+/// reconnecting sender need not send again (§3.4). Each count is a cell the connection serving the
+/// stream updates per frame without looking the stream up again.
 #[derive(Debug, Default)]
 pub struct InboundStreams {
-    received: HashMap<(String, u64, u16), u64>,
+    received: HashMap<(String, u64, u16), Rc<Cell<u64>>>,
 }
 
 impl InboundStreams {
     pub fn received(&self, node: &str, incarnation: u64, shard: u16) -> u64 {
         self.received
             .get(&(node.to_string(), incarnation, shard))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |c| c.get())
     }
 
-    fn set(&mut self, node: &str, incarnation: u64, shard: u16, n: u64) {
+    /// The count of one stream, created at 0.
+    fn stream(&mut self, node: &str, incarnation: u64, shard: u16) -> Rc<Cell<u64>> {
         self.received
-            .insert((node.to_string(), incarnation, shard), n);
+            .entry((node.to_string(), incarnation, shard))
+            .or_default()
+            .clone()
     }
 
     /// Forgets a sender's streams (it restarted or left).
@@ -467,6 +470,9 @@ pub async fn serve_inbound(
         }
     };
     let mut inbound = Inbound::new(peer.received);
+    let count = streams
+        .borrow_mut()
+        .stream(&peer.node, peer.incarnation, peer.shard);
     let mut ticks = Ticks::new(settings.tick, Instant::now());
     let result: Result<(), LinkEnd> = async {
         loop {
@@ -503,12 +509,7 @@ pub async fn serve_inbound(
                 }
                 f if f.is_data() => {
                     inbound.on_data(Instant::now());
-                    streams.borrow_mut().set(
-                        &peer.node,
-                        peer.incarnation,
-                        peer.shard,
-                        inbound.received(),
-                    );
+                    count.set(inbound.received());
                     deliver(&peer, f);
                 }
                 other => {
