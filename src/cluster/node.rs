@@ -226,6 +226,14 @@ pub fn start(
     shutdown: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Arc<ClusterShared>, Agent), String> {
     let cluster = config.cluster.as_ref().ok_or("no [cluster]")?;
+    if cluster.tls {
+        // Refused rather than ignored: an operator who asked for TLS must not get plaintext links.
+        return Err(
+            "cluster.tls = true: TLS on cluster links is specified (docs/cluster-protocol.md §4) \
+             but not built yet; run the links on a private network with tls = false"
+                .into(),
+        );
+    }
     let name = cluster.name.get_ref().clone();
     let secret = Secret::from_file_contents(&cluster.read_secret(&config.file)?)?;
     let address = match &cluster.advertise {
