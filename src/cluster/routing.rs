@@ -376,6 +376,9 @@ pub fn tick(shard: &Rc<Shard>) {
     if shared.generation() != cluster.view().generation {
         apply(shard, cluster, shared.view());
     }
+    if shard.id() == 0 {
+        watch_members(shard, cluster);
+    }
     let serving = cluster.view().me.is_some() && !shared.lease_in_doubt();
     if cluster.serving.get() && !serving {
         log::warn!(
@@ -385,6 +388,39 @@ pub fn tick(shard: &Rc<Shard>) {
         stop_serving(shard, cluster);
     }
     cluster.serving.set(serving);
+}
+
+/// Shard 0 keeps a link to every member (its ticks are the heartbeat) and reports the members whose
+/// link has been down for four ticks as suspects (§9.1).
+fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
+    let view = cluster.view();
+    if view.me.is_none() {
+        cluster.down_since.borrow_mut().clear();
+        cluster.shared.set_suspects(Default::default());
+        return;
+    }
+    let now = std::time::Instant::now();
+    let silence = cluster.shared.tick * 4;
+    let mut suspects = std::collections::BTreeSet::new();
+    let mut down = cluster.down_since.borrow_mut();
+    down.retain(|node, _| view.members.iter().any(|m| &m.node == node));
+    for (i, member) in view.members.iter().enumerate() {
+        if Some(i) == view.me {
+            continue;
+        }
+        let up = cluster
+            .link_to(shard.id(), member)
+            .is_some_and(|l| l.is_up());
+        if up {
+            down.remove(&member.node);
+        } else {
+            let since = *down.entry(member.node.clone()).or_insert(now);
+            if now.duration_since(since) >= silence {
+                suspects.insert(member.node.clone());
+            }
+        }
+    }
+    cluster.shared.set_suspects(suspects);
 }
 
 /// Applies a newly published view.
