@@ -19,9 +19,12 @@
 #                             chat among 1,000 users at 1,000 and 4,000 msg/s, every user connecting to
 #                             the hosts in turn (as behind a load balancer); server CPU per message summed
 #                             over the hosts, and the latency percentiles
+#   perf/knobs.sh sessions    a cluster of 5 hosts (1 shard each, unpinned) holding PER_HOST (19,950) idle
+#                             sessions each, one harness process per host (the 20,000-descriptor limit
+#                             per process): sessions per host, RSS per host and per session
 set -euo pipefail
 cd "$(dirname "$0")/.."
-knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls|storage|cluster}
+knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls|storage|cluster|sessions}
 
 cargo build --release -q -p rjabberd -p bench-harness
 target=${CARGO_TARGET_DIR:-target}
@@ -98,6 +101,42 @@ pg_start() {
     -o "-c listen_addresses='' -c unix_socket_directories='$dir'" -w start) > /dev/null \
     || { cat "$dir/postgres.log" >&2; exit 1; }
   (cd "$dir" && "${as_pg[@]}" "$pg_bin/createdb" -h "$dir" -U rjabberd rjabberd)
+}
+
+# cluster_host NAME DB PORT CPU [NODE]: one host (a cluster member when NODE is given) on the
+# database DB, serving clients on PORT, pinned to CPU; appends its pid to extra_pids.
+cluster_host() {
+  local name=$1 db=$2 port=$3 cpu=$4 node=${5:-} dir=$work/$1 section=""
+  mkdir -p "$dir"
+  if [ -n "$node" ]; then
+    section="[cluster]
+name = \"bench\"
+node = \"$node\"
+listen = \"127.0.0.$(( ${node#n} + 1 )):0\"
+secret_file = \"$work/cluster.secret\""
+  fi
+  cat > "$dir/rjabberd.toml" <<CONF
+shards = ${SHARDS:-1}
+data_dir = "$dir/data"
+log_level = "warn"
+[[host]]
+name = "localhost"
+[[listener]]
+address = "127.0.0.1:$port"
+[limits]
+max_connections_per_shard = 100000
+[auth]
+allow_plaintext = true
+[storage]
+backend = "postgres"
+url = "host=$work/pg user=rjabberd dbname=$db"
+pool_size = 2
+$section
+CONF
+  taskset -c "$cpu" "$target/release/rjabberd" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
+  extra_pids+=($!)
+  for _ in $(seq 200); do grep -q "serving" "$dir/server.log" 2>/dev/null && return; sleep 0.1; done
+  echo "host $name did not start" >&2; cat "$dir/server.log" >&2; exit 1
 }
 
 case $knob in
@@ -182,41 +221,6 @@ url = \"$url\""
     db_pid=$(head -1 "$pg_data/postmaster.pid")
     head -c 48 /dev/urandom | base64 > "$work/cluster.secret"
     chmod 600 "$work/cluster.secret"
-    # cluster_host NAME DB PORT CPU [NODE]: one host (a cluster member when NODE is given) on the
-    # database DB, serving clients on PORT, pinned to CPU; appends its pid to extra_pids.
-    cluster_host() {
-      local name=$1 db=$2 port=$3 cpu=$4 node=${5:-} dir=$work/$1 section=""
-      mkdir -p "$dir"
-      if [ -n "$node" ]; then
-        section="[cluster]
-name = \"bench\"
-node = \"$node\"
-listen = \"127.0.0.$(( ${node#n} + 1 )):0\"
-secret_file = \"$work/cluster.secret\""
-      fi
-      cat > "$dir/rjabberd.toml" <<CONF
-shards = ${SHARDS:-1}
-data_dir = "$dir/data"
-log_level = "warn"
-[[host]]
-name = "localhost"
-[[listener]]
-address = "127.0.0.1:$port"
-[limits]
-max_connections_per_shard = 100000
-[auth]
-allow_plaintext = true
-[storage]
-backend = "postgres"
-url = "host=$work/pg user=rjabberd dbname=$db"
-pool_size = 2
-$section
-CONF
-      taskset -c "$cpu" "$target/release/rjabberd" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
-      extra_pids+=($!)
-      for _ in $(seq 200); do grep -q "serving" "$dir/server.log" 2>/dev/null && return; sleep 0.1; done
-      echo "host $name did not start" >&2; cat "$dir/server.log" >&2; exit 1
-    }
     for db in single cluster; do
       (cd "$work/pg" && "${as_pg[@]}" "$pg_bin/createdb" -h "$work/pg" -U rjabberd "$db")
     done
@@ -244,6 +248,52 @@ CONF
         sleep 1
       done
     done
+    ;;
+  sessions)
+    pg_start "$work/pg"
+    head -c 48 /dev/urandom | base64 > "$work/cluster.secret"
+    chmod 600 "$work/cluster.secret"
+    (cd "$work/pg" && "${as_pg[@]}" "$pg_bin/createdb" -h "$work/pg" -U rjabberd sessions)
+    hosts=${HOSTS:-5}
+    per_host=${PER_HOST:-19950}
+    for k in $(seq "$hosts"); do
+      cluster_host "s$k" sessions $((15332 + k)) 0,1 "n$k"
+    done
+    for k in $(seq "$hosts"); do
+      "$bench" provision --config "$work/s1/rjabberd.toml" --users "$per_host" --prefix "h${k}u" > /dev/null
+    done
+    rss0=()
+    for p in "${extra_pids[@]}"; do rss0+=("$(awk '/VmRSS/{print $2}' /proc/$p/status)"); done
+    harness=()
+    for k in $(seq "$hosts"); do
+      "$bench" run --tls none --scenario idle --users "$per_host" --prefix "h${k}u" \
+        --server 127.0.0.1:$((15332 + k)) --server-pid "${extra_pids[$((k - 1))]}" \
+        --settle 600 --label "n$k" > "$work/harness-$k.log" 2>&1 &
+      harness+=($!)
+    done
+    # Measured while every harness still holds its sessions: once all are online, plus a few lease
+    # renewals (the session counts travel with them).
+    for _ in $(seq 1200); do
+      n=$(cat "$work"/harness-*.log 2>/dev/null | grep -c "online in" || true)
+      [ "$n" -ge "$hosts" ] && break
+      sleep 0.5
+    done
+    sleep "${SETTLE:-10}"
+    for k in $(seq "$hosts"); do grep -E "online in" "$work/harness-$k.log" | tail -1 | sed "s/^/n$k harness: /"; done
+    "$target/release/rjabberd" --config "$work/s1/rjabberd.toml" cluster status
+    total=0
+    grow=0
+    for k in $(seq "$hosts"); do
+      p=${extra_pids[$((k - 1))]}
+      rss=$(awk '/VmRSS/{print $2}' /proc/$p/status)
+      fds=$(ls /proc/$p/fd | wc -l)
+      echo "n$k: RSS $((rss / 1024)) MiB (was $((${rss0[$((k - 1))]} / 1024)) MiB), $fds descriptors"
+      grow=$((grow + rss - ${rss0[$((k - 1))]}))
+    done
+    sessions=$("$target/release/rjabberd" --config "$work/s1/rjabberd.toml" cluster status --json |
+      python3 -c 'import json,sys; print(sum(h["sessions"] for h in json.load(sys.stdin)["hosts"] if h["member"]))')
+    echo "sessions bound in the cluster: $sessions; RSS growth over all hosts per session: $((grow * 1024 / (sessions > 0 ? sessions : 1))) bytes"
+    for h in "${harness[@]}"; do kill "$h" 2>/dev/null || true; done
     ;;
   *) echo "unknown knob $knob" >&2; exit 2 ;;
 esac

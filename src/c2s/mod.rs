@@ -72,7 +72,7 @@ pub fn accept(shard: Rc<Shard>, stream: TcpStream, direct_tls: bool) {
         tls_up: false,
         unparsed: BytesMut::new(),
     };
-    start(shard, c2s, transport, deadline);
+    start(shard, c2s, transport, deadline, None);
 }
 
 /// Takes over a client connection that moved here from another shard.
@@ -86,7 +86,7 @@ pub fn adopt(shard: Rc<Shard>, moved: MovedConnection) {
         tls: moved.tls,
         unparsed: moved.unparsed,
     };
-    start(shard, moved.c2s, transport, None);
+    start(shard, moved.c2s, transport, None, None);
 }
 
 /// Takes over a client stream tunnelled from another host: the session lives here, the socket there.
@@ -100,6 +100,7 @@ pub fn adopt_from_edge(shard: Rc<Shard>, edge: crate::cluster::tunnel::FromEdge)
         Instant::now(),
         Box::new(random),
     );
+    let location = edge.location;
     let transport = Transport {
         stream: Io::Pipe(Box::new(edge.pipe)),
         peer: edge.peer,
@@ -107,10 +108,16 @@ pub fn adopt_from_edge(shard: Rc<Shard>, edge: crate::cluster::tunnel::FromEdge)
         tls_up: false,
         unparsed: edge.unparsed,
     };
-    start(shard, c2s, transport, None);
+    start(shard, c2s, transport, None, Some(location));
 }
 
-fn start(shard: Rc<Shard>, c2s: C2s, transport: Transport, auth_deadline: Option<Instant>) {
+fn start(
+    shard: Rc<Shard>,
+    c2s: C2s,
+    transport: Transport,
+    auth_deadline: Option<Instant>,
+    edge: Option<crate::proto::cluster::wire::Location>,
+) {
     let sink = Rc::new(Sink::new(
         shard.config().limits.max_output_queue_bytes,
         TargetStream::CLIENT,
@@ -135,6 +142,7 @@ fn start(shard: Rc<Shard>, c2s: C2s, transport: Transport, auth_deadline: Option
         closing: None,
         killed: false,
         bound_at: None,
+        edge,
     };
     driver::spawn(glue, sink, transport, env);
 }
@@ -158,6 +166,8 @@ struct C2sGlue {
     killed: bool,
     /// When the session was bound, for the logout line's duration.
     bound_at: Option<Instant>,
+    /// Where the client's socket is, when it is on another host of the cluster.
+    edge: Option<crate::proto::cluster::wire::Location>,
 }
 
 impl C2sGlue {
@@ -214,6 +224,9 @@ impl C2sGlue {
                                 peer:% = self.peer;
                                 "session started"
                             );
+                            if let Some(edge) = &self.edge {
+                                crate::cluster::tunnel::bound(&self.shard, edge, full.as_str());
+                            }
                             self.c2s.bound(&iq, Ok(full));
                             self.session = Some(s);
                             self.bound_at = Some(Instant::now());

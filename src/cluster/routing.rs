@@ -143,6 +143,7 @@ pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     let to_shard = match &frame {
         Frame::Stanza(f) => f.to_shard,
         Frame::ConnOpen(c) => c.to_shard,
+        Frame::ConnBound { to_shard, .. } | Frame::SessionLost { to_shard, .. } => *to_shard,
         Frame::ConnData { to_shard, .. } | Frame::ConnClose { to_shard, .. } => *to_shard,
         Frame::Fanout { .. } => return fanout(shard, frame),
         Frame::Route {
@@ -251,6 +252,8 @@ pub fn handle_frame(shard: &Rc<Shard>, frame: Frame) {
             end,
             ..
         } => tunnel::closed(shard, direction, &location, end),
+        Frame::ConnBound { location, full, .. } => tunnel::bound_at_edge(shard, &location, full),
+        Frame::SessionLost { full, .. } => crate::sm::session::lost_elsewhere(shard, &full),
         other => log::debug!("cluster: frame 0x{:02x} ignored", other.kind()),
     }
 }
@@ -430,8 +433,11 @@ fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) 
     let old = cluster.view.replace(view.clone());
     shard.set_placement(view.placement.clone(), view.me.unwrap_or(usize::MAX));
     if old.identity != view.identity {
-        // A new incarnation: every stream starts again (§3.4).
+        // A new incarnation: every stream starts again (§3.4), the ones this host receives too (a
+        // sender's stream to the old incarnation is not one to this one: resuming it would claim
+        // frames this incarnation never took).
         *cluster.settings.borrow_mut() = Rc::new(cluster.shared.link_settings(&view.identity));
+        *cluster.inbound.borrow_mut() = Default::default();
     }
     // Links to hosts that are no longer members (or to an incarnation that is gone) end; what they
     // still held is routed again under the new view (§9.3).

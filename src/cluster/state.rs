@@ -17,6 +17,11 @@ use super::node::{AppliedView, ClusterShared};
 use super::transport::{InboundStreams, LinkSettings, OutboundLink};
 use crate::proto::cluster::wire::{ConnEnd, Location, Member};
 
+/// What the stream error an edge writes itself says when the home vanished.
+const HOME_GONE: &[u8] =
+    b"<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+    </stream:error></stream:stream>";
+
 /// A shard's cluster state. Owned by its shard; nothing here crosses threads.
 pub struct ShardCluster {
     pub shared: Arc<ClusterShared>,
@@ -161,9 +166,35 @@ pub struct EdgeConn {
     pub(crate) waker: RefCell<Option<Waker>>,
     /// The home's node and incarnation.
     pub(crate) home: (String, u64),
+    /// The domain the client's stream addressed (for a stream header the edge may have to write).
+    pub(crate) host: String,
+    /// Whether the home has sent anything (its stream header) yet.
+    pub(crate) heard: Cell<bool>,
+    /// The session's full JID once the home bound it (§8.4).
+    pub(crate) full: RefCell<Option<String>>,
 }
 
 impl EdgeConn {
+    /// The home is gone: the client's stream ends with `<system-shutdown/>`, after a stream header
+    /// when the home never sent one (RFC 6120 §4.9.1.1: the error follows a header).
+    pub(crate) fn home_gone(&self) {
+        if self.ended.get().is_some() {
+            return;
+        }
+        let mut inbox = self.inbox.borrow_mut();
+        if !self.heard.get() {
+            inbox.push_back(Bytes::from(format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+                 xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='{}'>",
+                self.host
+            )));
+        }
+        inbox.push_back(Bytes::from_static(HOME_GONE));
+        drop(inbox);
+        self.ended.set(Some(ConnEnd::Gone));
+        self.wake();
+    }
+
     pub(crate) fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();

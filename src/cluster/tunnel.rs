@@ -34,11 +34,6 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// Bytes for the client an edge holds unwritten before it stops reading from the client.
 const EDGE_WRITE_HIGH: usize = 256 * 1024;
 
-/// What the stream error an edge writes itself says when the home vanished.
-const HOME_GONE: &[u8] =
-    b"<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
-    </stream:error></stream:stream>";
-
 /// What the edge knows of the client when it hands the stream on.
 pub struct Authenticated {
     pub user: String,
@@ -70,6 +65,7 @@ pub fn relay(shard: Rc<Shard>, home: Home, detached: Detached, who: Authenticate
         shard: shard.id() as u16,
         conn: cluster.next_conn(),
     };
+    let who_host = who.host.clone();
     let open = Frame::ConnOpen(ConnOpen {
         to_shard: home.shard as u16,
         epoch: view.epoch,
@@ -93,6 +89,9 @@ pub fn relay(shard: Rc<Shard>, home: Home, detached: Detached, who: Authenticate
         ended: Cell::new(None),
         waker: RefCell::new(None),
         home: (member.node.clone(), member.incarnation),
+        host: who_host,
+        heard: Cell::new(false),
+        full: RefCell::new(None),
     });
     cluster
         .edges
@@ -110,7 +109,6 @@ pub fn relay(shard: Rc<Shard>, home: Home, detached: Detached, who: Authenticate
         home_shard: home.shard as u16,
         wbuf: Vec::new(),
         wpos: 0,
-        rbuf: vec![0; 16 * 1024],
     };
     glommio::spawn_local(async move {
         let end = std::future::poll_fn(|cx| r.poll(cx)).await;
@@ -140,7 +138,6 @@ struct Relay {
     /// Bytes for the client's socket (TLS records, or plaintext without TLS).
     wbuf: Vec<u8>,
     wpos: usize,
-    rbuf: Vec<u8>,
 }
 
 impl Relay {
@@ -180,7 +177,9 @@ impl Relay {
                 }
             }
             if self.wpos == self.wbuf.len() {
-                self.wbuf.clear();
+                // An idle relay keeps no buffer: most of a session's life is idle, and the memory of
+                // an idle session is what a host of many pays for.
+                self.wbuf = Vec::new();
                 self.wpos = 0;
             }
             if self.edge.ended.get().is_some() && self.wbuf.is_empty() {
@@ -188,13 +187,17 @@ impl Relay {
             }
             // The client's bytes, to the home, while the client's side is not backed up.
             if self.edge.ended.get().is_none() && self.wbuf.len() - self.wpos < EDGE_WRITE_HIGH {
-                match Pin::new(&mut self.stream).poll_read(cx, &mut self.rbuf) {
+                // The shard's read buffer, shared by its connections (a read completes into it at
+                // once or only registers interest), so an idle relay holds none of its own.
+                let read_buf = self.shard.read_buf().clone();
+                let mut rbuf = read_buf.borrow_mut();
+                match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(RelayEnd::Client);
                     }
                     Poll::Ready(Ok(n)) => {
                         progress = true;
-                        let plain = match self.decrypt(n) {
+                        let plain = match self.decrypt(&rbuf[..n]) {
                             Ok(p) => p,
                             Err(()) => return Poll::Ready(RelayEnd::Client),
                         };
@@ -219,12 +222,12 @@ impl Relay {
         }
     }
 
-    /// The plaintext in the `n` bytes just read.
-    fn decrypt(&mut self, n: usize) -> Result<Vec<u8>, ()> {
+    /// The plaintext in the bytes just read.
+    fn decrypt(&mut self, read: &[u8]) -> Result<Vec<u8>, ()> {
         let Some(tls) = &mut self.tls else {
-            return Ok(self.rbuf[..n].to_vec());
+            return Ok(read.to_vec());
         };
-        let mut rest = &self.rbuf[..n];
+        let mut rest = read;
         let mut plain = Vec::new();
         while !rest.is_empty() {
             tls.read_tls(&mut rest).map_err(|_| ())?;
@@ -285,6 +288,8 @@ impl Relay {
 /// A client stream that authenticated on another host of the cluster and continues here, at its
 /// session's home: what the c2s glue needs to take it over.
 pub struct FromEdge {
+    /// Where the client's socket is.
+    pub location: Location,
     pub host: String,
     pub user: crate::proto::jid::Jid,
     pub mechanism: String,
@@ -348,6 +353,7 @@ pub fn open_at_home(shard: &Rc<Shard>, c: ConnOpen) -> Option<FromEdge> {
         .parse()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     Some(FromEdge {
+        location: c.location.clone(),
         host: c.host,
         user,
         mechanism: c.mechanism,
@@ -374,6 +380,7 @@ pub fn data(shard: &Rc<Shard>, direction: Direction, location: &Location, data: 
         }
         Direction::ToEdge => {
             if let Some(e) = cluster.edges.borrow().get(&location.conn) {
+                e.heard.set(true);
                 e.inbox.borrow_mut().push_back(data);
                 e.wake();
             }
@@ -395,19 +402,18 @@ pub fn closed(shard: &Rc<Shard>, direction: Direction, location: &Location, end:
         Direction::ToEdge => {
             if let Some(e) = cluster.edges.borrow().get(&location.conn) {
                 if end == ConnEnd::Gone {
-                    e.inbox
-                        .borrow_mut()
-                        .push_back(Bytes::from_static(HOME_GONE));
+                    e.home_gone();
+                } else {
+                    e.ended.set(Some(end));
+                    e.wake();
                 }
-                e.ended.set(Some(end));
-                e.wake();
             }
         }
     }
 }
 
 /// A new view: connections tunnelled to or from a host that is no longer a member end.
-pub fn view_changed(_shard: &Rc<Shard>, cluster: &ShardCluster, view: &AppliedView) {
+pub fn view_changed(shard: &Rc<Shard>, cluster: &ShardCluster, view: &AppliedView) {
     let gone: Vec<Location> = cluster
         .tunnels
         .borrow()
@@ -420,14 +426,69 @@ pub fn view_changed(_shard: &Rc<Shard>, cluster: &ShardCluster, view: &AppliedVi
             t.end();
         }
     }
+    let mut lost = Vec::new();
     for e in cluster.edges.borrow().values() {
         if !view.has(&e.home.0, e.home.1) && e.ended.get().is_none() {
-            e.inbox
-                .borrow_mut()
-                .push_back(Bytes::from_static(HOME_GONE));
-            e.ended.set(Some(ConnEnd::Gone));
-            e.wake();
+            e.home_gone();
+            if let Some(full) = e.full.borrow_mut().take() {
+                lost.push(full);
+            }
         }
+    }
+    // Sessions that died with their home: the account's new home tells its contacts (§9.2).
+    if view.me.is_some() {
+        for full in lost {
+            session_lost(shard, cluster, view, full);
+        }
+    }
+}
+
+/// Tells the new home of `full`'s account that the session ended with its old home's host.
+fn session_lost(shard: &Rc<Shard>, cluster: &ShardCluster, view: &AppliedView, full: String) {
+    let home = shard.home(crate::proto::jid::bare_of(&full));
+    let frame = Frame::SessionLost {
+        to_shard: home.shard as u16,
+        epoch: view.epoch,
+        full,
+    };
+    if home.host == shard.host_index() {
+        let _ = shard.send_home(
+            home,
+            crate::mesh::ShardMsg::Cluster(Box::new(frame)),
+            crate::mesh::Overflow::Spill,
+        );
+    } else if let Some(member) = view.member(home.host)
+        && let Some(link) = cluster.link_to(shard.id(), member)
+        && link.send(&frame).is_err()
+    {
+        log::warn!(
+            "cluster: the link to {} is full; a lost session is not announced",
+            member.node
+        );
+    }
+}
+
+/// Home side: the tunnelled session at `location` was bound to `full`; the edge keeps it (§8.4).
+pub fn bound(shard: &Rc<Shard>, location: &Location, full: &str) {
+    let Some(cluster) = shard.cluster() else {
+        return;
+    };
+    if let Some(link) = cluster.link_to_node(shard.id(), &location.node, location.incarnation) {
+        let _ = link.send(&Frame::ConnBound {
+            to_shard: location.shard,
+            location: location.clone(),
+            full: full.to_string(),
+        });
+    }
+}
+
+/// Edge side: `CONN_BOUND` for a connection of this shard.
+pub fn bound_at_edge(shard: &Rc<Shard>, location: &Location, full: String) {
+    if let Some(e) = shard
+        .cluster()
+        .and_then(|c| c.edges.borrow().get(&location.conn).cloned())
+    {
+        *e.full.borrow_mut() = Some(full);
     }
 }
 
@@ -437,13 +498,7 @@ pub fn end_all(_shard: &Rc<Shard>, cluster: &ShardCluster) {
         t.end();
     }
     for e in cluster.edges.borrow().values() {
-        if e.ended.get().is_none() {
-            e.inbox
-                .borrow_mut()
-                .push_back(Bytes::from_static(HOME_GONE));
-            e.ended.set(Some(ConnEnd::Gone));
-            e.wake();
-        }
+        e.home_gone();
     }
 }
 

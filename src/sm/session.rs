@@ -110,6 +110,51 @@ fn ended(shard: &Rc<Shard>, session: &SessionRef, was_available: bool) {
     session_hook(shard, &SM_REMOVE_CONNECTION, session, "");
 }
 
+/// A session of an account homed here ended elsewhere without this shard holding it: its home's host
+/// died, and the host that held its client's socket says so (docs/cluster-protocol.md §9.2). Its
+/// contacts are told it is unavailable, as for a session that ended here, unless the same full JID is
+/// bound here again already.
+pub fn lost_elsewhere(shard: &Rc<Shard>, full: &str) {
+    let bare = crate::proto::jid::bare_of(full);
+    if shard
+        .sessions()
+        .borrow()
+        .sessions(bare)
+        .iter()
+        .any(|s| &*s.full == full)
+    {
+        return;
+    }
+    let (user, host) = bare.split_once('@').unwrap_or(("", bare));
+    let event = || SessionEvent {
+        full: full.into(),
+        user: user.to_string(),
+        host: host.to_string(),
+        status: String::new(),
+    };
+    if shard.has_hook(&USER_PRESENCE)
+        && let Ok(unavailable) = parse_element(
+            b"<presence xmlns='jabber:client' type='unavailable'/>",
+            &Limits::default(),
+        )
+    {
+        let mut update = PresenceUpdate {
+            full: full.into(),
+            user: user.to_string(),
+            host: host.to_string(),
+            available: false,
+            initial: false,
+            stanza: unavailable,
+        };
+        hooks::run(&shard.ctx(), &USER_PRESENCE, host, &mut update);
+    }
+    for hook in [&UNSET_PRESENCE, &SM_REMOVE_CONNECTION] {
+        if shard.has_hook(hook) {
+            hooks::run(&shard.ctx(), hook, host, &mut event());
+        }
+    }
+}
+
 /// A stanza without `to` from a session: presence is the session's own (broadcast), a message is for the
 /// sender's bare JID (RFC 6120 §10.3.1), an IQ is answered by the server for the account (§10.3.3).
 pub fn without_to(shard: &Rc<Shard>, from: &SessionRef, stanza: Stanza) {

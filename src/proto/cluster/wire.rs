@@ -33,6 +33,8 @@ pub mod kind {
     pub const CONN_OPEN: u8 = 0x30;
     pub const CONN_DATA: u8 = 0x31;
     pub const CONN_CLOSE: u8 = 0x32;
+    pub const CONN_BOUND: u8 = 0x33;
+    pub const SESSION_LOST: u8 = 0x34;
     pub const MEMBERS: u8 = 0x40;
     pub const LEAVING: u8 = 0x41;
     pub const REQUEST: u8 = 0x50;
@@ -359,6 +361,19 @@ pub enum Frame {
         location: Location,
         end: ConnEnd,
     },
+    /// The home bound the tunnelled connection's session to `full` (§8.4), so that the edge can tell
+    /// the account's next home if this one dies.
+    ConnBound {
+        to_shard: u16,
+        location: Location,
+        full: String,
+    },
+    /// The session `full` ended with its home's host (§9.2): its new home tells its contacts.
+    SessionLost {
+        to_shard: u16,
+        epoch: u64,
+        full: String,
+    },
     Members {
         epoch: u64,
         members: Vec<Member>,
@@ -401,6 +416,8 @@ impl Frame {
             ConnOpen(_) => kind::CONN_OPEN,
             ConnData { .. } => kind::CONN_DATA,
             ConnClose { .. } => kind::CONN_CLOSE,
+            ConnBound { .. } => kind::CONN_BOUND,
+            SessionLost { .. } => kind::SESSION_LOST,
             Members { .. } => kind::MEMBERS,
             Leaving { .. } => kind::LEAVING,
             Request { .. } => kind::REQUEST,
@@ -539,6 +556,24 @@ impl Frame {
                 out.put_u8(*direction as u8);
                 put_location(out, location);
                 out.put_u8(*end as u8);
+            }
+            ConnBound {
+                to_shard,
+                location,
+                full,
+            } => {
+                out.put_u16(*to_shard);
+                put_location(out, location);
+                put_str(out, full);
+            }
+            SessionLost {
+                to_shard,
+                epoch,
+                full,
+            } => {
+                out.put_u16(*to_shard);
+                out.put_u64(*epoch);
+                put_str(out, full);
             }
             Members { epoch, members } => {
                 out.put_u64(*epoch);
@@ -703,6 +738,16 @@ impl Frame {
                     2 => ConnEnd::Gone,
                     _ => return Err(r.bad("connection end")),
                 },
+            },
+            kind::CONN_BOUND => Frame::ConnBound {
+                to_shard: r.u16()?,
+                location: r.location()?,
+                full: r.str()?,
+            },
+            kind::SESSION_LOST => Frame::SessionLost {
+                to_shard: r.u16()?,
+                epoch: r.u64()?,
+                full: r.str()?,
             },
             kind::MEMBERS => Frame::Members {
                 epoch: r.u64()?,

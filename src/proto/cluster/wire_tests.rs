@@ -139,6 +139,16 @@ pub(super) fn samples() -> Vec<Frame> {
             location: location(2),
             end: ConnEnd::Gone,
         },
+        Frame::ConnBound {
+            to_shard: 1,
+            location: location(2),
+            full: "romeo@example.net/orchard".into(),
+        },
+        Frame::SessionLost {
+            to_shard: 0,
+            epoch: 12,
+            full: "romeo@example.net/orchard".into(),
+        },
         Frame::Members {
             epoch: 10,
             members: vec![
@@ -223,7 +233,7 @@ fn the_kinds_are_the_specifications() {
         kinds,
         [
             0x01, 0x02, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12, 0x20, 0x20, 0x20, 0x21, 0x22, 0x30,
-            0x31, 0x31, 0x32, 0x40, 0x41, 0x50, 0x51, 0x60
+            0x31, 0x31, 0x32, 0x33, 0x34, 0x40, 0x41, 0x50, 0x51, 0x60
         ]
     );
     for f in samples() {
@@ -421,7 +431,7 @@ fn a_forged_count_reserves_nothing() {
 
 #[test]
 fn unknown_kinds_are_refused_and_optional_ones_kept() {
-    for k in [0x00, 0x05, 0x13, 0x24, 0x33, 0x36, 0x42, 0x52, 0x80, 0xff] {
+    for k in [0x00, 0x05, 0x13, 0x24, 0x35, 0x36, 0x42, 0x52, 0x80, 0xff] {
         assert_eq!(
             Frame::decode(&raw(k, b"")),
             Err(WireError::UnknownKind(k)),
