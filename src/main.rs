@@ -198,16 +198,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> Result<(), String> {
-    if let Some(cluster) = &config.cluster {
-        // Serving as a lone host while the operator asked for a cluster would let two hosts on one
-        // database each think they own every account: refuse, plainly, until the links exist.
-        return Err(format!(
-            "[cluster] (node `{}`) is checked but not served yet: this build does not join \
-             clusters (docs/cluster-protocol.md says what is built); remove [cluster] to serve \
-             as a single host",
-            cluster.node.get_ref()
-        ));
-    }
     let fds = rjabberd::net::raise_fd_limit();
     log::debug!("open-file limit: {fds}");
     let shutdown = Arc::new(AtomicBool::new(false));

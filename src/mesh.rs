@@ -56,6 +56,9 @@ pub enum ShardMsg {
     },
     /// Work a module sends to the shard that owns some state of its (`ModuleCtx::send_home`).
     Module(ModuleJob),
+    /// A frame from another host of the cluster for this shard (a stanza, a tunnelled connection's
+    /// bytes), handed on by the shard whose link received it.
+    Cluster(Box<crate::proto::cluster::wire::Frame>),
 }
 
 /// A connection in transit between shards: its socket, TLS state, stream state and unparsed bytes.

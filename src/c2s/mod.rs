@@ -18,8 +18,7 @@ use glommio::net::TcpStream;
 use crate::mesh::{MovedConnection, Overflow, ShardMsg};
 use crate::metrics::ConnKind;
 use crate::modules::hooks::{self, CLIENT_STATE, ClientState};
-use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
-use crate::placement::Home;
+use crate::net::driver::{self, Control, DriverEnv, Ending, Io, StreamGlue, Transport};
 use crate::proto::c2s::{Action, C2s};
 use crate::proto::errors::{Closing, StreamErrorCondition};
 use crate::proto::jid::domain_of;
@@ -67,7 +66,7 @@ pub fn accept(shard: Rc<Shard>, stream: TcpStream, direct_tls: bool) {
     );
     let deadline = Some(now + shard.server().settings.auth_timeout);
     let transport = Transport {
-        stream,
+        stream: Io::Tcp(stream),
         peer,
         tls,
         tls_up: false,
@@ -81,13 +80,34 @@ pub fn adopt(shard: Rc<Shard>, moved: MovedConnection) {
     // SAFETY: the descriptor was duplicated for this transfer and is owned by `moved.fd` alone.
     let stream = unsafe { TcpStream::from_raw_fd(moved.fd.into_raw_fd()) };
     let transport = Transport {
-        stream,
+        stream: Io::Tcp(stream),
         peer: moved.peer,
         tls_up: moved.tls.is_some(),
         tls: moved.tls,
         unparsed: moved.unparsed,
     };
     start(shard, moved.c2s, transport, None);
+}
+
+/// Takes over a client stream tunnelled from another host: the session lives here, the socket there.
+pub fn adopt_from_edge(shard: Rc<Shard>, edge: crate::cluster::tunnel::FromEdge) {
+    let c2s = C2s::authenticated_elsewhere(
+        shard.server().settings.clone(),
+        edge.host,
+        edge.user,
+        &edge.mechanism,
+        edge.secure,
+        Instant::now(),
+        Box::new(random),
+    );
+    let transport = Transport {
+        stream: Io::Pipe(Box::new(edge.pipe)),
+        peer: edge.peer,
+        tls: None,
+        tls_up: false,
+        unparsed: edge.unparsed,
+    };
+    start(shard, c2s, transport, None);
 }
 
 fn start(shard: Rc<Shard>, c2s: C2s, transport: Transport, auth_deadline: Option<Instant>) {
@@ -178,7 +198,9 @@ impl C2sGlue {
                 Action::Authenticated(jid) => {
                     self.auth_deadline = None;
                     let home = self.shard.home(jid.bare_str());
-                    if home.shard() != self.shard.id() {
+                    // Another shard of this host, or a shard of another host of the cluster (the
+                    // connection then stays here and its stream is tunnelled to the home).
+                    if home != self.shard.local(self.shard.id()) {
                         ctl.move_to(home.shard());
                     }
                 }
@@ -462,6 +484,21 @@ impl StreamGlue for C2sGlue {
             session::unbind(&self.shard, &s);
         }
         if let Ending::Moving { shard, detached } = ending {
+            let home = self
+                .c2s
+                .user()
+                .map(|u| self.shard.home(u.bare_str()))
+                .unwrap_or_else(|| self.shard.local(shard));
+            if home.host != self.shard.host_index() {
+                let who = crate::cluster::tunnel::Authenticated {
+                    user: self.c2s.user().map(|u| u.to_string()).unwrap_or_default(),
+                    host: self.c2s.host().to_string(),
+                    secure: self.c2s.is_secure(),
+                    mechanism: self.c2s.mechanism().unwrap_or_default().to_string(),
+                };
+                crate::cluster::tunnel::relay(self.shard.clone(), home, detached, who);
+                return;
+            }
             let moved = MovedConnection {
                 fd: detached.fd,
                 peer: detached.peer,
@@ -469,7 +506,7 @@ impl StreamGlue for C2sGlue {
                 c2s: self.c2s,
                 unparsed: detached.unparsed,
             };
-            let home = Home { host: 0, shard };
+            let home = self.shard.local(shard);
             // A moving connection always waits (its number is bounded by the connection cap).
             let _ = self
                 .shard

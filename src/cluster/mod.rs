@@ -8,4 +8,8 @@
 //! use `storage` and `proto`.
 
 pub mod membership;
+pub mod node;
+pub mod routing;
+pub mod state;
 pub mod transport;
+pub mod tunnel;

@@ -199,6 +199,19 @@ impl OutboundLink {
         std::mem::take(&mut self.state.borrow_mut().abandoned)
     }
 
+    /// Ends the link and hands back every data frame it still held, unsent or unacknowledged, with those
+    /// it had already given up on: the receiver left the membership, and the owner routes them again
+    /// under the new view (§9.3).
+    pub fn close_and_take(&self) -> Vec<Frame> {
+        let mut s = self.state.borrow_mut();
+        s.closed = true;
+        let mut out = std::mem::take(&mut s.abandoned);
+        out.extend(s.stream.abandon().into_iter().filter_map(Result::ok));
+        drop(s);
+        let _ = self.kick.try_send(());
+        out
+    }
+
     /// Ends the link: the task writes what it can, closes with `normal`, and stops.
     pub fn close(&self) {
         self.state.borrow_mut().closed = true;

@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 
 use crate::mesh::ShardMsg;
 use crate::metrics::ConnKind;
-use crate::net::driver::{self, Control, DriverEnv, Ending, StreamGlue, Transport};
+use crate::net::driver::{self, Control, DriverEnv, Ending, Io, StreamGlue, Transport};
 use crate::probe::hot_path;
 use crate::proto::component::{ComponentAction, ComponentStream};
 use crate::proto::errors::{Closing, StreamErrorCondition};
@@ -62,7 +62,7 @@ pub fn accept(shard: Rc<Shard>, stream: TcpStream) {
         connected_at: None,
     };
     let transport = Transport {
-        stream,
+        stream: Io::Tcp(stream),
         peer,
         tls: None,
         tls_up: false,

@@ -120,9 +120,62 @@ pub struct DriverEnv {
     pub read_buf: Rc<std::cell::RefCell<Vec<u8>>>,
 }
 
-/// A connection to drive: fresh from accept, or adopted from another shard.
+/// A byte stream that is not a socket of this host: a client connection whose socket is on another host
+/// of the cluster, its bytes carried by the cluster's links.
+pub trait Pipe: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Pipe for T {}
+
+/// What a driver reads and writes: a socket, or a pipe to a socket elsewhere (which cannot move).
+pub enum Io {
+    Tcp(TcpStream),
+    Pipe(Box<dyn Pipe>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Pipe(p) => Pin::new(p).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Pipe(p) => Pin::new(p).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Pipe(p) => Pin::new(p).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_close(cx),
+            Io::Pipe(p) => Pin::new(p).poll_close(cx),
+        }
+    }
+}
+
+/// A connection to drive: fresh from accept, adopted from another shard, or tunnelled from another
+/// host.
 pub struct Transport {
-    pub stream: TcpStream,
+    pub stream: Io,
     pub peer: SocketAddr,
     pub tls: Option<Box<rustls::ServerConnection>>,
     /// Whether `tls` has finished its handshake (an adopted connection's has).
@@ -184,7 +237,7 @@ struct Driver<G: StreamGlue> {
     /// Taken only by `finish`.
     glue: Option<G>,
     ctl: Control,
-    stream: TcpStream,
+    stream: Io,
     peer: SocketAddr,
     tls: Option<Box<rustls::ServerConnection>>,
     tls_up: bool,
@@ -535,16 +588,19 @@ impl<G: StreamGlue> Driver<G> {
     /// Takes the connection off this driver: a duplicate of its descriptor, its TLS state, and every
     /// byte read but not parsed (the parser's, the carry, and TLS plaintext not yet read out).
     fn detach(&mut self) -> Option<Detached> {
+        let Io::Tcp(stream) = &self.stream else {
+            log::error!(peer:% = self.peer; "a tunnelled connection cannot move between shards");
+            return None;
+        };
         // SAFETY: the descriptor is valid while `self.stream` lives; it is duplicated before the stream
         // (and its descriptor) is dropped, so the socket stays open for the next driver.
-        let fd =
-            match unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) }.try_clone_to_owned() {
-                Ok(fd) => fd,
-                Err(e) => {
-                    log::error!(peer:% = self.peer; "cannot hand the connection over: {e}");
-                    return None;
-                }
-            };
+        let fd = match unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::error!(peer:% = self.peer; "cannot hand the connection over: {e}");
+                return None;
+            }
+        };
         let mut unparsed = self.parser.take_unparsed();
         unparsed.extend_from_slice(&self.carry);
         if let Some(tls) = &mut self.tls {

@@ -235,6 +235,28 @@ impl C2s {
         }
     }
 
+    /// A stream that authenticated on another host of the cluster and continues here, at its session's
+    /// home (docs/cluster-protocol.md §8): SASL succeeded there for `user` with `mechanism`, and the
+    /// client's next stream header comes through the tunnel. `secure` says whether the client's
+    /// transport (at the other host) is TLS.
+    pub fn authenticated_elsewhere(
+        settings: std::sync::Arc<C2sSettings>,
+        host: String,
+        user: Jid,
+        mechanism: &str,
+        secure: bool,
+        now: Instant,
+        random: RandomSource,
+    ) -> C2s {
+        let mut c = C2s::new(settings, secure, ChannelBindings::default(), now, random);
+        c.host = host;
+        c.user = Some(user);
+        c.mechanism = Mechanism::from_name(mechanism);
+        c.phase = Phase::Header;
+        c.header_sent = false;
+        c
+    }
+
     /// Gives back the action queue's memory when it is empty (an idle connection; it grew during
     /// negotiation and would otherwise hold several actions' worth for the life of the session).
     pub fn release_idle(&mut self) {

@@ -222,7 +222,7 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
                 stanza: travelling,
                 from: from.clone(),
             };
-            let home = Home { host: 0, shard: at };
+            let home = shard.local(at);
             if shard.send_home(home, msg, origin.overflow()).is_err() {
                 let condition = StanzaErrorCondition::ResourceConstraint;
                 error(shard, origin, &stanza, &from, to.domain, condition);

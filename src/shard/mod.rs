@@ -79,6 +79,8 @@ pub struct ServerShared {
     /// The module plan generation each shard applied last, and the error if it failed (what
     /// `rjabberd ctl reload` waits for and reports).
     pub plan_applied: std::sync::Mutex<Vec<(usize, Option<String>)>>,
+    /// This host as a member of its cluster, when `[cluster]` is configured.
+    pub cluster: Option<Arc<crate::cluster::node::ClusterShared>>,
 }
 
 /// The router's multicast entry: one stanza, its sender, its recipients.
@@ -96,7 +98,14 @@ pub struct Wiring {
     /// The router's entry for a watched session's stanza that a module held back and lets go
     /// (`router::resume_from_session`: bare JID, full JID, stanza).
     pub resume: fn(&Rc<Shard>, &str, &str, Stanza),
+    /// Hands a message to a home on another host of the cluster (`cluster::routing::send_remote`), under
+    /// the same policy as the mesh: it comes back only when the policy bounces it.
+    pub remote: RemoteFn,
 }
+
+/// The cluster's entry for a message whose home is on another host.
+#[allow(clippy::result_large_err)]
+pub type RemoteFn = fn(&Rc<Shard>, Home, ShardMsg, Overflow) -> Result<(), ShardMsg>;
 
 /// One shard's state. Shared by the shard's tasks through an `Rc`; never crosses threads.
 pub struct Shard {
@@ -117,6 +126,13 @@ pub struct Shard {
     /// Orders stanzas that reach this shard within the same nanosecond ([`Shard::arrival_key`]).
     arrivals: Cell<u32>,
     wiring: Wiring,
+    /// Where accounts live, as this shard applies it: the single host's table, or a cluster epoch's
+    /// (replaced when the shard applies a new view).
+    placement: RefCell<Arc<Placement>>,
+    /// This host's index among the members of the placement ([`Home::host`]); 0 on a single host.
+    host: Cell<usize>,
+    /// This shard's links, tunnels and view when the host is a member of a cluster.
+    cluster: Option<Rc<crate::cluster::state::ShardCluster>>,
 }
 
 impl Shard {
@@ -127,7 +143,11 @@ impl Shard {
         wiring: Wiring,
     ) -> Shard {
         let routes = RouteTable::new(&server.hosts);
+        let placement = RefCell::new(server.placement.clone());
         Shard {
+            placement,
+            host: Cell::new(0),
+            cluster: None,
             id,
             outbox: Outbox::new(server.shards),
             server,
@@ -190,12 +210,42 @@ impl Shard {
 
     /// The home of a bare JID (or of any key placed like one).
     pub fn home(&self, key: &str) -> Home {
-        self.server.placement.home(key)
+        self.placement.borrow().home(key)
     }
 
     /// Whether this shard is the home of `bare`.
     pub fn is_home(&self, bare: &str) -> bool {
-        self.home(bare).shard() == self.id
+        self.home(bare) == self.local(self.id)
+    }
+
+    /// Shard `shard` of this host, as a [`Home`].
+    pub fn local(&self, shard: usize) -> Home {
+        Home {
+            host: self.host.get(),
+            shard,
+        }
+    }
+
+    /// This host's index among the members of the current placement ([`Home::host`]).
+    pub fn host_index(&self) -> usize {
+        self.host.get()
+    }
+
+    /// This shard's cluster state, when the host is a member of a cluster.
+    pub fn cluster(&self) -> Option<&Rc<crate::cluster::state::ShardCluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Installs the cluster state (at start, before the shard serves).
+    pub fn set_cluster(&mut self, cluster: Rc<crate::cluster::state::ShardCluster>) {
+        self.cluster = Some(cluster);
+    }
+
+    /// Applies a placement and this host's index in it (a new cluster view). `usize::MAX` as the index
+    /// means this host is out of the cluster: no account is at home here.
+    pub fn set_placement(&self, placement: Arc<Placement>, host: usize) {
+        *self.placement.borrow_mut() = placement;
+        self.host.set(host);
     }
 
     /// A module context over this shard.
@@ -204,8 +254,8 @@ impl Shard {
     }
 
     /// Hands `msg` to the shard `home` names: on this shard, at once (no queue, no future); on another,
-    /// through the mesh under `policy`. The message comes back only when the policy bounces it. The one
-    /// place that will also hold the cluster branch (a home on another host).
+    /// through the mesh under `policy`; on another host of the cluster, through the cluster's links
+    /// (installed as [`Wiring::remote`]). The message comes back only when the policy bounces it.
     #[allow(clippy::result_large_err)]
     pub fn send_home(
         self: &Rc<Self>,
@@ -213,6 +263,9 @@ impl Shard {
         msg: ShardMsg,
         policy: Overflow,
     ) -> Result<(), ShardMsg> {
+        if home.host != self.host.get() {
+            return (self.wiring.remote)(self, home, msg, policy);
+        }
         let to = home.shard();
         if to == self.id {
             (self.wiring.handle)(self, msg);
@@ -402,7 +455,7 @@ impl ShardServices for Shard {
     }
 
     fn send_to(self: Rc<Self>, shard: usize, job: ModuleJob) {
-        let home = Home { host: 0, shard };
+        let home = self.local(shard);
         // Operators' requests wait rather than fail: one per request, and there are few.
         let _ = Shard::send_home(&self, home, ShardMsg::Module(job), Overflow::Spill);
     }

@@ -44,6 +44,7 @@ pub(crate) const WIRING: Wiring = Wiring {
     route: crate::router::route_generated,
     multicast: crate::router::route_multicast,
     resume: crate::router::resume_from_session,
+    remote: crate::cluster::routing::send_remote,
 };
 
 /// Handles a message from the mesh (or from this shard's own fast path).
@@ -65,6 +66,7 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             shard.routes().borrow_mut().set_component(&domain, route)
         }
         ShardMsg::Module(job) => job(&shard.ctx()),
+        ShardMsg::Cluster(frame) => crate::cluster::routing::handle_frame(shard, *frame),
     }
 }
 
@@ -81,6 +83,8 @@ pub(crate) fn apply_plan(shard: &Rc<Shard>, plan: &[HostModules]) -> Result<(), 
 pub struct Server {
     pub shared: Arc<ServerShared>,
     handles: glommio::PoolThreadHandles<()>,
+    /// The cluster membership agent, when this host is a member of a cluster.
+    agent: Option<crate::cluster::node::Agent>,
 }
 
 impl Server {
@@ -107,7 +111,25 @@ impl Server {
         } else {
             None
         };
-        let shared = Arc::new(shared_state(config, shutdown, shards, bound)?);
+        // A cluster member joins before any shard runs: the shards start with the first view.
+        let (cluster, agent, cluster_reserved) = match &config.cluster {
+            Some(c) => {
+                let addr: SocketAddr = c.listen.get_ref().parse().map_err(|e| format!("{e}"))?;
+                let reserved = crate::net::listener::reserve(addr)
+                    .map_err(|e| format!("cluster.listen: {e}"))?;
+                let (cluster, agent) = crate::cluster::node::start(
+                    &config,
+                    reserved.addr(),
+                    shards,
+                    shutdown.clone(),
+                )?;
+                (Some(cluster), Some(agent), Some(reserved))
+            }
+            None => (None, None, None),
+        };
+        let mut state = shared_state(config, shutdown, shards, bound)?;
+        state.cluster = cluster;
+        let shared = Arc::new(state);
         *shared.ctl.lock().unwrap_or_else(|p| p.into_inner()) = ctl;
         let placement = if shards <= cores {
             PoolPlacement::MaxSpread(shards, None)
@@ -169,11 +191,28 @@ impl Server {
             .take();
         if let Some(e) = failed {
             shared.shutdown.store(true, Ordering::SeqCst);
-            let server = Server { shared, handles };
+            let server = Server {
+                shared,
+                handles,
+                agent,
+            };
             server.join();
             return Err(e);
         }
-        Ok(Server { shared, handles })
+        drop(cluster_reserved);
+        if let Some(c) = &shared.cluster {
+            // Clients wait until the hosts that held this host's accounts before it joined have
+            // applied the view that moves them here (and ended their sessions).
+            let until = c.view().accept_after;
+            while std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(Server {
+            shared,
+            handles,
+            agent,
+        })
     }
 
     /// Re-reads the configuration file and applies its `[modules]` (SIGHUP); see [`reload`].
@@ -184,6 +223,9 @@ impl Server {
     /// Waits for every shard to finish (after the shutdown flag is set), and removes the control
     /// socket.
     pub fn join(self) {
+        if let Some(agent) = self.agent {
+            agent.join();
+        }
         for r in self.handles.join_all() {
             if let Err(e) = r {
                 log::error!("a shard ended with an error: {e}");
@@ -385,6 +427,7 @@ pub(crate) fn shared_state(
         metrics_addr,
         ctl: std::sync::Mutex::new(None),
         plan_applied: std::sync::Mutex::new(vec![(0, None); shards]),
+        cluster: None,
         placement: Arc::new(Placement::single_host(shards)),
         started: std::time::Instant::now(),
         components,
@@ -420,7 +463,13 @@ async fn run_shard(
     CURRENT_SHARD.with(|c| c.set(Some(id)));
     crate::metrics::with(|m| m.set_sampling(server.config.metrics.latency_sample));
     let mesh = senders.map(|s| Box::new(s) as Box<dyn crate::mesh::Peers<ShardMsg>>);
-    let shard = Rc::new(Shard::new(id, server.clone(), mesh, WIRING));
+    let mut shard = Shard::new(id, server.clone(), mesh, WIRING);
+    if let Some(c) = &server.cluster {
+        shard.set_cluster(Rc::new(crate::cluster::state::ShardCluster::new(c.clone())));
+    }
+    let shard = Rc::new(shard);
+    // The first view before anything is routed.
+    crate::cluster::routing::tick(&shard);
     // Mesh consumers: one task per peer, each handling messages synchronously.
     if let Some(mut receivers) = receivers {
         for (peer, rx) in receivers.streams() {
@@ -458,6 +507,12 @@ async fn run_shard(
         return;
     }
     let mut plan_generation = 0;
+    if let Err(e) = crate::cluster::routing::listen(&shard) {
+        log::error!("shard {id}: {e}");
+        server.shutdown.store(true, Ordering::SeqCst);
+        server.ready.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
     for (addr, tls, kind) in &server.bound {
         match crate::net::listener::listen(*addr, server.config.limits.listen_backlog) {
             Ok(l) => listeners.push((Rc::new(l), *tls, *kind)),
@@ -489,6 +544,15 @@ async fn run_shard(
                 };
                 if shard.closing() {
                     return;
+                }
+                if kind == ListenerKind::C2s && shard.cluster().is_some_and(|c| !c.accepting()) {
+                    // Out of the cluster, or just joined: the client tries again (or another host).
+                    log::debug!(
+                        "shard {}: not serving clients yet; a connection is closed",
+                        shard.id()
+                    );
+                    drop(stream);
+                    continue;
                 }
                 if shard.sinks().borrow().len() >= shard.config().limits.max_connections_per_shard {
                     // The cap: refuse before any state is allocated, with `resource-constraint` on a
@@ -583,6 +647,7 @@ async fn run_shard(
         // nothing measurable.
         glommio::timer::sleep(Duration::from_millis(if spilled { 1 } else { 20 })).await;
         spilled = shard.flush_outbox();
+        crate::cluster::routing::tick(&shard);
         if last_sweep.elapsed() >= IDLE_SWEEP {
             // Idle connections give their buffers back (the memory of an idle session).
             last_sweep = std::time::Instant::now();

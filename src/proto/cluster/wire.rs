@@ -29,12 +29,9 @@ pub mod kind {
     pub const CLOSE: u8 = 0x12;
     pub const STANZA: u8 = 0x20;
     pub const FANOUT: u8 = 0x21;
-    pub const SESSION_OPEN: u8 = 0x30;
-    pub const SESSION_RESULT: u8 = 0x31;
-    pub const SESSION_PRESENCE: u8 = 0x32;
-    pub const SESSION_CLOSE: u8 = 0x33;
-    pub const KICK: u8 = 0x34;
-    pub const SESSION_SYNC: u8 = 0x35;
+    pub const CONN_OPEN: u8 = 0x30;
+    pub const CONN_DATA: u8 = 0x31;
+    pub const CONN_CLOSE: u8 = 0x32;
     pub const MEMBERS: u8 = 0x40;
     pub const LEAVING: u8 = 0x41;
     pub const REQUEST: u8 = 0x50;
@@ -256,21 +253,45 @@ pub struct FanoutGroup {
     pub recipients: Vec<String>,
 }
 
+/// Which way a tunnelled connection's frame goes (§8): to the session's home, or back to the host
+/// that holds the client's socket (the edge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionStatus {
-    Bound = 0,
-    BoundReplacing = 1,
-    MaxSessions = 2,
-    NotOwner = 3,
-    Recovering = 4,
+pub enum Direction {
+    ToHome = 0,
+    ToEdge = 1,
 }
 
+/// Why a tunnelled connection ended (§8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KickReason {
-    Conflict = 0,
-    Fenced = 1,
-    AccountRemoved = 2,
-    Operator = 3,
+pub enum ConnEnd {
+    /// The stream ended (the client closed, or the home closed the stream).
+    Normal = 0,
+    /// The link to the other side could not take more (§3.8).
+    Overload = 1,
+    /// The other side's host is leaving or fenced, or the session's home moved (§9.2).
+    Gone = 2,
+}
+
+/// A client connection that authenticated on one host (the edge) whose session lives on another (the
+/// home of its bare JID): what the home needs to continue the stream (§8.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnOpen {
+    pub to_shard: u16,
+    pub epoch: u64,
+    /// The client's socket: edge node, its incarnation, shard, connection id.
+    pub location: Location,
+    /// The authenticated bare JID.
+    pub user: String,
+    /// The domain the client's stream addressed.
+    pub host: String,
+    /// Whether the client's transport is TLS (at the edge).
+    pub secure: bool,
+    /// The SASL mechanism that authenticated it (`SCRAM-SHA-256`, ...).
+    pub mechanism: String,
+    /// The client's address as the edge sees it (for logs and limits).
+    pub peer: String,
+    /// Stream bytes the client sent after SASL success that the edge read but did not parse.
+    pub unparsed: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,18 +309,6 @@ pub struct Member {
     pub shards: u16,
     pub state: MemberState,
     pub sessions: u64,
-}
-
-/// A session as a new home learns it after a membership change (§9.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncedSession {
-    pub bare: String,
-    pub resource: String,
-    pub location: Location,
-    pub sid: u64,
-    pub available: bool,
-    pub priority: i8,
-    pub presence: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,39 +338,19 @@ pub enum Frame {
         xml: Bytes,
         groups: Vec<FanoutGroup>,
     },
-    SessionOpen {
-        request: u64,
-        bare: String,
-        resource: String,
+    ConnOpen(ConnOpen),
+    /// Stream bytes of a tunnelled connection, in order (§8.2).
+    ConnData {
+        to_shard: u16,
+        direction: Direction,
         location: Location,
-        sid: u64,
+        data: Bytes,
     },
-    SessionResult {
-        request: u64,
-        status: SessionStatus,
-        resource: String,
-    },
-    SessionPresence {
-        bare: String,
-        resource: String,
+    ConnClose {
+        to_shard: u16,
+        direction: Direction,
         location: Location,
-        available: bool,
-        priority: i8,
-        presence: Bytes,
-    },
-    SessionClose {
-        bare: String,
-        resource: String,
-        location: Location,
-    },
-    Kick {
-        location: Location,
-        reason: KickReason,
-        text: String,
-    },
-    SessionSync {
-        epoch: u64,
-        sessions: Vec<SyncedSession>,
+        end: ConnEnd,
     },
     Members {
         epoch: u64,
@@ -401,12 +390,9 @@ impl Frame {
             Close { .. } => kind::CLOSE,
             Stanza(_) => kind::STANZA,
             Fanout { .. } => kind::FANOUT,
-            SessionOpen { .. } => kind::SESSION_OPEN,
-            SessionResult { .. } => kind::SESSION_RESULT,
-            SessionPresence { .. } => kind::SESSION_PRESENCE,
-            SessionClose { .. } => kind::SESSION_CLOSE,
-            Kick { .. } => kind::KICK,
-            SessionSync { .. } => kind::SESSION_SYNC,
+            ConnOpen(_) => kind::CONN_OPEN,
+            ConnData { .. } => kind::CONN_DATA,
+            ConnClose { .. } => kind::CONN_CLOSE,
             Members { .. } => kind::MEMBERS,
             Leaving { .. } => kind::LEAVING,
             Request { .. } => kind::REQUEST,
@@ -508,73 +494,38 @@ impl Frame {
                     }
                 }
             }
-            SessionOpen {
-                request,
-                bare,
-                resource,
+            ConnOpen(c) => {
+                out.put_u16(c.to_shard);
+                out.put_u64(c.epoch);
+                put_location(out, &c.location);
+                put_str(out, &c.user);
+                put_str(out, &c.host);
+                out.put_u8(u8::from(c.secure));
+                put_str(out, &c.mechanism);
+                put_str(out, &c.peer);
+                put_bytes(out, &c.unparsed);
+            }
+            ConnData {
+                to_shard,
+                direction,
                 location,
-                sid,
+                data,
             } => {
-                out.put_u64(*request);
-                put_str(out, bare);
-                put_str(out, resource);
+                out.put_u16(*to_shard);
+                out.put_u8(*direction as u8);
                 put_location(out, location);
-                out.put_u64(*sid);
+                put_bytes(out, data);
             }
-            SessionResult {
-                request,
-                status,
-                resource,
-            } => {
-                out.put_u64(*request);
-                out.put_u8(*status as u8);
-                put_str(out, resource);
-            }
-            SessionPresence {
-                bare,
-                resource,
+            ConnClose {
+                to_shard,
+                direction,
                 location,
-                available,
-                priority,
-                presence,
+                end,
             } => {
-                put_str(out, bare);
-                put_str(out, resource);
+                out.put_u16(*to_shard);
+                out.put_u8(*direction as u8);
                 put_location(out, location);
-                out.put_u8(u8::from(*available));
-                out.put_i8(*priority);
-                put_bytes(out, presence);
-            }
-            SessionClose {
-                bare,
-                resource,
-                location,
-            } => {
-                put_str(out, bare);
-                put_str(out, resource);
-                put_location(out, location);
-            }
-            Kick {
-                location,
-                reason,
-                text,
-            } => {
-                put_location(out, location);
-                out.put_u8(*reason as u8);
-                put_str(out, text);
-            }
-            SessionSync { epoch, sessions } => {
-                out.put_u64(*epoch);
-                out.put_u32(sessions.len() as u32);
-                for s in sessions {
-                    put_str(out, &s.bare);
-                    put_str(out, &s.resource);
-                    put_location(out, &s.location);
-                    out.put_u64(s.sid);
-                    out.put_u8(u8::from(s.available));
-                    out.put_i8(s.priority);
-                    put_bytes(out, &s.presence);
-                }
+                out.put_u8(*end as u8);
             }
             Members { epoch, members } => {
                 out.put_u64(*epoch);
@@ -707,70 +658,33 @@ impl Frame {
                     groups,
                 }
             }
-            kind::SESSION_OPEN => Frame::SessionOpen {
-                request: r.u64()?,
-                bare: r.str()?,
-                resource: r.str()?,
-                location: r.location()?,
-                sid: r.u64()?,
-            },
-            kind::SESSION_RESULT => {
-                let request = r.u64()?;
-                let status = match r.u8()? {
-                    0 => SessionStatus::Bound,
-                    1 => SessionStatus::BoundReplacing,
-                    2 => SessionStatus::MaxSessions,
-                    3 => SessionStatus::NotOwner,
-                    4 => SessionStatus::Recovering,
-                    _ => return Err(r.bad("session status")),
-                };
-                Frame::SessionResult {
-                    request,
-                    status,
-                    resource: r.str()?,
-                }
-            }
-            kind::SESSION_PRESENCE => Frame::SessionPresence {
-                bare: r.str()?,
-                resource: r.str()?,
-                location: r.location()?,
-                available: r.bool()?,
-                priority: r.u8()? as i8,
-                presence: r.bytes()?,
-            },
-            kind::SESSION_CLOSE => Frame::SessionClose {
-                bare: r.str()?,
-                resource: r.str()?,
-                location: r.location()?,
-            },
-            kind::KICK => {
-                let location = r.location()?;
-                let reason = match r.u8()? {
-                    0 => KickReason::Conflict,
-                    1 => KickReason::Fenced,
-                    2 => KickReason::AccountRemoved,
-                    3 => KickReason::Operator,
-                    _ => return Err(r.bad("kick reason")),
-                };
-                Frame::Kick {
-                    location,
-                    reason,
-                    text: r.str()?,
-                }
-            }
-            kind::SESSION_SYNC => Frame::SessionSync {
+            kind::CONN_OPEN => Frame::ConnOpen(ConnOpen {
+                to_shard: r.u16()?,
                 epoch: r.u64()?,
-                sessions: r.list(|r| {
-                    Ok(SyncedSession {
-                        bare: r.str()?,
-                        resource: r.str()?,
-                        location: r.location()?,
-                        sid: r.u64()?,
-                        available: r.bool()?,
-                        priority: r.u8()? as i8,
-                        presence: r.bytes()?,
-                    })
-                })?,
+                location: r.location()?,
+                user: r.str()?,
+                host: r.str()?,
+                secure: r.bool()?,
+                mechanism: r.str()?,
+                peer: r.str()?,
+                unparsed: r.bytes()?,
+            }),
+            kind::CONN_DATA => Frame::ConnData {
+                to_shard: r.u16()?,
+                direction: r.direction()?,
+                location: r.location()?,
+                data: r.bytes()?,
+            },
+            kind::CONN_CLOSE => Frame::ConnClose {
+                to_shard: r.u16()?,
+                direction: r.direction()?,
+                location: r.location()?,
+                end: match r.u8()? {
+                    0 => ConnEnd::Normal,
+                    1 => ConnEnd::Overload,
+                    2 => ConnEnd::Gone,
+                    _ => return Err(r.bad("connection end")),
+                },
             },
             kind::MEMBERS => Frame::Members {
                 epoch: r.u64()?,
@@ -923,6 +837,14 @@ impl Fields {
         let n = self.u32()? as usize;
         self.need(n)?;
         Ok(self.b.split_to(n))
+    }
+
+    fn direction(&mut self) -> Result<Direction, WireError> {
+        match self.u8()? {
+            0 => Ok(Direction::ToHome),
+            1 => Ok(Direction::ToEdge),
+            _ => Err(self.bad("direction")),
+        }
     }
 
     fn location(&mut self) -> Result<Location, WireError> {

@@ -1,0 +1,410 @@
+//! This host as a member of its cluster (docs/cluster-protocol.md §6, §9.4): the state every shard
+//! shares ([`ClusterShared`]: who this host is, its link settings, the view it serves under and when its
+//! lease was last renewed) and the agent thread that keeps the membership ([`start`]): it joins at
+//! start, renews the lease every `lease_ms / 4`, publishes each new view for the shards to apply,
+//! fences this host itself when it cannot renew in time or finds itself out, rejoins as a new
+//! incarnation, and leaves at shutdown. The registry blocks on PostgreSQL, so it runs here, on a thread
+//! of its own, and never on a reactor; the shards only read what it publishes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cluster::membership::{MemberSpec, Registry, Renewal, Timing, View};
+use crate::cluster::transport::LinkSettings;
+use crate::config::Config;
+use crate::placement::Placement;
+use crate::proto::cluster::handshake::{Identity, Secret};
+use crate::proto::cluster::wire::Member;
+
+/// A view as the shards apply it: the members of one epoch, the placement computed from them once for
+/// every shard, and this host's place among them.
+#[derive(Debug)]
+pub struct AppliedView {
+    /// Bumped on every publication (a new epoch, or this host going out or back in).
+    pub generation: u64,
+    pub epoch: u64,
+    /// Sorted by node name: what [`crate::placement::Home::host`] indexes.
+    pub members: Vec<Member>,
+    pub placement: Arc<Placement>,
+    /// This host's index in `members`; `None` while it is out (fenced, or cut off from the database),
+    /// when it serves no session.
+    pub me: Option<usize>,
+    /// The links' identity under this view (the incarnation changes when the host rejoins).
+    pub identity: Identity,
+    /// New client connections wait until then after this host joined: the hosts that held its
+    /// accounts before must have applied the view (and ended those sessions) first, so that no full
+    /// JID is bound on two hosts at once.
+    pub accept_after: Instant,
+}
+
+impl AppliedView {
+    /// The member at `host` (an index of [`crate::placement::Home::host`]).
+    pub fn member(&self, host: usize) -> Option<&Member> {
+        self.members.get(host)
+    }
+
+    /// Whether `node` at `incarnation` is a member of this view.
+    pub fn has(&self, node: &str, incarnation: u64) -> bool {
+        self.members
+            .iter()
+            .any(|m| m.node == node && m.incarnation == incarnation)
+    }
+
+    /// The members' names, comma separated (for the log and the start line).
+    pub fn names(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.node.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// What every shard shares about the cluster.
+pub struct ClusterShared {
+    pub name: String,
+    pub node: String,
+    /// Where this host's link listener is bound (port 0 resolved).
+    pub listen: SocketAddr,
+    /// What the others connect to.
+    pub address: String,
+    pub secret: Secret,
+    pub tick: Duration,
+    pub lease: Duration,
+    pub link_queue: usize,
+    view: Mutex<Arc<AppliedView>>,
+    generation: AtomicU64,
+    /// The generation each shard applied last.
+    applied: Vec<AtomicU64>,
+    /// The generation whose members line was printed.
+    announced: AtomicU64,
+    /// Sessions per shard, for the lease renewal (what `cluster status` shows).
+    sessions: Vec<AtomicU64>,
+    /// When the last renewal that succeeded was sent, in ms since `origin`: the shards stop serving
+    /// once it is older than three quarters of the lease, before the database can give this host's
+    /// accounts to another (a paused or cut-off host fences itself first).
+    renewed_at: AtomicU64,
+    origin: Instant,
+    /// Set by `rjabberd cluster leave` (through the control socket) or at shutdown.
+    leaving: AtomicBool,
+}
+
+impl ClusterShared {
+    /// The view to serve under now.
+    pub fn view(&self) -> Arc<AppliedView> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn publish(&self, view: AppliedView) {
+        let mut slot = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *slot = Arc::new(AppliedView { generation, ..view });
+    }
+
+    /// Link settings for `identity` (every shard builds its own `Rc` of them).
+    pub fn link_settings(&self, identity: &Identity) -> LinkSettings {
+        LinkSettings {
+            me: identity.clone(),
+            secret: self.secret.clone(),
+            tick: self.tick,
+            max_frames: self.link_queue,
+        }
+    }
+
+    /// Shard `shard` applied `generation`. True once when every shard has applied the current one
+    /// (the caller prints the members line then).
+    pub fn applied(&self, shard: usize, generation: u64) -> bool {
+        if let Some(a) = self.applied.get(shard) {
+            a.store(generation, Ordering::SeqCst);
+        }
+        let all = self
+            .applied
+            .iter()
+            .all(|a| a.load(Ordering::SeqCst) >= generation);
+        all && self.announced.fetch_max(generation, Ordering::SeqCst) < generation
+    }
+
+    pub fn set_sessions(&self, shard: usize, n: u64) {
+        if let Some(s) = self.sessions.get(shard) {
+            s.store(n, Ordering::Relaxed);
+        }
+    }
+
+    fn sessions(&self) -> u64 {
+        self.sessions
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Whether the lease may have lapsed without this host knowing: no renewal has succeeded for three
+    /// quarters of the lease (the process was paused, or the database is out of reach).
+    pub fn lease_in_doubt(&self) -> bool {
+        let since = self
+            .now_ms()
+            .saturating_sub(self.renewed_at.load(Ordering::SeqCst));
+        Duration::from_millis(since) > self.lease * 3 / 4
+    }
+
+    /// Asks the agent to leave the cluster (the shards drain once the view without this host comes).
+    pub fn leave(&self) {
+        self.leaving.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst)
+    }
+}
+
+fn incarnation() -> u64 {
+    loop {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the OS random source works");
+        let n = u64::from_be_bytes(b);
+        if n != 0 {
+            return n;
+        }
+    }
+}
+
+/// The view a [`View`] of the registry makes for this host.
+fn applied(view: &View, me: &MemberSpec, cluster: &str, accept_after: Instant) -> AppliedView {
+    let members: Vec<(&str, usize)> = view
+        .members
+        .iter()
+        .map(|m| (m.node.as_str(), usize::from(m.shards)))
+        .collect();
+    let placement = Arc::new(Placement::cluster(&members, &me.node));
+    AppliedView {
+        generation: 0,
+        epoch: view.epoch,
+        me: view
+            .members
+            .iter()
+            .position(|m| m.node == me.node && m.incarnation == me.incarnation),
+        members: view.members.clone(),
+        placement,
+        identity: Identity {
+            cluster: cluster.to_string(),
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            shards: me.shards,
+        },
+        accept_after,
+    }
+}
+
+/// The agent's handle: joined at shutdown.
+pub struct Agent {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Joins the cluster (blocking: the caller is `Server::start`, before any shard runs) and starts the
+/// agent thread. `listen` is the bound link listener; `shards` this host's shard count.
+pub fn start(
+    config: &Config,
+    listen: SocketAddr,
+    shards: usize,
+    shutdown: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(Arc<ClusterShared>, Agent), String> {
+    let cluster = config.cluster.as_ref().ok_or("no [cluster]")?;
+    let name = cluster.name.get_ref().clone();
+    let secret = Secret::from_file_contents(&cluster.read_secret(&config.file)?)?;
+    let address = match &cluster.advertise {
+        Some(a) => a.get_ref().clone(),
+        None => listen.to_string(),
+    };
+    let lease = Duration::from_millis(cluster.lease_ms());
+    let target = crate::storage::postgres_target(&config.storage).map_err(|e| e.to_string())?;
+    let registry = Registry::open(
+        target,
+        &name,
+        Timing {
+            lease,
+            ..Timing::default()
+        },
+    )
+    .map_err(|e| format!("cluster {name}: {e}"))?;
+    let mut me = MemberSpec {
+        node: cluster.node.get_ref().clone(),
+        incarnation: incarnation(),
+        address: address.clone(),
+        shards: shards.min(u16::MAX as usize) as u16,
+    };
+    let origin = Instant::now();
+    let view = registry
+        .join(&me)
+        .map_err(|e| format!("cluster {name}: cannot join: {e}"))?;
+    let hold = renewal_interval(lease) + Duration::from_millis(250);
+    let first = applied(&view, &me, &name, Instant::now() + hold);
+    let shared = Arc::new(ClusterShared {
+        name: name.clone(),
+        node: me.node.clone(),
+        listen,
+        address,
+        secret,
+        tick: Duration::from_millis(cluster.tick_ms()),
+        lease,
+        link_queue: cluster.link_queue(),
+        view: Mutex::new(Arc::new(AppliedView {
+            generation: 1,
+            ..first
+        })),
+        generation: AtomicU64::new(1),
+        applied: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+        announced: AtomicU64::new(0),
+        sessions: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+        renewed_at: AtomicU64::new(0),
+        origin,
+        leaving: AtomicBool::new(false),
+    });
+    log::info!(
+        event = "cluster-joined", cluster = name.as_str(), node = me.node.as_str(),
+        incarnation = me.incarnation, epoch = view.epoch;
+        "joined the cluster"
+    );
+    let agent_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("rjabberd-cluster".into())
+        .spawn(move || {
+            let mut last_epoch = view.epoch;
+            let mut out = false;
+            let mut failures = 0u32;
+            let step = renewal_interval(lease);
+            loop {
+                // Sleep in small steps so that a shutdown or a leave is seen at once.
+                let wake = Instant::now() + step;
+                while Instant::now() < wake
+                    && !shutdown.load(Ordering::SeqCst)
+                    && !agent_shared.is_leaving()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if shutdown.load(Ordering::SeqCst) || agent_shared.is_leaving() {
+                    match registry.leave(&me) {
+                        Ok(_) => log::info!(
+                            event = "cluster-left", node = me.node.as_str();
+                            "left the cluster"
+                        ),
+                        Err(e) => log::warn!("cluster: leaving: {e}"),
+                    }
+                    let v = View {
+                        epoch: last_epoch + 1,
+                        members: Vec::new(),
+                    };
+                    agent_shared.publish(applied(&v, &me, &agent_shared.name, Instant::now()));
+                    if shutdown.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    // Left by request: stay out until the process stops.
+                    while !shutdown.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    return;
+                }
+                let sent = agent_shared.now_ms();
+                let result = if out {
+                    // Out (fenced, replaced or cut off): a new incarnation, once the database answers.
+                    me.incarnation = incarnation();
+                    registry.join(&me).map(Renewal::Live)
+                } else {
+                    registry.renew(&me, agent_shared.sessions())
+                };
+                match result {
+                    Ok(Renewal::Live(view)) => {
+                        agent_shared.renewed_at.store(sent, Ordering::SeqCst);
+                        failures = 0;
+                        if out || view.epoch != last_epoch {
+                            let accept_after = if out {
+                                log::info!(
+                                    event = "cluster-rejoined", node = me.node.as_str(),
+                                    incarnation = me.incarnation, epoch = view.epoch;
+                                    "rejoined the cluster as a new incarnation"
+                                );
+                                Instant::now() + step + Duration::from_millis(250)
+                            } else {
+                                agent_shared.view().accept_after
+                            };
+                            out = false;
+                            last_epoch = view.epoch;
+                            agent_shared.publish(applied(
+                                &view,
+                                &me,
+                                &agent_shared.name,
+                                accept_after,
+                            ));
+                        }
+                    }
+                    Ok(Renewal::Fenced) | Ok(Renewal::Replaced { .. }) => {
+                        log::warn!(
+                            event = "cluster-fenced", node = me.node.as_str(),
+                            incarnation = me.incarnation;
+                            "this host is no longer a member (fenced, or its lease lapsed): its \
+                             sessions end and it joins again"
+                        );
+                        go_out(&agent_shared, &me, &mut out, &mut last_epoch);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_power_of_two() {
+                            log::warn!(
+                                event = "cluster-renewal-failed", failures = failures;
+                                "cluster: the lease could not be renewed: {e}"
+                            );
+                        }
+                        if !out && agent_shared.lease_in_doubt() {
+                            log::warn!(
+                                event = "cluster-fenced", node = me.node.as_str();
+                                "the lease could not be renewed in time: this host stops serving \
+                                 until it can join again"
+                            );
+                            go_out(&agent_shared, &me, &mut out, &mut last_epoch);
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the cluster agent: {e}"))?;
+    Ok((
+        shared,
+        Agent {
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// How often the lease is renewed (§6.2).
+pub fn renewal_interval(lease: Duration) -> Duration {
+    lease / 4
+}
+
+/// Publishes a view without this host: the shards end its sessions and close its links.
+fn go_out(shared: &ClusterShared, me: &MemberSpec, out: &mut bool, last_epoch: &mut u64) {
+    if *out {
+        return;
+    }
+    *out = true;
+    let v = View {
+        epoch: *last_epoch,
+        members: Vec::new(),
+    };
+    shared.publish(applied(&v, me, &shared.name, Instant::now()));
+}

@@ -1,0 +1,451 @@
+//! One shard's part of the cluster (docs/cluster-protocol.md §3, §7, §9): its links to the other hosts
+//! ([`ShardCluster`]: one outbound link per peer host, to shard `this shard mod S_peer` there), the
+//! view it serves under, and the three ways frames meet the shard's state — [`send_remote`], the
+//! cluster branch of `Shard::send_home` (a stanza for a home on another host becomes a `STANZA`, a
+//! multicast a `FANOUT`, each carrying the stanza's bytes, never a re-serialised tree); [`on_frame`]
+//! and [`handle_frame`], which hand what a link received to the shard it names; and [`tick`], which
+//! applies each new view the membership agent publishes: the placement, the links that end (their
+//! unacknowledged stanzas re-routed under the new epoch), the sessions whose home moved away (ended,
+//! so that their clients reconnect to the new home), and the connections tunnelled to or from a host
+//! that left. Client connections whose session lives on another host are in [`super::tunnel`].
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::node::AppliedView;
+use super::state::ShardCluster;
+use super::transport::{OutboundLink, serve_inbound};
+use super::tunnel;
+use crate::mesh::{Overflow, ShardMsg};
+use crate::placement::Home;
+use crate::proto::cluster::wire::{
+    FanoutGroup, Frame, StanzaFrame, StanzaKind as WireKind, Target,
+};
+use crate::proto::errors::StreamErrorCondition;
+use crate::proto::jid::bare_of;
+use crate::proto::xml::{Stanza, StanzaKind, TargetStream, parse_element};
+use crate::shard::Shard;
+
+/// The wire's name for a stanza's element (§7.1).
+fn wire_kind(kind: StanzaKind) -> WireKind {
+    match kind {
+        StanzaKind::Message => WireKind::Message,
+        StanzaKind::Presence => WireKind::Presence,
+        StanzaKind::Iq => WireKind::Iq,
+        StanzaKind::Other => WireKind::Other,
+    }
+}
+
+/// The stanza's bytes as they travel: the element as read, with the namespaces it inherits from its
+/// stream declared on it so that it stands alone; its attributes are not rewritten (`from` travels in
+/// the frame and is stamped on delivery, as on the mesh).
+fn standalone(stanza: &Stanza) -> Bytes {
+    let mut xml = BytesMut::with_capacity(stanza.as_bytes().len() + 48);
+    stanza.write_to(&mut xml, &TargetStream::STANDALONE, None, None);
+    xml.freeze()
+}
+
+/// The cluster branch of `Shard::send_home` ([`crate::shard::Wiring::remote`]): `msg` for a home on
+/// another host becomes a frame on this shard's link to that host. A full link applies `policy`:
+/// [`Overflow::Bounce`] hands the message back (its sender is answered with `resource-constraint`),
+/// [`Overflow::Spill`] drops it with an error logged and counted, since a link's bound (§3.8) is what
+/// keeps one slow host from taking this one's memory.
+#[allow(clippy::result_large_err)]
+pub fn send_remote(
+    shard: &Rc<Shard>,
+    home: Home,
+    msg: ShardMsg,
+    policy: Overflow,
+) -> Result<(), ShardMsg> {
+    let Some(cluster) = shard.cluster() else {
+        log::error!(
+            "a message for host {} on a host without a cluster",
+            home.host
+        );
+        return Err(msg);
+    };
+    let Some((link, epoch)) = cluster.link_to_host(shard.id(), home.host) else {
+        // No such member (this host is out of the cluster, or the view changed under the caller).
+        return Err(msg);
+    };
+    let frame = match &msg {
+        ShardMsg::Deliver { stanza, from } => {
+            let Some(to) = stanza.to() else {
+                return Err(msg);
+            };
+            Frame::Stanza(StanzaFrame {
+                to_shard: home.shard as u16,
+                epoch,
+                target: Target::Home,
+                from: from.to_string(),
+                to: to.into_owned(),
+                kind: wire_kind(stanza.kind()),
+                xml: standalone(stanza),
+            })
+        }
+        ShardMsg::Multicast { stanza, from, to } => Frame::Fanout {
+            epoch,
+            from: from.to_string(),
+            xml: standalone(stanza),
+            groups: vec![FanoutGroup {
+                to_shard: home.shard as u16,
+                recipients: to.iter().map(|t| t.to_string()).collect(),
+            }],
+        },
+        _ => {
+            // Module jobs and moving sockets are this host's own business; a job for a home elsewhere
+            // needs the REQUEST frames of §10, which are not built.
+            log::error!(
+                "cluster: a shard job for an account homed on host {} cannot cross hosts yet",
+                home.host
+            );
+            return Err(msg);
+        }
+    };
+    match link.send(&frame) {
+        Ok(()) => Ok(()),
+        Err(_full) => match policy {
+            Overflow::Bounce => Err(msg),
+            Overflow::Spill => {
+                cluster.dropped.set(cluster.dropped.get() + 1);
+                log::error!(
+                    "cluster: the link to host {} is full ({} frames); a server stanza is dropped",
+                    home.host,
+                    cluster.shared.link_queue
+                );
+                Ok(())
+            }
+        },
+    }
+}
+
+/// A data frame a link of this shard received: handled here when it is for this shard, otherwise
+/// handed to its shard over the mesh (in order: one link's frames go through one mesh channel).
+pub fn on_frame(shard: &Rc<Shard>, frame: Frame) {
+    let to_shard = match &frame {
+        Frame::Stanza(f) => f.to_shard,
+        Frame::ConnOpen(c) => c.to_shard,
+        Frame::ConnData { to_shard, .. } | Frame::ConnClose { to_shard, .. } => *to_shard,
+        Frame::Fanout { .. } => return fanout(shard, frame),
+        // Advice (MEMBERS, LEAVING): the table decides, and the agent reads it at its next renewal.
+        _ => return,
+    };
+    let to = usize::from(to_shard);
+    if to >= shard.shards() {
+        log::warn!(
+            "cluster: a frame for shard {to} of a host with {}",
+            shard.shards()
+        );
+        return;
+    }
+    if to == shard.id() {
+        handle_frame(shard, frame);
+    } else {
+        let _ = shard.send_home(
+            shard.local(to),
+            ShardMsg::Cluster(Box::new(frame)),
+            Overflow::Spill,
+        );
+    }
+}
+
+/// One presence to many: each group goes to its shard as one multicast.
+fn fanout(shard: &Rc<Shard>, frame: Frame) {
+    let Frame::Fanout {
+        from, xml, groups, ..
+    } = frame
+    else {
+        return;
+    };
+    let Some(stanza) = parse(shard, &xml) else {
+        return;
+    };
+    let from: Arc<str> = from.into();
+    for g in groups {
+        let to = usize::from(g.to_shard);
+        if to >= shard.shards() {
+            continue;
+        }
+        let msg = ShardMsg::Multicast {
+            stanza: stanza.clone(),
+            from: from.clone(),
+            to: g.recipients.into_iter().map(Arc::from).collect(),
+        };
+        let _ = shard.send_home(shard.local(to), msg, Overflow::Spill);
+    }
+}
+
+fn parse(shard: &Shard, xml: &[u8]) -> Option<Stanza> {
+    match parse_element(xml, &shard.server().limits) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("cluster: a stanza from another host does not parse ({e}); dropped");
+            None
+        }
+    }
+}
+
+/// A frame for this shard (from a link here, or from the shard whose link received it).
+pub fn handle_frame(shard: &Rc<Shard>, frame: Frame) {
+    match frame {
+        Frame::Stanza(f) => stanza(shard, f),
+        Frame::ConnOpen(c) => {
+            if let Some(edge) = tunnel::open_at_home(shard, c) {
+                crate::c2s::adopt_from_edge(shard.clone(), edge);
+            }
+        }
+        Frame::ConnData {
+            direction,
+            location,
+            data,
+            ..
+        } => tunnel::data(shard, direction, &location, data),
+        Frame::ConnClose {
+            direction,
+            location,
+            end,
+            ..
+        } => tunnel::closed(shard, direction, &location, end),
+        other => log::debug!("cluster: frame 0x{:02x} ignored", other.kind()),
+    }
+}
+
+/// A `STANZA` for this shard (§7.1). One for a home this host does not hold under its own view is
+/// re-routed once when the sender routed it under an older epoch; otherwise (this host lags, and will
+/// hold the account once it applies the sender's epoch) it is delivered here.
+fn stanza(shard: &Rc<Shard>, f: StanzaFrame) {
+    let Some(stanza) = parse(shard, &f.xml) else {
+        return;
+    };
+    let from: Arc<str> = f.from.into();
+    match f.target {
+        Target::Home => {
+            let home = shard.home(bare_of(&f.to));
+            let epoch = shard.cluster().map_or(0, |c| c.view().epoch);
+            let msg = ShardMsg::Deliver { stanza, from };
+            if home.host == shard.host_index() || epoch <= f.epoch {
+                let here = if home.host == shard.host_index() {
+                    home
+                } else {
+                    shard.local(shard.id())
+                };
+                let _ = shard.send_home(here, msg, Overflow::Spill);
+            } else if let Err(ShardMsg::Deliver { stanza, from }) =
+                send_remote(shard, home, msg, Overflow::Spill)
+            {
+                crate::sm::session::deliver_local(shard, stanza, from);
+            }
+        }
+        Target::Host => shard.route(stanza, from),
+        Target::Session(_) => {
+            log::debug!("cluster: a STANZA for a session location is not used by this version")
+        }
+    }
+}
+
+/// Starts accepting links on this shard (every shard listens on the cluster port; the kernel spreads
+/// the connections).
+pub fn listen(shard: &Rc<Shard>) -> Result<(), String> {
+    let Some(cluster) = shard.cluster() else {
+        return Ok(());
+    };
+    let addr = cluster.shared.listen;
+    let listener = crate::net::listener::listen(addr, 128)
+        .map_err(|e| format!("cluster.listen {addr}: {e}"))?;
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    if shard.closing() {
+                        return;
+                    }
+                    log::warn!("cluster: accept failed: {e}");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if shard.closing() {
+                return;
+            }
+            let Some(cluster) = shard.cluster() else {
+                return;
+            };
+            let settings = cluster.settings();
+            let streams = cluster.inbound.clone();
+            let s = shard.clone();
+            glommio::spawn_local(async move {
+                let end = serve_inbound(stream, settings, streams, |_peer, frame| {
+                    on_frame(&s, frame);
+                })
+                .await;
+                log::debug!("cluster: an inbound link ended: {end}");
+            })
+            .detach();
+        }
+    })
+    .detach();
+    Ok(())
+}
+
+/// The shard's periodic cluster work (from its housekeeping loop): report its session count, apply a
+/// new view, stop serving when the host is out or its lease is in doubt.
+pub fn tick(shard: &Rc<Shard>) {
+    let Some(cluster) = shard.cluster() else {
+        return;
+    };
+    let shared = &cluster.shared;
+    shared.set_sessions(shard.id(), shard.sessions().borrow().len() as u64);
+    if shared.generation() != cluster.view().generation {
+        apply(shard, cluster, shared.view());
+    }
+    let serving = cluster.view().me.is_some() && !shared.lease_in_doubt();
+    if cluster.serving.get() && !serving {
+        log::warn!(
+            "shard {}: out of the cluster; its sessions end until it joins again",
+            shard.id()
+        );
+        stop_serving(shard, cluster);
+    }
+    cluster.serving.set(serving);
+}
+
+/// Applies a newly published view.
+fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) {
+    let old = cluster.view.replace(view.clone());
+    shard.set_placement(view.placement.clone(), view.me.unwrap_or(usize::MAX));
+    if old.identity != view.identity {
+        // A new incarnation: every stream starts again (§3.4).
+        *cluster.settings.borrow_mut() = Rc::new(cluster.shared.link_settings(&view.identity));
+    }
+    // Links to hosts that are no longer members (or to an incarnation that is gone) end; what they
+    // still held is routed again under the new view (§9.3).
+    let ended: Vec<(String, Rc<OutboundLink>)> = {
+        let mut links = cluster.links.borrow_mut();
+        let gone: Vec<String> = links
+            .iter()
+            .filter(|(node, (inc, _))| old.identity != view.identity || !view.has(node, *inc))
+            .map(|(node, _)| node.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|n| links.remove(&n).map(|(_, l)| (n, l)))
+            .collect()
+    };
+    let mut rerouted = Vec::new();
+    for (node, link) in ended {
+        let frames = link.close_and_take();
+        if !frames.is_empty() {
+            log::info!(
+                "cluster: {} frame(s) held for {node} are routed again at epoch {}",
+                frames.len(),
+                view.epoch
+            );
+        }
+        rerouted.extend(frames);
+    }
+    for (_, (_, link)) in cluster.links.borrow().iter() {
+        rerouted.extend(link.take_abandoned());
+    }
+    for frame in rerouted {
+        reroute(shard, frame);
+    }
+    // Sessions whose home is now elsewhere end: their clients reconnect and bind at the new home.
+    if view.me.is_some() {
+        let moved: Vec<String> = shard
+            .sessions()
+            .borrow()
+            .accounts()
+            .filter(|bare| !shard.is_home(bare))
+            .map(str::to_string)
+            .collect();
+        for bare in moved {
+            end_account(shard, &bare);
+        }
+    }
+    tunnel::view_changed(shard, cluster, &view);
+    if cluster.shared.applied(shard.id(), view.generation) {
+        println!(
+            "rjabberd: cluster: epoch {}: members {}",
+            view.epoch,
+            view.names()
+        );
+        log::info!(
+            event = "cluster-view", epoch = view.epoch, members = view.names().as_str(),
+            member = view.me.is_some();
+            "cluster view applied"
+        );
+    }
+}
+
+/// Ends every session of `bare` on this shard with `system-shutdown` (its home moved).
+fn end_account(shard: &Rc<Shard>, bare: &str) {
+    let sinks: Vec<_> = shard
+        .sessions()
+        .borrow()
+        .sessions(bare)
+        .iter()
+        .map(|s| s.sink)
+        .collect();
+    for id in sinks {
+        if let Some(sink) = shard.sink(id) {
+            sink.kill_with_text(
+                StreamErrorCondition::SystemShutdown,
+                Some("the cluster moved this account to another host; reconnect"),
+            );
+        }
+    }
+}
+
+/// This host is out of the cluster: every client stream ends, every link closes.
+fn stop_serving(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
+    for c in shard.sinks().borrow().all() {
+        c.kill(StreamErrorCondition::SystemShutdown);
+    }
+    tunnel::end_all(shard, cluster);
+    let links: Vec<_> = cluster.links.borrow_mut().drain().collect();
+    for (_, (_, link)) in links {
+        for frame in link.close_and_take() {
+            reroute(shard, frame);
+        }
+    }
+}
+
+/// A frame a link gave up on (§9.3): a stanza goes to its home under the current view — delivered,
+/// kept offline, or (an IQ request to a host that vanished) answered by the session manager's rules
+/// there; a tunnelled connection's frames are void (the connection ended with its host).
+fn reroute(shard: &Rc<Shard>, frame: Frame) {
+    match frame {
+        Frame::Stanza(f) => {
+            if let Some(stanza) = parse(shard, &f.xml) {
+                let home = shard.home(bare_of(&f.to));
+                let msg = ShardMsg::Deliver {
+                    stanza,
+                    from: f.from.into(),
+                };
+                if let Err(ShardMsg::Deliver { stanza, from }) =
+                    shard.send_home(home, msg, Overflow::Spill)
+                {
+                    crate::sm::session::deliver_local(shard, stanza, from);
+                }
+            }
+        }
+        Frame::Fanout {
+            from, xml, groups, ..
+        } => {
+            // Presence only: re-established by probes if it is lost, but routed again when it can be.
+            if let Some(stanza) = parse(shard, &xml) {
+                let recipients: Vec<Arc<str>> = groups
+                    .into_iter()
+                    .flat_map(|g| g.recipients)
+                    .map(Arc::from)
+                    .collect();
+                shard.route_multicast(stanza, from.into(), &recipients);
+            }
+        }
+        _ => {}
+    }
+}
