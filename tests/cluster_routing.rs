@@ -193,6 +193,23 @@ fn stream_end(client: &mut Client, timeout: Duration) -> Option<String> {
     }
 }
 
+/// Runs `step`; a panic in it is recorded in `problems` (with `what`) instead of ending the test,
+/// so that a run reports every failing step of a scenario whose later steps do not depend on it.
+fn attempt<T>(problems: &mut Vec<String>, what: &str, step: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            problems.push(format!("{what}: {msg}"));
+            None
+        }
+    }
+}
+
 /// Users `prefix…@localhost` homed on `home`, created with [`PASSWORD`].
 fn user(c: &TestCluster, home: &str, prefix: &str) -> String {
     let jid = c.user_homed_on(home, prefix);
@@ -589,17 +606,21 @@ fn host_killed(layout: &[(&str, usize)]) {
     let before = row(&c, "n2");
     assert!(before.member, "{before:?}");
 
+    let mut problems = Vec::new();
     let t0 = Instant::now();
     c.kill9(c.index("n2"));
-    wait_for(
-        &mut a,
-        "bob's unavailable presence after n2 was killed",
-        Duration::from_secs(10),
-        presence_from(&b.jid, Some("unavailable")),
-    );
+    let unavailable = attempt(&mut problems, "alice gets bob's unavailable", || {
+        wait_for(
+            &mut a,
+            "bob's unavailable presence after n2 was killed",
+            Duration::from_secs(10),
+            presence_from(&b.jid, Some("unavailable")),
+        )
+    });
     eprintln!(
-        "host_killed ({} shard(s)): alice got bob's unavailable {:?} after SIGKILL of n2",
+        "host_killed ({} shard(s)): alice got bob's unavailable: {} ({:?} after SIGKILL of n2)",
         layout[0].1,
+        unavailable.is_some(),
         t0.elapsed()
     );
     c.wait_for_members(&["n1", "n3"], Duration::from_secs(10));
@@ -609,7 +630,10 @@ fn host_killed(layout: &[(&str, usize)]) {
         "n2 must be fenced: {after:?}"
     );
     let end = stream_end(&mut b, Duration::from_secs(10));
-    eprintln!("host_killed: bob's stream on n1 ended with {end:?}");
+    eprintln!(
+        "host_killed: bob's stream on n1 ended with {end:?} (read {:?} after SIGKILL of n2)",
+        t0.elapsed()
+    );
 
     a.send(&format!(
         "<message to='{bob}' type='chat' id='off1'><body>while you were away</body></message>"
@@ -644,6 +668,7 @@ fn host_killed(layout: &[(&str, usize)]) {
         Duration::from_secs(10),
         presence_from(&b2.jid, None),
     );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// Like [`host_killed`], with n2 hung (SIGSTOP) and erin connected to it: once the others fenced
@@ -671,17 +696,21 @@ fn host_hung_then_continued(layout: &[(&str, usize)]) {
     );
     let before = row(&c, "n2");
 
+    let mut problems = Vec::new();
     let t0 = Instant::now();
     c.sigstop(n2);
-    wait_for(
-        &mut a,
-        "bob's unavailable presence after n2 hung",
-        Duration::from_secs(10),
-        presence_from(&b.jid, Some("unavailable")),
-    );
+    let unavailable = attempt(&mut problems, "alice gets bob's unavailable", || {
+        wait_for(
+            &mut a,
+            "bob's unavailable presence after n2 hung",
+            Duration::from_secs(10),
+            presence_from(&b.jid, Some("unavailable")),
+        )
+    });
     eprintln!(
-        "host_hung ({} shard(s)): alice got bob's unavailable {:?} after SIGSTOP of n2",
+        "host_hung ({} shard(s)): alice got bob's unavailable: {} ({:?} after SIGSTOP of n2)",
         layout[0].1,
+        unavailable.is_some(),
         t0.elapsed()
     );
     c.wait_for_members(&["n1", "n3"], Duration::from_secs(10));
@@ -717,22 +746,56 @@ fn host_hung_then_continued(layout: &[(&str, usize)]) {
         c.views(n2)
     );
 
-    // bob is homed on n2 again; through n2 itself now.
+    // bob's stream through n1 to his home on n2 ended too (at the fencing or when n2 came back).
     let end = stream_end(&mut b, Duration::from_secs(10));
-    eprintln!("host_hung: bob's stream on n1 ended with {end:?}");
+    eprintln!(
+        "host_hung: bob's stream on n1 ended with {end:?}, {:?} after SIGCONT",
+        t1.elapsed()
+    );
     assert_eq!(c.home_node(&bob), "n2");
-    let mut b2 = login(&c, n2, &bob, "phone2");
-    b2.send("<presence/>");
-    wait_for(
-        &mut a,
-        "bob's presence after n2 rejoined",
-        Duration::from_secs(10),
-        presence_from(&b2.jid, None),
+
+    // n2 serves again: once it takes connections (it holds them off briefly after rejoining),
+    // erin (homed on n1) logs in through n2; bob (homed on n2 again) through n1, and he and alice
+    // see each other.
+    let hold = c.wait_accepting(n2, Duration::from_secs(5));
+    eprintln!("host_hung: n2 took client connections {hold:?} after all hosts applied the view");
+    let t2 = Instant::now();
+    attempt(
+        &mut problems,
+        "erin logs in through n2 after it rejoined",
+        || {
+            let mut e2 = login(&c, n2, &erin, "laptop2");
+            go_online(&mut e2);
+        },
     );
-    wait_for(
-        &mut b2,
-        "alice's presence (answer to bob's probe)",
-        Duration::from_secs(10),
-        presence_from(&a.jid, None),
+    let b2 = attempt(
+        &mut problems,
+        "bob (homed on n2) logs in through n1 after n2 rejoined",
+        || login(&c, 0, &bob, "phone2"),
     );
+    eprintln!("host_hung: logins after the rejoin took {:?}", t2.elapsed());
+    if let Some(mut b2) = b2 {
+        b2.send("<presence/>");
+        attempt(&mut problems, "alice sees bob after n2 rejoined", || {
+            wait_for(
+                &mut a,
+                "bob's presence after n2 rejoined",
+                Duration::from_secs(10),
+                presence_from(&b2.jid, None),
+            )
+        });
+        attempt(
+            &mut problems,
+            "bob gets alice's presence after n2 rejoined",
+            || {
+                wait_for(
+                    &mut b2,
+                    "alice's presence (answer to bob's probe)",
+                    Duration::from_secs(10),
+                    presence_from(&a.jid, None),
+                )
+            },
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

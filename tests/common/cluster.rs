@@ -183,6 +183,31 @@ impl TestCluster {
         self.wait_for_members(&live, FORM_TIMEOUT);
     }
 
+    /// Waits until host `i` takes client connections: a host closes new c2s connections at once
+    /// while it is out of the cluster and for a short hold after it (re)joins, even though it has
+    /// printed the view. Probes with a stream header (no login) and returns how long it took;
+    /// panics after `timeout`.
+    pub fn wait_accepting(&self, i: usize, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let mut probe = super::Client::connect(self.host(i).starttls, self.host(i).cert_path());
+            probe.send(&super::header("localhost"));
+            match probe.next_within(Duration::from_secs(2)) {
+                Some(super::Got::Header(_)) => return t0.elapsed(),
+                other => {
+                    if t0.elapsed() > timeout {
+                        panic!(
+                            "host {i} ({}) takes no client connection within {timeout:?} (last: {other:?})\n{}",
+                            self.nodes[i],
+                            self.report()
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `rjabberd --config <host i's config> args…` (a command on the shared database).
     pub fn command(&self, i: usize, args: &[&str]) -> std::process::Output {
         rjabberd(&self.hosts[i].config_path(), args)
@@ -263,7 +288,8 @@ impl TestCluster {
         }
     }
 
-    /// Each host's state, its views and the tail of its output, for panic messages.
+    /// Each host's state, its views and the tail of its output (25 lines, or as many as
+    /// `RJABBERD_CLUSTER_TEST_TAIL` says), for panic messages.
     pub fn report(&self) -> String {
         let mut out = String::new();
         for i in 0..self.len() {
@@ -283,7 +309,12 @@ impl TestCluster {
                     .iter()
                     .map(|v| format!("{}:{}", v.epoch, v.members.join(",")))
                     .collect::<Vec<_>>(),
-                self.hosts[i].tails(25)
+                self.hosts[i].tails(
+                    std::env::var("RJABBERD_CLUSTER_TEST_TAIL")
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(25)
+                )
             ));
         }
         out
@@ -352,6 +383,19 @@ pub fn status_of(config: &std::path::Path) -> (u64, Vec<StatusRow>) {
     (json["epoch"].as_u64().unwrap_or(0), rows)
 }
 
+impl Drop for TestCluster {
+    /// On a panic, says what each host printed and logged before the hosts are killed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "cluster state at the panic:\ntable: {:?}\n{}",
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.status())).ok(),
+                self.report()
+            );
+        }
+    }
+}
+
 fn rjabberd(config: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_rjabberd"))
         .arg("--config")
@@ -362,7 +406,8 @@ fn rjabberd(config: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 /// Host `i`'s configuration file (node `node`, cluster listener `127.0.0.{2+i}:0`), with its secret
-/// written beside it in `dir` (mode 0600).
+/// written beside it in `dir` (mode 0600). The hosts log at `info` (kept in memory and quoted when a
+/// test fails), or at the level `RJABBERD_CLUSTER_TEST_LOG` names.
 pub fn host_config(
     dir: &std::path::Path,
     i: usize,
@@ -377,7 +422,7 @@ pub fn host_config(
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(i < 250, "one loopback address per host");
     format!(
-        "shards = {shards}\ndata_dir = \"{data}\"\nlog_level = \"info\"\n\
+        "shards = {shards}\ndata_dir = \"{data}\"\nlog_level = \"{log_level}\"\n\
          [[host]]\nname = \"localhost\"\n[[host]]\nname = \"example.net\"\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\n\
          [[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"direct\"\n\
@@ -386,6 +431,7 @@ pub fn host_config(
          [cluster]\nname = \"test\"\nnode = \"{node}\"\nlisten = \"127.0.0.{addr}:0\"\n\
          seeds = []\nsecret_file = \"cluster.secret\"\nlease_ms = {LEASE_MS}\ntick_ms = {TICK_MS}\n",
         data = dir.join("data").display(),
+        log_level = std::env::var("RJABBERD_CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()),
         addr = 2 + i,
     )
 }
