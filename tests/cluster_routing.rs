@@ -1,8 +1,8 @@
 //! The cluster from outside (issue 13): three `rjabberd` processes on one PostgreSQL database
 //! ([`common::cluster::TestCluster`]), clients connected to different hosts and homed on others
 //! (docs/cluster-protocol.md §5, §8): messages, presence and IQs between hosts, a full JID bound on
-//! two hosts, the session cap across hosts, and a host killed (SIGKILL) or hung (SIGSTOP, then
-//! SIGCONT). Each test runs with three hosts of one shard and three of two shards. Built as ignored
+//! two hosts, the session cap across hosts, and a host killed (SIGKILL), hung (SIGSTOP, then
+//! SIGCONT) or restarted (SIGTERM, start). Each test runs with three hosts of one shard and three of two shards. Built as ignored
 //! when PostgreSQL is not installed (build.rs).
 
 mod common;
@@ -48,6 +48,7 @@ both_layouts!(
     session_cap_across_hosts,
     host_killed,
     host_hung_then_continued,
+    host_restarted,
 );
 
 // ---- helpers ----
@@ -798,4 +799,45 @@ fn host_hung_then_continued(layout: &[(&str, usize)]) {
         );
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// n3 stopped with SIGTERM and started again on the same configuration ([`TestCluster::restart`]):
+/// all three hosts apply the view with all three, n3 as a new incarnation, and a user homed on n3
+/// logs in through n1 and exchanges messages with one on n2.
+fn host_restarted(layout: &[(&str, usize)]) {
+    let mut c = TestCluster::start(layout, "");
+    let carol = user(&c, "n3", "carol");
+    let dave = user(&c, "n2", "dave");
+    let n3 = c.index("n3");
+    let before = row(&c, "n3");
+    let t0 = Instant::now();
+    c.restart(n3);
+    eprintln!(
+        "host_restarted: n3 back in every view {:?} after SIGTERM",
+        t0.elapsed()
+    );
+    let after = row(&c, "n3");
+    assert!(after.member, "{after:?}");
+    assert_ne!(after.incarnation, before.incarnation, "a new incarnation");
+    assert_eq!(c.home_node(&carol), "n3");
+    c.wait_accepting(0, Duration::from_secs(5));
+    let mut cl = login(&c, 0, &carol, "r");
+    let mut d = login(&c, n3, &dave, "r");
+    cl.send(&format!(
+        "<message to='{}' type='chat' id='r1'><body>after the restart</body></message>",
+        d.jid
+    ));
+    let got = messages(&mut d, 1, Duration::from_secs(10));
+    assert_eq!(
+        (got[0].attr("from"), body(&got[0])),
+        (Some(cl.jid.as_str()), "after the restart".to_string()),
+        "{}",
+        got[0]
+    );
+    d.send(&format!(
+        "<message to='{}' type='chat' id='r2'><body>welcome back</body></message>",
+        cl.jid
+    ));
+    let got = messages(&mut cl, 1, Duration::from_secs(10));
+    assert_eq!(body(&got[0]), "welcome back", "{}", got[0]);
 }

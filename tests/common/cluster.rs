@@ -34,6 +34,11 @@ const SECRET: &str = "cluster-test-secret-0123456789abcdef-0123456789abcdef\n";
 
 static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// One cluster at a time per test binary: three hosts of two shards are already six shard threads
+/// and three PostgreSQL clients; two clusters at once on a small machine starved a host's shards
+/// past the server's 10 s start limit.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct TestCluster {
     /// The hosts, in the order given to [`TestCluster::start`] (index `i` is node `nodes[i]`).
     hosts: Vec<TestServer>,
@@ -43,6 +48,8 @@ pub struct TestCluster {
     stopped: Vec<bool>,
     /// The database URL every host uses.
     pub url: String,
+    /// Held while the cluster lives ([`ONE_AT_A_TIME`]); dropped after the hosts.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// One line `rjabberd: cluster: epoch E: members a,b,c`, parsed.
@@ -84,6 +91,7 @@ impl TestCluster {
     /// PostgreSQL; `extra` is appended to every host's configuration (e.g. `[limits]` overrides).
     /// Returns once every host has applied the view with all of them.
     pub fn start(hosts: &[(&str, usize)], extra: &str) -> TestCluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let pg =
             PgInstance::shared().expect("PostgreSQL installed (the test is ignored otherwise)");
         let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -94,6 +102,7 @@ impl TestCluster {
             shards: hosts.iter().map(|(_, s)| *s).collect(),
             stopped: vec![false; hosts.len()],
             url,
+            _turn: turn,
         };
         // The schema once, with the first host's configuration, before any host starts.
         let migrated = std::sync::atomic::AtomicBool::new(false);
