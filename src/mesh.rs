@@ -56,6 +56,12 @@ pub enum ShardMsg {
     },
     /// Work a module sends to the shard that owns some state of its (`ModuleCtx::send_home`).
     Module(ModuleJob),
+    /// An external component connected to another host of the cluster (`Some`: node, incarnation,
+    /// shard) or left it (`None`): every shard's route table follows.
+    RemoteRoute {
+        domain: Box<str>,
+        route: Option<(Arc<str>, u64, usize)>,
+    },
     /// A frame from another host of the cluster for this shard (a stanza, a tunnelled connection's
     /// bytes), handed on by the shard whose link received it.
     Cluster(Box<crate::proto::cluster::wire::Frame>),

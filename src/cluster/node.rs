@@ -89,6 +89,9 @@ pub struct ClusterShared {
     origin: Instant,
     /// Set by `rjabberd cluster leave` (through the control socket) or at shutdown.
     leaving: AtomicBool,
+    /// Members whose links from this host have been down for four ticks (§9.1), as shard 0 sees
+    /// them; the agent reports the changes to the registry.
+    suspects: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ClusterShared {
@@ -164,6 +167,18 @@ impl ClusterShared {
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::SeqCst)
     }
+
+    /// The members this host suspects now (shard 0 keeps it).
+    pub fn set_suspects(&self, suspects: std::collections::BTreeSet<String>) {
+        *self.suspects.lock().unwrap_or_else(|p| p.into_inner()) = suspects;
+    }
+
+    fn suspects(&self) -> std::collections::BTreeSet<String> {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 fn incarnation() -> u64 {
@@ -226,6 +241,14 @@ pub fn start(
     shutdown: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Arc<ClusterShared>, Agent), String> {
     let cluster = config.cluster.as_ref().ok_or("no [cluster]")?;
+    if cluster.tls {
+        // Refused rather than ignored: an operator who asked for TLS must not get plaintext links.
+        return Err(
+            "cluster.tls = true: TLS on cluster links is specified (docs/cluster-protocol.md §4) \
+             but not built yet; run the links on a private network with tls = false"
+                .into(),
+        );
+    }
     let name = cluster.name.get_ref().clone();
     let secret = Secret::from_file_contents(&cluster.read_secret(&config.file)?)?;
     let address = match &cluster.advertise {
@@ -239,7 +262,9 @@ pub fn start(
         &name,
         Timing {
             lease,
-            ..Timing::default()
+            // Twice the lease (10 s by default, §9.4): a suspicion outlives a lease that a merely slow
+            // host would still renew.
+            evict_after: lease * 2,
         },
     )
     .map_err(|e| format!("cluster {name}: {e}"))?;
@@ -275,6 +300,7 @@ pub fn start(
         renewed_at: AtomicU64::new(0),
         origin,
         leaving: AtomicBool::new(false),
+        suspects: Mutex::new(Default::default()),
     });
     log::info!(
         event = "cluster-joined", cluster = name.as_str(), node = me.node.as_str(),
@@ -288,6 +314,7 @@ pub fn start(
             let mut last_epoch = view.epoch;
             let mut out = false;
             let mut failures = 0u32;
+            let mut reported = std::collections::BTreeSet::new();
             let step = renewal_interval(lease);
             loop {
                 // Sleep in small steps so that a shutdown or a leave is seen at once.
@@ -332,6 +359,11 @@ pub fn start(
                     Ok(Renewal::Live(view)) => {
                         agent_shared.renewed_at.store(sent, Ordering::SeqCst);
                         failures = 0;
+                        if out {
+                            // The join dropped this node's reports.
+                            reported.clear();
+                        }
+                        report_suspicions(&registry, &me, &agent_shared, &mut reported);
                         if out || view.epoch != last_epoch {
                             let accept_after = if out {
                                 log::info!(
@@ -389,6 +421,37 @@ pub fn start(
             thread: Some(thread),
         },
     ))
+}
+
+/// Records in the registry the suspicions shard 0's links have formed since the last report, and drops
+/// those that ended (§9.1). A failure is tried again at the next renewal.
+fn report_suspicions(
+    registry: &Registry,
+    me: &MemberSpec,
+    shared: &ClusterShared,
+    reported: &mut std::collections::BTreeSet<String>,
+) {
+    let now = shared.suspects();
+    for node in now.difference(reported) {
+        match registry.suspect(me, node) {
+            Ok(()) => log::warn!(
+                event = "cluster-suspect", node = node.as_str();
+                "cluster: the links to {node} have been down for four ticks; reported"
+            ),
+            Err(e) => {
+                log::warn!("cluster: reporting {node} as suspect: {e}");
+                return;
+            }
+        }
+    }
+    for node in reported.difference(&now) {
+        if let Err(e) = registry.unsuspect(me, node) {
+            log::warn!("cluster: withdrawing the suspicion of {node}: {e}");
+            return;
+        }
+        log::info!(event = "cluster-unsuspect", node = node.as_str(); "cluster: {node} is reachable again");
+    }
+    *reported = now;
 }
 
 /// How often the lease is renewed (§6.2).

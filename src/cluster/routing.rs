@@ -21,8 +21,9 @@ use super::transport::{OutboundLink, serve_inbound};
 use super::tunnel;
 use crate::mesh::{Overflow, ShardMsg};
 use crate::placement::Home;
+use crate::proto::cluster::handshake::Peer;
 use crate::proto::cluster::wire::{
-    FanoutGroup, Frame, StanzaFrame, StanzaKind as WireKind, Target,
+    FanoutGroup, Frame, Member, StanzaFrame, StanzaKind as WireKind, Target,
 };
 use crate::proto::errors::StreamErrorCondition;
 use crate::proto::jid::bare_of;
@@ -86,6 +87,20 @@ pub fn send_remote(
                 xml: standalone(stanza),
             })
         }
+        ShardMsg::ToComponent { stanza, from, .. } => {
+            let Some(to) = stanza.to() else {
+                return Err(msg);
+            };
+            Frame::Stanza(StanzaFrame {
+                to_shard: home.shard as u16,
+                epoch,
+                target: Target::Host,
+                from: from.to_string(),
+                to: to.into_owned(),
+                kind: wire_kind(stanza.kind()),
+                xml: standalone(stanza),
+            })
+        }
         ShardMsg::Multicast { stanza, from, to } => Frame::Fanout {
             epoch,
             from: from.to_string(),
@@ -124,12 +139,35 @@ pub fn send_remote(
 
 /// A data frame a link of this shard received: handled here when it is for this shard, otherwise
 /// handed to its shard over the mesh (in order: one link's frames go through one mesh channel).
-pub fn on_frame(shard: &Rc<Shard>, frame: Frame) {
+pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     let to_shard = match &frame {
         Frame::Stanza(f) => f.to_shard,
         Frame::ConnOpen(c) => c.to_shard,
         Frame::ConnData { to_shard, .. } | Frame::ConnClose { to_shard, .. } => *to_shard,
         Frame::Fanout { .. } => return fanout(shard, frame),
+        Frame::Route {
+            domain,
+            shard: at,
+            up,
+        } => {
+            // Every shard's route table follows, naming the host the link comes from.
+            let route = (*up).then(|| {
+                (
+                    Arc::<str>::from(peer.node.as_str()),
+                    peer.incarnation,
+                    usize::from(*at),
+                )
+            });
+            shard
+                .routes()
+                .borrow_mut()
+                .set_remote_component(domain, route.clone());
+            shard.broadcast(|| ShardMsg::RemoteRoute {
+                domain: domain.as_str().into(),
+                route: route.clone(),
+            });
+            return;
+        }
         // Advice (MEMBERS, LEAVING): the table decides, and the agent reads it at its next renewal.
         _ => return,
     };
@@ -191,6 +229,10 @@ fn parse(shard: &Shard, xml: &[u8]) -> Option<Stanza> {
 /// A frame for this shard (from a link here, or from the shard whose link received it).
 pub fn handle_frame(shard: &Rc<Shard>, frame: Frame) {
     match frame {
+        Frame::Route { .. } => {
+            // Installed by the shard whose link received it (it knows the sending host).
+            log::debug!("cluster: a ROUTE frame handed between shards is ignored");
+        }
         Frame::Stanza(f) => stanza(shard, f),
         Frame::ConnOpen(c) => {
             if let Some(edge) = tunnel::open_at_home(shard, c) {
@@ -246,6 +288,37 @@ fn stanza(shard: &Rc<Shard>, f: StanzaFrame) {
     }
 }
 
+/// Tells every other member that an external component connected to this shard (`up`) or left it, so
+/// that their routers send its stanzas here (§7.3).
+pub fn announce_component(shard: &Rc<Shard>, domain: &str, up: bool) {
+    let Some(cluster) = shard.cluster() else {
+        return;
+    };
+    let view = cluster.view();
+    for (i, member) in view.members.iter().enumerate() {
+        if Some(i) == view.me {
+            continue;
+        }
+        announce_to(shard, cluster, member, domain, up);
+    }
+}
+
+fn announce_to(shard: &Rc<Shard>, cluster: &ShardCluster, member: &Member, domain: &str, up: bool) {
+    if let Some(link) = cluster.link_to(shard.id(), member) {
+        let frame = Frame::Route {
+            domain: domain.to_string(),
+            shard: shard.id() as u16,
+            up,
+        };
+        if link.send(&frame).is_err() {
+            log::warn!(
+                "cluster: the link to {} is full; it does not learn of component {domain}",
+                member.node
+            );
+        }
+    }
+}
+
 /// Starts accepting links on this shard (every shard listens on the cluster port; the kernel spreads
 /// the connections).
 pub fn listen(shard: &Rc<Shard>) -> Result<(), String> {
@@ -279,8 +352,8 @@ pub fn listen(shard: &Rc<Shard>) -> Result<(), String> {
             let streams = cluster.inbound.clone();
             let s = shard.clone();
             glommio::spawn_local(async move {
-                let end = serve_inbound(stream, settings, streams, |_peer, frame| {
-                    on_frame(&s, frame);
+                let end = serve_inbound(stream, settings, streams, |peer, frame| {
+                    on_frame(&s, peer, frame);
                 })
                 .await;
                 log::debug!("cluster: an inbound link ended: {end}");
@@ -303,6 +376,9 @@ pub fn tick(shard: &Rc<Shard>) {
     if shared.generation() != cluster.view().generation {
         apply(shard, cluster, shared.view());
     }
+    if shard.id() == 0 {
+        watch_members(shard, cluster);
+    }
     let serving = cluster.view().me.is_some() && !shared.lease_in_doubt();
     if cluster.serving.get() && !serving {
         log::warn!(
@@ -312,6 +388,39 @@ pub fn tick(shard: &Rc<Shard>) {
         stop_serving(shard, cluster);
     }
     cluster.serving.set(serving);
+}
+
+/// Shard 0 keeps a link to every member (its ticks are the heartbeat) and reports the members whose
+/// link has been down for four ticks as suspects (§9.1).
+fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
+    let view = cluster.view();
+    if view.me.is_none() {
+        cluster.down_since.borrow_mut().clear();
+        cluster.shared.set_suspects(Default::default());
+        return;
+    }
+    let now = std::time::Instant::now();
+    let silence = cluster.shared.tick * 4;
+    let mut suspects = std::collections::BTreeSet::new();
+    let mut down = cluster.down_since.borrow_mut();
+    down.retain(|node, _| view.members.iter().any(|m| &m.node == node));
+    for (i, member) in view.members.iter().enumerate() {
+        if Some(i) == view.me {
+            continue;
+        }
+        let up = cluster
+            .link_to(shard.id(), member)
+            .is_some_and(|l| l.is_up());
+        if up {
+            down.remove(&member.node);
+        } else {
+            let since = *down.entry(member.node.clone()).or_insert(now);
+            if now.duration_since(since) >= silence {
+                suspects.insert(member.node.clone());
+            }
+        }
+    }
+    cluster.shared.set_suspects(suspects);
 }
 
 /// Applies a newly published view.
@@ -367,6 +476,30 @@ fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) 
         }
     }
     tunnel::view_changed(shard, cluster, &view);
+    // Routes to components of hosts that left go; hosts that arrived learn this shard's components.
+    shard
+        .routes()
+        .borrow_mut()
+        .retain_remote(|node, incarnation| view.has(node, incarnation));
+    let mine: Vec<String> = shard
+        .server()
+        .component_owners
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, (at, _))| *at == shard.id())
+        .map(|(d, _)| d.clone())
+        .collect();
+    if !mine.is_empty() {
+        for (i, member) in view.members.iter().enumerate() {
+            if Some(i) == view.me || old.has(&member.node, member.incarnation) {
+                continue;
+            }
+            for domain in &mine {
+                announce_to(shard, cluster, member, domain, true);
+            }
+        }
+    }
     if cluster.shared.applied(shard.id(), view.generation) {
         println!(
             "rjabberd: cluster: epoch {}: members {}",

@@ -35,6 +35,8 @@ pub struct ShardCluster {
     pub(crate) serving: Cell<bool>,
     /// Stanzas that could not be queued on a full link under the `Spill` policy (counted, logged).
     pub dropped: Cell<u64>,
+    /// Since when each member's link has been down, as shard 0 watches them (§9.1).
+    pub(crate) down_since: RefCell<HashMap<String, Instant>>,
 }
 
 impl ShardCluster {
@@ -61,6 +63,7 @@ impl ShardCluster {
             inbound: Rc::new(RefCell::new(InboundStreams::default())),
             serving: Cell::new(false),
             dropped: Cell::new(0),
+            down_since: RefCell::new(HashMap::new()),
         }
     }
 

@@ -315,8 +315,8 @@ pub fn open_at_home(shard: &Rc<Shard>, c: ConnOpen) -> Option<FromEdge> {
             });
         }
     };
-    if !cluster.serving() {
-        refuse("this host is out of the cluster");
+    if !cluster.accepting() {
+        refuse("this host is out of the cluster, or has just joined (§9.2)");
         return None;
     }
     let Ok(user) = crate::proto::jid::Jid::parse(&c.user) else {

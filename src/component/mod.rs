@@ -249,4 +249,5 @@ fn announce(shard: &Rc<Shard>, domain: &str, route: Option<(usize, SinkId)>) {
         domain: domain.into(),
         route,
     });
+    crate::cluster::routing::announce_component(shard, domain, route.is_some());
 }

@@ -228,6 +228,35 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
                 error(shard, origin, &stanza, &from, to.domain, condition);
             }
         }
+        Some(Route::Remote {
+            node,
+            incarnation,
+            shard: at,
+        }) => {
+            // A component on another host of the cluster: its host's router delivers it there.
+            let host = shard.cluster().and_then(|c| {
+                c.view()
+                    .members
+                    .iter()
+                    .position(|m| *m.node == *node && m.incarnation == incarnation)
+            });
+            let mut travelling = stanza.clone();
+            metrics::stage(&mut travelling.trace, Stage::Route);
+            let msg = ShardMsg::ToComponent {
+                domain: to.domain.into(),
+                stanza: travelling,
+                from: from.clone(),
+            };
+            let sent = host.is_some_and(|host| {
+                shard
+                    .send_home(Home { host, shard: at }, msg, origin.overflow())
+                    .is_ok()
+            });
+            if !sent {
+                let condition = StanzaErrorCondition::ServiceUnavailable;
+                error(shard, origin, &stanza, &from, to.domain, condition);
+            }
+        }
         // Until s2s exists every other domain is unreachable.
         None => error(
             shard,

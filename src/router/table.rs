@@ -19,6 +19,13 @@ pub enum Route {
     Service(ServiceHandler),
     /// An external component, whose connection lives on `shard`.
     Component { shard: usize, sink: SinkId },
+    /// An external component connected to another host of the cluster (`node` at `incarnation`), on its
+    /// shard `shard`.
+    Remote {
+        node: std::sync::Arc<str>,
+        incarnation: u64,
+        shard: usize,
+    },
 }
 
 pub struct RouteTable {
@@ -70,13 +77,52 @@ impl RouteTable {
         }
     }
 
+    /// Installs (`Some`) or removes (`None`) the route of a component on another host of the cluster. A
+    /// component connected here keeps its local route.
+    pub fn set_remote_component(
+        &mut self,
+        domain: &str,
+        at: Option<(std::sync::Arc<str>, u64, usize)>,
+    ) {
+        match (at, self.others.get(domain)) {
+            (_, Some(Route::Component { .. })) => {}
+            (Some((node, incarnation, shard)), _) => {
+                self.others.insert(
+                    domain.to_string(),
+                    Route::Remote {
+                        node,
+                        incarnation,
+                        shard,
+                    },
+                );
+            }
+            (None, Some(Route::Remote { .. })) => {
+                self.others.remove(domain);
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// Drops the routes to components of hosts for which `keep(node, incarnation)` is false (they left
+    /// the cluster).
+    pub fn retain_remote(&mut self, keep: impl Fn(&str, u64) -> bool) {
+        self.others.retain(|_, r| match r {
+            Route::Remote {
+                node, incarnation, ..
+            } => keep(node, *incarnation),
+            _ => true,
+        });
+    }
+
     /// The components under `host` (`*.host`), sorted (with the services: the server's disco#items).
     pub fn components_under(&self, host: &str) -> Vec<String> {
         let suffix = format!(".{host}");
         let mut out: Vec<String> = self
             .others
             .iter()
-            .filter(|(d, r)| matches!(r, Route::Component { .. }) && d.ends_with(&suffix))
+            .filter(|(d, r)| {
+                matches!(r, Route::Component { .. } | Route::Remote { .. }) && d.ends_with(&suffix)
+            })
             .map(|(d, _)| d.clone())
             .collect();
         out.sort();

@@ -66,6 +66,10 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             shard.routes().borrow_mut().set_component(&domain, route)
         }
         ShardMsg::Module(job) => job(&shard.ctx()),
+        ShardMsg::RemoteRoute { domain, route } => shard
+            .routes()
+            .borrow_mut()
+            .set_remote_component(&domain, route),
         ShardMsg::Cluster(frame) => crate::cluster::routing::handle_frame(shard, *frame),
     }
 }

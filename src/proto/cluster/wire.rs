@@ -29,6 +29,7 @@ pub mod kind {
     pub const CLOSE: u8 = 0x12;
     pub const STANZA: u8 = 0x20;
     pub const FANOUT: u8 = 0x21;
+    pub const ROUTE: u8 = 0x22;
     pub const CONN_OPEN: u8 = 0x30;
     pub const CONN_DATA: u8 = 0x31;
     pub const CONN_CLOSE: u8 = 0x32;
@@ -338,6 +339,12 @@ pub enum Frame {
         xml: Bytes,
         groups: Vec<FanoutGroup>,
     },
+    /// An external component connected to (`up`) or left the sending host, on its shard `shard` (§7.3).
+    Route {
+        domain: String,
+        shard: u16,
+        up: bool,
+    },
     ConnOpen(ConnOpen),
     /// Stream bytes of a tunnelled connection, in order (§8.2).
     ConnData {
@@ -390,6 +397,7 @@ impl Frame {
             Close { .. } => kind::CLOSE,
             Stanza(_) => kind::STANZA,
             Fanout { .. } => kind::FANOUT,
+            Route { .. } => kind::ROUTE,
             ConnOpen(_) => kind::CONN_OPEN,
             ConnData { .. } => kind::CONN_DATA,
             ConnClose { .. } => kind::CONN_CLOSE,
@@ -493,6 +501,11 @@ impl Frame {
                         put_str(out, r);
                     }
                 }
+            }
+            Route { domain, shard, up } => {
+                put_str(out, domain);
+                out.put_u16(*shard);
+                out.put_u8(u8::from(*up));
             }
             ConnOpen(c) => {
                 out.put_u16(c.to_shard);
@@ -658,6 +671,11 @@ impl Frame {
                     groups,
                 }
             }
+            kind::ROUTE => Frame::Route {
+                domain: r.str()?,
+                shard: r.u16()?,
+                up: r.bool()?,
+            },
             kind::CONN_OPEN => Frame::ConnOpen(ConnOpen {
                 to_shard: r.u16()?,
                 epoch: r.u64()?,
