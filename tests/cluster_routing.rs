@@ -663,19 +663,33 @@ fn host_killed(layout: &[(&str, usize)]) {
         "{}",
         got[0]
     );
-    wait_for(
+    let (_, before) = wait_for(
         &mut a,
         "bob's presence after he logged in again",
         Duration::from_secs(10),
         presence_from(&b2.jid, None),
     );
+    if unavailable.is_none() {
+        // docs/cluster-protocol.md §9.2 (at 850663f) says contacts of a session lost with its
+        // home learn it when the user logs in again: say whether that happened, for the report.
+        let late = before
+            .iter()
+            .any(|e| presence_from(&b.jid, Some("unavailable"))(e))
+            || a.drain(Duration::from_secs(2))
+                .iter()
+                .any(|g| matches!(g, Got::El(e) if presence_from(&b.jid, Some("unavailable"))(e)));
+        eprintln!(
+            "host_killed: alice got the unavailable of bob's lost session once he logged in again: {late}"
+        );
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// Like [`host_killed`], with n2 hung (SIGSTOP) and erin connected to it: once the others fenced
 /// n2, SIGCONT: n2 finds itself fenced, ends its client streams (erin's) and rejoins by itself as a
-/// new incarnation; all three hosts apply the view with all three again, and bob (homed on n2 again)
-/// logs in through n2 and alice sees him.
+/// new incarnation; all three hosts apply the view with all three again; erin logs in through n2,
+/// bob (homed on n2 again) through n1, and alice and bob see each other; and the view stays so
+/// for 6 s (n2 is not fenced again).
 fn host_hung_then_continued(layout: &[(&str, usize)]) {
     let mut c = TestCluster::start(layout, "");
     let bob = user(&c, "n2", "bob");
@@ -733,6 +747,8 @@ fn host_hung_then_continued(layout: &[(&str, usize)]) {
         "erin's stream on the fenced n2 must end with system-shutdown (or a close): {end:?}"
     );
     c.wait_for_members(&["n1", "n2", "n3"], Duration::from_secs(20));
+    let rejoined = Instant::now();
+    let rejoined_epoch = c.latest_view(0).expect("a view").epoch;
     eprintln!("host_hung: n2 rejoined {:?} after SIGCONT", t1.elapsed());
     let back = row(&c, "n2");
     assert!(back.member && back.state == "up", "{back:?}");
@@ -797,6 +813,22 @@ fn host_hung_then_continued(layout: &[(&str, usize)]) {
                 )
             },
         );
+    }
+    // The rejoined n2 stays a member: no host applies another view within 6 s of the rejoin
+    // (longer than a suspicion, 4 ticks, plus evict_after, 2 leases, plus a renewal).
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(rejoined.elapsed()));
+    let views: Vec<_> = (0..c.len()).map(|i| c.latest_view(i)).collect();
+    if views
+        .iter()
+        .any(|v| v.as_ref().is_none_or(|v| v.epoch != rejoined_epoch))
+        || c.table_members() != ["n1", "n2", "n3"]
+    {
+        problems.push(format!(
+            "the cluster did not stay at epoch {rejoined_epoch} with n1,n2,n3 for 6 s after n2 \
+             rejoined: views {:?}, table {:?}",
+            (0..c.len()).map(|i| c.views(i)).collect::<Vec<_>>(),
+            c.status()
+        ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
