@@ -14,15 +14,22 @@
 #   perf/knobs.sh storage     [storage] backend sqlite vs postgres (a throw-away PostgreSQL on CPU 0, fsync
 #                             on), alternating, ROUNDS=2 rounds each: 3,000 SCRAM-SHA-256 logins; offline
 #                             messages, 10,000 stored by 100 senders and retrieved by 200 recipients
+#   perf/knobs.sh cluster     one host with 2 shards (CPUs 0-1) vs a cluster of 2 hosts with 1 shard each
+#                             (CPU 0 and CPU 1), both on one PostgreSQL, alternating, ROUNDS=2 rounds each:
+#                             chat among 1,000 users at 1,000 and 4,000 msg/s, every user connecting to
+#                             the hosts in turn (as behind a load balancer); server CPU per message summed
+#                             over the hosts, and the latency percentiles
 set -euo pipefail
 cd "$(dirname "$0")/.."
-knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls|storage}
+knob=${1:?usage: perf/knobs.sh allocator|backlog|shards|tls|storage|cluster}
 
 cargo build --release -q -p rjabberd -p bench-harness
 target=${CARGO_TARGET_DIR:-target}
 bench=$target/release/rjabberd-bench
 work=$(mktemp -d /tmp/rjabberd-knobs.XXXXXX)
 server_pid=""
+# The hosts of `cluster`.
+extra_pids=()
 # The throw-away PostgreSQL of `storage`, once started: its data directory, and how to run its programs
 # (as `postgres` when we are root, since PostgreSQL refuses to run as root).
 pg_data=""
@@ -30,6 +37,7 @@ pg_bin=""
 as_pg=()
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  for p in "${extra_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   # Immediate: nothing in it is worth a clean shutdown, and it must not wait for clients.
   [ -n "$pg_data" ] && (cd / && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w stop) >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -166,6 +174,74 @@ url = \"$url\""
         run --tls none --scenario offline --users 100 --recipients 200 --messages 100 --batch 10 \
           --mech scram-sha256 --label "$backend" "${dbargs[@]}" | grep -E "^offline|per recipient"
         stop
+      done
+    done
+    ;;
+  cluster)
+    pg_start "$work/pg"
+    db_pid=$(head -1 "$pg_data/postmaster.pid")
+    head -c 48 /dev/urandom | base64 > "$work/cluster.secret"
+    chmod 600 "$work/cluster.secret"
+    # cluster_host NAME DB PORT CPU [NODE]: one host (a cluster member when NODE is given) on the
+    # database DB, serving clients on PORT, pinned to CPU; appends its pid to extra_pids.
+    cluster_host() {
+      local name=$1 db=$2 port=$3 cpu=$4 node=${5:-} dir=$work/$1 section=""
+      mkdir -p "$dir"
+      if [ -n "$node" ]; then
+        section="[cluster]
+name = \"bench\"
+node = \"$node\"
+listen = \"127.0.0.$(( ${node#n} + 1 )):0\"
+secret_file = \"$work/cluster.secret\""
+      fi
+      cat > "$dir/rjabberd.toml" <<CONF
+shards = ${SHARDS:-1}
+data_dir = "$dir/data"
+log_level = "warn"
+[[host]]
+name = "localhost"
+[[listener]]
+address = "127.0.0.1:$port"
+[limits]
+max_connections_per_shard = 100000
+[auth]
+allow_plaintext = true
+[storage]
+backend = "postgres"
+url = "host=$work/pg user=rjabberd dbname=$db"
+pool_size = 2
+$section
+CONF
+      taskset -c "$cpu" "$target/release/rjabberd" --config "$dir/rjabberd.toml" > "$dir/server.log" 2>&1 &
+      extra_pids+=($!)
+      for _ in $(seq 200); do grep -q "serving" "$dir/server.log" 2>/dev/null && return; sleep 0.1; done
+      echo "host $name did not start" >&2; cat "$dir/server.log" >&2; exit 1
+    }
+    for db in single cluster; do
+      (cd "$work/pg" && "${as_pg[@]}" "$pg_bin/createdb" -h "$work/pg" -U rjabberd "$db")
+    done
+    for round in $(seq "${ROUNDS:-2}"); do
+      for setup in single cluster; do
+        extra_pids=()
+        if [ "$setup" = single ]; then
+          SHARDS=2 cluster_host "single-$round" single 15333 0,1
+          servers=(--server 127.0.0.1:15333)
+          config=$work/single-$round/rjabberd.toml
+        else
+          cluster_host "n1-$round" cluster 15333 0 n1
+          cluster_host "n2-$round" cluster 15334 1 n2
+          servers=(--server 127.0.0.1:15333 --also-server 127.0.0.1:15334 --also-pid "${extra_pids[1]}")
+          config=$work/n1-$round/rjabberd.toml
+        fi
+        [ "$round" = 1 ] && "$bench" provision --config "$config" --users 1000 > /dev/null
+        echo "== $setup, round $round"
+        for rate in 1000 4000; do
+          taskset -c 1 "$bench" run --tls none --scenario chat --users 1000 --rate $rate --duration 10 \
+            --label "$setup" --server-pid "${extra_pids[0]}" "${servers[@]}" \
+            | grep -E "chat at [0-9]+/s for|CPU per message|latency"
+        done
+        for p in "${extra_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+        sleep 1
       done
     done
     ;;

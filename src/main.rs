@@ -93,6 +93,9 @@ enum ClusterAction {
         #[arg(long)]
         json: bool,
     },
+    /// Drain the running host of this configuration (over its control socket): it leaves the cluster,
+    /// the others take its accounts, and its clients are told to reconnect.
+    Leave,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +153,15 @@ fn main() -> ExitCode {
             args,
         ));
     }
+    if let Some(Command::Cluster {
+        action: ClusterAction::Leave,
+    }) = cli.command
+    {
+        return ExitCode::from(rjabberd::admin::ctl::client_main(
+            cli.config.as_deref(),
+            vec!["cluster".into(), "leave".into()],
+        ));
+    }
     let config = match &cli.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,
@@ -186,7 +198,10 @@ fn main() -> ExitCode {
         Command::Cluster {
             action: ClusterAction::Status { json },
         } => cluster_status(&config, json),
-        Command::Ctl { .. } => unreachable!("answered above"),
+        Command::Ctl { .. }
+        | Command::Cluster {
+            action: ClusterAction::Leave,
+        } => unreachable!("answered above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -296,6 +296,22 @@ pub fn tree_cpu_secs(pid: Option<u32>) -> Option<f64> {
     Some(total)
 }
 
+/// The CPU seconds of the server, summed over every host of a cluster (`--also-pid`).
+pub fn servers_cpu(args: &RunArgs) -> Option<f64> {
+    let first = cpu_secs(args.server_pid)?;
+    args.also_pid
+        .iter()
+        .try_fold(first, |sum, p| Some(sum + cpu_secs(Some(*p))?))
+}
+
+/// The server's resident memory, summed over every host of a cluster.
+pub fn servers_rss(args: &RunArgs) -> Option<u64> {
+    let first = rss_kib(args.server_pid?)?;
+    args.also_pid
+        .iter()
+        .try_fold(first, |sum, p| Some(sum + rss_kib(*p)?))
+}
+
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -357,10 +373,10 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
         .store((args.rate * 1000.0) as u64, Ordering::SeqCst);
     let threads = args.threads.max(1);
     let placement = placement(args);
-    let server_cpu0 = cpu_secs(args.server_pid);
+    let server_cpu0 = servers_cpu(args);
     let db_cpu0 = tree_cpu_secs(args.db_pid);
     let harness_cpu0 = cpu_secs(None).unwrap_or(0.0);
-    let rss_before = args.server_pid.and_then(rss_kib);
+    let rss_before = servers_rss(args);
     let login_started = Instant::now();
     let pool_args = args.clone();
     let pool_shared = shared.clone();
@@ -389,9 +405,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
     }
     progress.finish();
     let login_secs = login_started.elapsed().as_secs_f64();
-    let server_cpu_login = server_cpu0
-        .zip(cpu_secs(args.server_pid))
-        .map(|(a, b)| b - a);
+    let server_cpu_login = server_cpu0.zip(servers_cpu(args)).map(|(a, b)| b - a);
     let db_cpu_login = db_cpu0.zip(tree_cpu_secs(args.db_pid)).map(|(a, b)| b - a);
     let harness_cpu_login = cpu_secs(None).unwrap_or(0.0) - harness_cpu0;
     eprintln!(
@@ -406,7 +420,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
         Scenario::Login | Scenario::Offline => {}
         Scenario::Idle => {
             std::thread::sleep(secs(args.settle));
-            rss_after = args.server_pid.and_then(rss_kib);
+            rss_after = servers_rss(args);
         }
         Scenario::Chat | Scenario::Mixed | Scenario::Presence => {
             let mut rate = args.rate;
@@ -417,7 +431,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                 let sent0 = shared.sent.load(Ordering::SeqCst);
                 let recv0 = shared.received.load(Ordering::SeqCst);
                 let bounced0 = shared.bounced.load(Ordering::SeqCst);
-                let s0 = cpu_secs(args.server_pid);
+                let s0 = servers_cpu(args);
                 let h0 = cpu_secs(None).unwrap_or(0.0);
                 shared.step.fetch_add(1, Ordering::SeqCst);
                 shared.sending.store(true, Ordering::SeqCst);
@@ -464,7 +478,7 @@ pub fn run(args: &RunArgs) -> Result<Summary, String> {
                 let sent = shared.sent.load(Ordering::SeqCst) - sent0;
                 let received = shared.received.load(Ordering::SeqCst) - recv0;
                 let bounced = shared.bounced.load(Ordering::SeqCst) - bounced0;
-                let server_cpu = s0.zip(cpu_secs(args.server_pid)).map(|(a, b)| b - a);
+                let server_cpu = s0.zip(servers_cpu(args)).map(|(a, b)| b - a);
                 // Have every thread close its histogram for this step.
                 shared.step_p99.store(0, Ordering::SeqCst);
                 let step = shared.step.load(Ordering::SeqCst);
@@ -1067,7 +1081,7 @@ pub(crate) async fn login(
         .map_err(|e| format!("bind {source}: {e}"))?;
     // A blocking connect on loopback completes at once (or fails at once when the backlog is full).
     let t = now_ns();
-    let connected = sock.connect(&args.server.into());
+    let connected = sock.connect(&args.server_for(user).into());
     connect_ns.set(now_ns() - t);
     connected.map_err(|e| format!("connect: {e}"))?;
     sock.set_tcp_nodelay(true).map_err(|e| e.to_string())?;

@@ -237,6 +237,14 @@ pub struct RunArgs {
     /// The server's process id, for its CPU time and RSS.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// More hosts of the same cluster (rjabberd's, or ejabberd's): user `i` connects to the `i mod n`-th
+    /// of `--server` and these, as a load balancer would spread them.
+    #[arg(long, value_delimiter = ',')]
+    pub also_server: Vec<SocketAddr>,
+    /// Their processes, whose CPU and memory are added to `--server-pid`'s (the cost of a message summed
+    /// over the hosts).
+    #[arg(long, value_delimiter = ',')]
+    pub also_pid: Vec<u32>,
     /// A database server's main process id (PostgreSQL's postmaster): its CPU time and its direct
     /// children's (the backends, the WAL writer) is reported beside the server's.
     #[arg(long)]
@@ -263,6 +271,16 @@ pub struct RunArgs {
     /// The threshold of `--trace-file` (ms): slower messages, later sends and longer stalls are logged.
     #[arg(long, default_value_t = 50.0)]
     pub trace_slow_ms: f64,
+}
+
+impl RunArgs {
+    /// The server user `user` connects to.
+    pub fn server_for(&self, user: usize) -> SocketAddr {
+        match user % (1 + self.also_server.len()) {
+            0 => self.server,
+            k => self.also_server[k - 1],
+        }
+    }
 }
 
 /// One credential derivation for all accounts (same password, one fixed salt): provisioning 100,000

@@ -332,7 +332,7 @@ async fn thread_main(
 pub fn run(args: &RunArgs) -> Result<Summary, String> {
     let st = Arc::new(State::default());
     let threads = args.threads.max(1);
-    let cpu = || (cpu_secs(args.server_pid), tree_cpu_secs(args.db_pid));
+    let cpu = || (crate::client::servers_cpu(args), tree_cpu_secs(args.db_pid));
     let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
     let (server0, db0) = cpu();
     let harness0 = cpu_secs(None).unwrap_or(0.0);

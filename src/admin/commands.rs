@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{gather_metrics, on_every_shard, on_home_shard};
+use crate::cluster::node::ClusterShared;
 use crate::metrics::latency::Summary;
 use crate::metrics::{ConnKind, STANZA_KINDS, Snapshot, Stage, StageHistograms};
 use crate::modules::ctx::ModuleCtx;
@@ -95,6 +96,7 @@ pub enum Command {
         interval: Option<u64>,
     },
     ClusterStatus,
+    ClusterLeave,
     Help,
 }
 
@@ -144,7 +146,11 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "cluster status",
-        "the hosts of the cluster (today: this one)",
+        "the hosts of the cluster as this host applies its view",
+    ),
+    (
+        "cluster leave",
+        "drain this host: it leaves the cluster and its clients reconnect to the others",
     ),
     ("help", "this list"),
 ];
@@ -247,7 +253,8 @@ pub fn parse_with_json(args: &[String]) -> Result<(Command, bool), String> {
         }
         "cluster" => match params {
             ["status"] => Command::ClusterStatus,
-            _ => return Err("usage: rjabberd ctl cluster status".into()),
+            ["leave"] => Command::ClusterLeave,
+            _ => return Err("usage: rjabberd ctl cluster status|leave".into()),
         },
         "cluster-status" => arity(0, 0, "cluster status").map(|()| Command::ClusterStatus)?,
         "help" => Command::Help,
@@ -261,7 +268,12 @@ fn jid(s: &str) -> Result<Jid, String> {
 }
 
 /// Runs `command` on this shard (shard 0) and answers.
-pub async fn run(command: Command, ctx: &ModuleCtx, reload: &Reload) -> Answer {
+pub async fn run(
+    command: Command,
+    ctx: &ModuleCtx,
+    reload: &Reload,
+    cluster: Option<&ClusterShared>,
+) -> Answer {
     let result = match command {
         Command::Status => status(ctx).await,
         Command::Stats => stats(ctx).await,
@@ -278,7 +290,8 @@ pub async fn run(command: Command, ctx: &ModuleCtx, reload: &Reload) -> Answer {
             Err(e) => Err(Answer::fail(Exit::Failed, e)),
         },
         Command::Latency { interval } => latency(ctx, interval).await,
-        Command::ClusterStatus => Ok(cluster_status(ctx)),
+        Command::ClusterStatus => Ok(cluster_status(ctx, cluster)),
+        Command::ClusterLeave => cluster_leave(cluster).await,
         Command::Help => Ok(help()),
     };
     result.unwrap_or_else(|a| a)
@@ -907,7 +920,42 @@ fn latency_json(shards: &[StageHistograms]) -> serde_json::Value {
     serde_json::Value::Object(stages)
 }
 
-fn cluster_status(ctx: &ModuleCtx) -> Answer {
+fn cluster_status(ctx: &ModuleCtx, cluster: Option<&ClusterShared>) -> Answer {
+    if let Some(c) = cluster {
+        let view = c.view();
+        let mut text = format!(
+            "cluster {}: epoch {}, {} member(s) as {} applies it{}\n",
+            c.name,
+            view.epoch,
+            view.members.len(),
+            c.node,
+            if view.me.is_some() {
+                ""
+            } else {
+                " (this host is out of the cluster)"
+            }
+        );
+        for m in &view.members {
+            let _ = writeln!(
+                text,
+                "  {:<16} {:<22} shards {:<3} sessions {}",
+                m.node, m.address, m.shards, m.sessions
+            );
+        }
+        return Answer::ok(
+            text,
+            json!({
+                "clustered": true,
+                "cluster": c.name,
+                "node": c.node,
+                "epoch": view.epoch,
+                "member": view.me.is_some(),
+                "nodes": view.members.iter().map(|m| json!({
+                    "node": m.node, "address": m.address, "shards": m.shards, "sessions": m.sessions,
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
     let node = node_name();
     let shards = ctx.shards();
     Answer::ok(
@@ -917,6 +965,38 @@ fn cluster_status(ctx: &ModuleCtx) -> Answer {
             "nodes": [{ "node": node, "status": "started", "shards": shards }],
         }),
     )
+}
+
+/// Drains this host (`rjabberd cluster leave`): it leaves the membership, the others take its accounts,
+/// and its client streams end with `<system-shutdown/>` so that the clients reconnect to the others.
+/// Answers once the view without this host is applied, within 10 s.
+async fn cluster_leave(cluster: Option<&ClusterShared>) -> Result<Answer, Answer> {
+    let Some(c) = cluster else {
+        return Err(Answer::fail(
+            Exit::Failed,
+            "this host is not a member of a cluster".into(),
+        ));
+    };
+    c.leave();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.view().me.is_some() {
+        if std::time::Instant::now() > deadline {
+            return Err(Answer::fail(
+                Exit::Failed,
+                "asked to leave, but the view without this host did not come within 10 s".into(),
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let view = c.view();
+    Ok(Answer::ok(
+        format!(
+            "{} left cluster {} at epoch {}; its clients were told to reconnect; stop it when you \
+             like\n",
+            c.node, c.name, view.epoch
+        ),
+        json!({ "left": true, "node": c.node, "epoch": view.epoch }),
+    ))
 }
 
 /// The command list (answered by the client itself: it needs no server).

@@ -15,12 +15,14 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt,
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
 
 use super::commands::{self, Answer, Command, Exit, Reload};
+use crate::cluster::node::ClusterShared;
 use crate::config::Config;
 use crate::modules::ctx::ModuleCtx;
 
@@ -210,13 +212,14 @@ pub async fn serve(
     listener: glommio::net::TcpListener,
     ctx: ModuleCtx,
     reload: Reload,
+    cluster: Option<Arc<ClusterShared>>,
     closing: Rc<dyn Fn() -> bool>,
 ) {
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
     super::serve_each(listener, "control socket", closing, move |stream| {
-        let (ctx, reload) = (ctx.clone(), reload.clone());
-        async move { answer(stream, own, &ctx, &reload).await }
+        let (ctx, reload, cluster) = (ctx.clone(), reload.clone(), cluster.clone());
+        async move { answer(stream, own, &ctx, &reload, cluster.as_deref()).await }
     })
     .await
 }
@@ -226,6 +229,7 @@ async fn answer(
     own: u32,
     ctx: &ModuleCtx,
     reload: &Reload,
+    cluster: Option<&ClusterShared>,
 ) -> std::io::Result<()> {
     let peer = peer_uid(stream.as_raw_fd());
     // Read even from a refused peer, and drop it unparsed: closing a Unix socket with unread bytes
@@ -234,7 +238,7 @@ async fn answer(
     let answer = match peer {
         Ok(uid) if permitted(uid, own) => match request {
             Ok(request) => match commands::parse(&request.args) {
-                Ok(command) => commands::run(command, ctx, reload).await,
+                Ok(command) => commands::run(command, ctx, reload, cluster).await,
                 Err(usage) => Answer::fail(Exit::Usage, usage),
             },
             Err(e) => Answer::fail(Exit::Usage, e),

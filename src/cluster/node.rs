@@ -333,10 +333,11 @@ pub fn start(
                         ),
                         Err(e) => log::warn!("cluster: leaving: {e}"),
                     }
-                    let v = View {
+                    // The others, so that what this host still holds is routed to their new homes.
+                    let v = registry.view().unwrap_or(View {
                         epoch: last_epoch + 1,
                         members: Vec::new(),
-                    };
+                    });
                     agent_shared.publish(applied(&v, &me, &agent_shared.name, Instant::now()));
                     if shutdown.load(Ordering::SeqCst) {
                         return;

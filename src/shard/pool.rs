@@ -635,6 +635,7 @@ async fn run_shard(
             listener,
             shard.ctx(),
             reload,
+            server.cluster.clone(),
             closing,
         ))
         .detach();
