@@ -92,6 +92,8 @@ pub struct ClusterShared {
     /// Members whose links from this host have been down for four ticks (§9.1), as shard 0 sees
     /// them; the agent reports the changes to the registry.
     suspects: Mutex<std::collections::BTreeSet<String>>,
+    /// Members shard 0 has a link up to now (a host that is out rejoins only when it reaches them all).
+    reachable: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ClusterShared {
@@ -168,9 +170,21 @@ impl ClusterShared {
         self.leaving.load(Ordering::SeqCst)
     }
 
-    /// The members this host suspects now (shard 0 keeps it).
-    pub fn set_suspects(&self, suspects: std::collections::BTreeSet<String>) {
+    /// The members this host suspects now, and those its links reach (shard 0 keeps both).
+    pub fn set_links(
+        &self,
+        suspects: std::collections::BTreeSet<String>,
+        reachable: std::collections::BTreeSet<String>,
+    ) {
         *self.suspects.lock().unwrap_or_else(|p| p.into_inner()) = suspects;
+        *self.reachable.lock().unwrap_or_else(|p| p.into_inner()) = reachable;
+    }
+
+    fn reachable(&self) -> std::collections::BTreeSet<String> {
+        self.reachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn suspects(&self) -> std::collections::BTreeSet<String> {
@@ -301,6 +315,7 @@ pub fn start(
         origin,
         leaving: AtomicBool::new(false),
         suspects: Mutex::new(Default::default()),
+        reachable: Mutex::new(Default::default()),
     });
     log::info!(
         event = "cluster-joined", cluster = name.as_str(), node = me.node.as_str(),
@@ -350,9 +365,48 @@ pub fn start(
                 }
                 let sent = agent_shared.now_ms();
                 let result = if out {
-                    // Out (fenced, replaced or cut off): a new incarnation, once the database answers.
-                    me.incarnation = incarnation();
-                    registry.join(&me).map(Renewal::Live)
+                    // Out (fenced, replaced or cut off): a new incarnation, once the database answers
+                    // and shard 0 has a link up to every member (a host cut off from the others but
+                    // not from the database would otherwise be fenced again at once, and every
+                    // rejoin would move its share of the accounts back and forth).
+                    match registry.view() {
+                        Ok(others) => {
+                            let reachable = agent_shared.reachable();
+                            let cut_off: Vec<&str> = others
+                                .members
+                                .iter()
+                                .filter(|m| m.node != me.node && !reachable.contains(&m.node))
+                                .map(|m| m.node.as_str())
+                                .collect();
+                            let watched = agent_shared.view();
+                            let same = |a: &[Member], b: &[Member]| {
+                                a.len() == b.len()
+                                    && a.iter().zip(b).all(|(x, y)| {
+                                        x.node == y.node && x.incarnation == y.incarnation
+                                    })
+                            };
+                            if !same(&watched.members, &others.members) {
+                                // Shard 0 watches the links to these members from now on.
+                                agent_shared.publish(applied(
+                                    &others,
+                                    &me,
+                                    &agent_shared.name,
+                                    Instant::now(),
+                                ));
+                                continue;
+                            }
+                            if !cut_off.is_empty() {
+                                log::info!(
+                                    "cluster: not rejoining yet: no link to {}",
+                                    cut_off.join(", ")
+                                );
+                                continue;
+                            }
+                            me.incarnation = incarnation();
+                            registry.join(&me).map(Renewal::Live)
+                        }
+                        Err(e) => Err(e),
+                    }
                 } else {
                     registry.renew(&me, agent_shared.sessions())
                 };
@@ -393,7 +447,7 @@ pub fn start(
                             "this host is no longer a member (fenced, or its lease lapsed): its \
                              sessions end and it joins again"
                         );
-                        go_out(&agent_shared, &me, &mut out, &mut last_epoch);
+                        go_out(&registry, &agent_shared, &me, &mut out, &mut last_epoch);
                     }
                     Err(e) => {
                         failures += 1;
@@ -409,7 +463,7 @@ pub fn start(
                                 "the lease could not be renewed in time: this host stops serving \
                                  until it can join again"
                             );
-                            go_out(&agent_shared, &me, &mut out, &mut last_epoch);
+                            go_out(&registry, &agent_shared, &me, &mut out, &mut last_epoch);
                         }
                     }
                 }
@@ -461,14 +515,22 @@ pub fn renewal_interval(lease: Duration) -> Duration {
 }
 
 /// Publishes a view without this host: the shards end its sessions and close its links.
-fn go_out(shared: &ClusterShared, me: &MemberSpec, out: &mut bool, last_epoch: &mut u64) {
+fn go_out(
+    registry: &Registry,
+    shared: &ClusterShared,
+    me: &MemberSpec,
+    out: &mut bool,
+    last_epoch: &mut u64,
+) {
     if *out {
         return;
     }
     *out = true;
-    let v = View {
+    // The others (this incarnation is not among them), so that what this host still holds is routed
+    // to their new homes and shard 0 watches its links to them; none when the database is out of reach.
+    let v = registry.view().unwrap_or(View {
         epoch: *last_epoch,
         members: Vec::new(),
-    };
+    });
     shared.publish(applied(&v, me, &shared.name, Instant::now()));
 }

@@ -394,18 +394,14 @@ pub fn tick(shard: &Rc<Shard>) {
 /// link has been down for four ticks as suspects (§9.1).
 fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
     let view = cluster.view();
-    if view.me.is_none() {
-        cluster.down_since.borrow_mut().clear();
-        cluster.shared.set_suspects(Default::default());
-        return;
-    }
     let now = std::time::Instant::now();
     let silence = cluster.shared.tick * 4;
     let mut suspects = std::collections::BTreeSet::new();
+    let mut reachable = std::collections::BTreeSet::new();
     let mut down = cluster.down_since.borrow_mut();
     down.retain(|node, _| view.members.iter().any(|m| &m.node == node));
     for (i, member) in view.members.iter().enumerate() {
-        if Some(i) == view.me {
+        if Some(i) == view.me || member.node == view.identity.node {
             continue;
         }
         let up = cluster
@@ -413,6 +409,7 @@ fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
             .is_some_and(|l| l.is_up());
         if up {
             down.remove(&member.node);
+            reachable.insert(member.node.clone());
         } else {
             let since = *down.entry(member.node.clone()).or_insert(now);
             if now.duration_since(since) >= silence {
@@ -420,7 +417,12 @@ fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
             }
         }
     }
-    cluster.shared.set_suspects(suspects);
+    if view.me.is_none() {
+        // Out of the cluster: its reports would not count (§6.6); the links only say whether it may
+        // rejoin.
+        suspects.clear();
+    }
+    cluster.shared.set_links(suspects, reachable);
 }
 
 /// Applies a newly published view.

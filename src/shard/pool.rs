@@ -115,14 +115,16 @@ impl Server {
         } else {
             None
         };
+        // The store first: it brings the schema (the membership tables too) up to date.
+        let mut state = shared_state(config, shutdown.clone(), shards, bound)?;
         // A cluster member joins before any shard runs: the shards start with the first view.
-        let (cluster, agent, cluster_reserved) = match &config.cluster {
+        let (cluster, agent, cluster_reserved) = match &state.config.cluster {
             Some(c) => {
                 let addr: SocketAddr = c.listen.get_ref().parse().map_err(|e| format!("{e}"))?;
                 let reserved = crate::net::listener::reserve(addr)
                     .map_err(|e| format!("cluster.listen: {e}"))?;
                 let (cluster, agent) = crate::cluster::node::start(
-                    &config,
+                    &state.config,
                     reserved.addr(),
                     shards,
                     shutdown.clone(),
@@ -131,7 +133,6 @@ impl Server {
             }
             None => (None, None, None),
         };
-        let mut state = shared_state(config, shutdown, shards, bound)?;
         state.cluster = cluster;
         let shared = Arc::new(state);
         *shared.ctl.lock().unwrap_or_else(|p| p.into_inner()) = ctl;
