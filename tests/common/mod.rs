@@ -4,6 +4,7 @@
 //! parser. Every test file runs its cases with 1 and with 2 shards.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod pg;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -103,6 +104,9 @@ pub struct TestServer {
     extra: String,
     /// The `[storage]` table when the test runs on PostgreSQL ([`with_postgres`]); empty for SQLite.
     storage: String,
+    /// The whole configuration file, when the server was started with [`TestServer::start_config`]
+    /// (then `extra` and `storage` are not used).
+    config: Option<String>,
 }
 
 impl TestServer {
@@ -137,9 +141,56 @@ impl TestServer {
             listeners: Vec::new(),
             extra: extra.to_string(),
             storage: postgres_storage(),
+            config: None,
         };
         s.launch();
         s
+    }
+
+    /// Starts a server with a configuration of the caller's: `config` gets the server's fresh
+    /// directory (for `data_dir` and files beside the configuration, such as a cluster secret) and
+    /// returns the whole configuration file; its listeners must start with the two c2s ones
+    /// (STARTTLS, then direct TLS) as [`TestServer::start`] has them. stderr is captured.
+    pub fn start_config(
+        shards: usize,
+        config: impl FnOnce(&std::path::Path) -> String,
+    ) -> TestServer {
+        let dir = std::env::temp_dir().join(format!(
+            "rjabberd-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = config(&dir);
+        let mut s = TestServer {
+            child: None,
+            dir,
+            starttls: "127.0.0.1:0".parse().unwrap(),
+            direct: "127.0.0.1:0".parse().unwrap(),
+            shards,
+            stdout: Arc::default(),
+            stderr: Arc::default(),
+            capture_stderr: true,
+            listeners: Vec::new(),
+            extra: String::new(),
+            storage: String::new(),
+            config: Some(config),
+        };
+        s.launch();
+        s
+    }
+
+    /// The last `n` lines of the server's stdout and (when captured) stderr, for panic messages.
+    pub fn tails(&self, n: usize) -> String {
+        fn tail(lines: &[String], n: usize) -> String {
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        format!(
+            "--- stdout (last {n} lines) ---\n{}\n--- stderr (last {n} lines) ---\n{}",
+            tail(&self.stdout.lock().unwrap(), n),
+            tail(&self.stderr.lock().unwrap(), n)
+        )
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -153,6 +204,10 @@ impl TestServer {
     }
 
     fn write_config(&self) {
+        if let Some(config) = &self.config {
+            std::fs::write(self.config_path(), config).unwrap();
+            return;
+        }
         let config = format!(
             "shards = {}\ndata_dir = \"{}\"\nlog_level = \"warn\"\n\
              [[host]]\nname = \"localhost\"\n[[host]]\nname = \"example.net\"\n\
@@ -166,7 +221,8 @@ impl TestServer {
         std::fs::write(self.config_path(), config).unwrap();
     }
 
-    fn launch(&mut self) {
+    /// Writes the configuration and starts the process; returns once it printed `rjabberd: serving`.
+    pub fn launch(&mut self) {
         self.write_config();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rjabberd"))
             .arg("--config")
@@ -201,9 +257,24 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut addrs = Vec::new();
         loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the server reports its listeners");
+            let line = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => line,
+                Err(e) => {
+                    let status = match child.try_wait() {
+                        Ok(Some(status)) => format!("exited: {status}"),
+                        _ => "still running".to_string(),
+                    };
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // Let the stderr reader catch up before quoting it.
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!(
+                        "the server did not report serving within 20 s ({e:?}; {status}; config {})\n{}",
+                        self.config_path().display(),
+                        self.tails(30)
+                    );
+                }
+            };
             if let Some(rest) = line.strip_prefix("rjabberd: listening on ") {
                 addrs.push(
                     rest.split(' ')
