@@ -402,7 +402,8 @@ pub fn start(
                                 );
                                 continue;
                             }
-                            me.incarnation = incarnation();
+                            // The incarnation drawn when this host went out: its links already
+                            // speak for it.
                             registry.join(&me).map(Renewal::Live)
                         }
                         Err(e) => Err(e),
@@ -447,7 +448,7 @@ pub fn start(
                             "this host is no longer a member (fenced, or its lease lapsed): its \
                              sessions end and it joins again"
                         );
-                        go_out(&registry, &agent_shared, &me, &mut out, &mut last_epoch);
+                        go_out(&registry, &agent_shared, &mut me, &mut out, &mut last_epoch);
                     }
                     Err(e) => {
                         failures += 1;
@@ -463,7 +464,7 @@ pub fn start(
                                 "the lease could not be renewed in time: this host stops serving \
                                  until it can join again"
                             );
-                            go_out(&registry, &agent_shared, &me, &mut out, &mut last_epoch);
+                            go_out(&registry, &agent_shared, &mut me, &mut out, &mut last_epoch);
                         }
                     }
                 }
@@ -518,7 +519,7 @@ pub fn renewal_interval(lease: Duration) -> Duration {
 fn go_out(
     registry: &Registry,
     shared: &ClusterShared,
-    me: &MemberSpec,
+    me: &mut MemberSpec,
     out: &mut bool,
     last_epoch: &mut u64,
 ) {
@@ -526,6 +527,10 @@ fn go_out(
         return;
     }
     *out = true;
+    // The old incarnation is over; the next one starts now, so that the links shard 0 opens to watch
+    // the others while this host is out are new streams (§3.4), not a restart of the old ones that
+    // the receivers would take for a resumption.
+    me.incarnation = incarnation();
     // The others (this incarnation is not among them), so that what this host still holds is routed
     // to their new homes and shard 0 watches its links to them; none when the database is out of reach.
     let v = registry.view().unwrap_or(View {

@@ -541,18 +541,13 @@ fn end_account(shard: &Rc<Shard>, bare: &str) {
     }
 }
 
-/// This host is out of the cluster: every client stream ends, every link closes.
+/// This host is out of the cluster: every client stream ends, tunnelled ones too. The links stay: they
+/// follow the views (a new incarnation ends them, §3.4), and shard 0 watches the others through them.
 fn stop_serving(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
     for c in shard.sinks().borrow().all() {
         c.kill(StreamErrorCondition::SystemShutdown);
     }
     tunnel::end_all(shard, cluster);
-    let links: Vec<_> = cluster.links.borrow_mut().drain().collect();
-    for (_, (_, link)) in links {
-        for frame in link.close_and_take() {
-            reroute(shard, frame);
-        }
-    }
 }
 
 /// A frame a link gave up on (§9.3): a stanza goes to its home under the current view — delivered,
