@@ -2,7 +2,8 @@
 //! ([`common::cluster::TestCluster`]), clients connected to different hosts and homed on others
 //! (docs/cluster-protocol.md §5, §8): messages, presence and IQs between hosts, a full JID bound on
 //! two hosts, the session cap across hosts, and a host killed (SIGKILL), hung (SIGSTOP, then
-//! SIGCONT) or restarted (SIGTERM, start). Each test runs with three hosts of one shard and three of two shards. Built as ignored
+//! SIGCONT) or restarted (SIGTERM, start), an external component reached from every host, and a host
+//! drained with `rjabberd cluster leave`. Each test runs with three hosts of one shard and three of two shards. Built as ignored
 //! when PostgreSQL is not installed (build.rs).
 
 mod common;
@@ -49,6 +50,8 @@ both_layouts!(
     host_killed,
     host_hung_then_continued,
     host_restarted,
+    component_on_another_host,
+    host_left,
 );
 
 // ---- helpers ----
@@ -872,4 +875,99 @@ fn host_restarted(layout: &[(&str, usize)]) {
     ));
     let got = messages(&mut cl, 1, Duration::from_secs(10));
     assert_eq!(body(&got[0]), "welcome back", "{}", got[0]);
+}
+
+/// An external component connected to n1 is reached from a user homed elsewhere and connected to n3,
+/// and its answer comes back (docs/cluster-protocol.md §7.3: ROUTE, then STANZA to the host).
+fn component_on_another_host(layout: &[(&str, usize)]) {
+    let extra = "[[listener]]\naddress = \"127.0.0.1:0\"\nkind = \"component\"\n\
+                 [[component]]\ndomain = \"gw.localhost\"\nsecret = \"s3cret\"\n";
+    let c = TestCluster::start(layout, extra);
+    let alice = user(&c, "n2", "alice");
+    let n1 = c.index("n1");
+    let n3 = c.index("n3");
+    let (mut gw, done) = common::component(c.host(n1), "gw.localhost", "s3cret");
+    assert_eq!(done.name, "handshake", "{done}");
+    let mut a = login(&c, n3, &alice, "desk");
+    go_online(&mut a);
+    // The route reaches the other hosts with the next frames of n1's links: retry until it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        a.send("<message to='echo@gw.localhost' type='chat' id='c1'><body>ping</body></message>");
+        match gw.next_within(Duration::from_millis(500)) {
+            Some(Got::El(e)) if e.name == "message" => break e,
+            other => {
+                // An error bounced to alice before the route arrived is drained with her stream.
+                let _ = a.drain(Duration::from_millis(50));
+                assert!(
+                    Instant::now() < deadline,
+                    "the component never got the message; last: {other:?}"
+                );
+            }
+        }
+    };
+    assert_eq!(
+        (got.attr("from"), got.attr("to"), body(&got)),
+        (
+            Some(a.jid.as_str()),
+            Some("echo@gw.localhost"),
+            "ping".to_string()
+        ),
+        "{got}"
+    );
+    let _ = a.drain(Duration::from_millis(300));
+    gw.send(&format!(
+        "<message from='echo@gw.localhost' to='{}' type='chat' id='c2'><body>pong</body></message>",
+        a.jid
+    ));
+    let back = messages(&mut a, 1, Duration::from_secs(10));
+    assert_eq!(
+        (back[0].attr("from"), body(&back[0])),
+        (Some("echo@gw.localhost"), "pong".to_string()),
+        "{}",
+        back[0]
+    );
+}
+
+/// `rjabberd cluster leave` drains a host: the others apply the view without it, a client whose
+/// session lived there is told to reconnect, a message sent to that user meanwhile is kept, and the
+/// user logs in again through another host and gets it.
+fn host_left(layout: &[(&str, usize)]) {
+    let c = TestCluster::start(layout, "");
+    let alice = user(&c, "n2", "alice");
+    let bob = user(&c, "n3", "bob");
+    let (n1, n2, n3) = (c.index("n1"), c.index("n2"), c.index("n3"));
+    let mut a = login(&c, n1, &alice, "desk");
+    let mut b = login(&c, n3, &bob, "phone");
+    go_online(&mut a);
+    go_online(&mut b);
+    let out = c.command(n2, &["cluster", "leave"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("left cluster"), "{said}");
+    assert_eq!(
+        stream_end(&mut a, Duration::from_secs(10)).as_deref(),
+        Some("system-shutdown"),
+        "alice's session lived on the host that left"
+    );
+    c.wait_for_members(&["n1", "n3"], Duration::from_secs(15));
+    let row = row(&c, "n2");
+    assert!(!row.member, "{row:?}");
+    assert_eq!(row.state, "leaving", "{row:?}");
+    assert_ne!(c.home_node(&alice), "n2");
+    b.send(&format!(
+        "<message to='{alice}' type='chat' id='l1'><body>while you moved</body></message>"
+    ));
+    // Kept offline at alice's new home, since she has no session now.
+    std::thread::sleep(Duration::from_millis(500));
+    c.wait_accepting(n1, Duration::from_secs(5));
+    let mut a = login(&c, n1, &alice, "desk");
+    go_online(&mut a);
+    let got = messages(&mut a, 1, Duration::from_secs(10));
+    assert_eq!(
+        (got[0].attr("from"), body(&got[0])),
+        (Some(b.jid.as_str()), "while you moved".to_string()),
+        "{}",
+        got[0]
+    );
 }
