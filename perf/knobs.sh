@@ -15,10 +15,12 @@
 #                             on), alternating, ROUNDS=2 rounds each: 3,000 SCRAM-SHA-256 logins; offline
 #                             messages, 10,000 stored by 100 senders and retrieved by 200 recipients
 #   perf/knobs.sh cluster     one host with 2 shards (CPUs 0-1) vs a cluster of 2 hosts with 1 shard each
-#                             (CPU 0 and CPU 1), both on one PostgreSQL, alternating, ROUNDS=2 rounds each:
-#                             chat among 1,000 users at 1,000 and 4,000 msg/s, every user connecting to
-#                             the hosts in turn (as behind a load balancer); server CPU per message summed
-#                             over the hosts, and the latency percentiles
+#                             (CPU 0 and CPU 1), both on one PostgreSQL, vs a two-node ejabberd cluster
+#                             (ejabberdctl join_cluster, one node per CPU; SETUPS="single cluster" leaves
+#                             it out), alternating, ROUNDS=2 rounds each: chat among 1,000 users at 1,000
+#                             and 4,000 msg/s, every user connecting to the hosts in turn (as behind a
+#                             load balancer); server CPU per message summed over the hosts, and the
+#                             latency percentiles
 #   perf/knobs.sh sessions    a cluster of 5 hosts (1 shard each, unpinned) holding PER_HOST (19,950) idle
 #                             sessions each, one harness process per host (the 20,000-descriptor limit
 #                             per process): sessions per host, RSS per host and per session
@@ -139,6 +141,94 @@ CONF
   echo "host $name did not start" >&2; cat "$dir/server.log" >&2; exit 1
 }
 
+# ejabberd_cluster ROUND: two ejabberd nodes (Debian's), bench1@localhost on CPU 0 serving clients on
+# 15333 and bench2@localhost on CPU 1 on 15334, the second joined to the first with `ejabberdctl
+# join_cluster`, and 1,000 users registered through the first's HTTP API; appends the two beam pids to
+# extra_pids and sets ej_ctl (the two ejabberdctl command lines) to stop them.
+ejabberd_cluster() {
+  local round=$1 k d
+  command -v ejabberdctl >/dev/null || { apt-get update && apt-get install -y ejabberd; }
+  ej_ctl=()
+  for k in 1 2; do
+    d=$work/ej$k-$round
+    mkdir -p "$d/spool" "$d/logs"
+    # ejabberdctl starts erl through su, whose PAM session resets the open-file limit (see compare.sh).
+    printf '#!/bin/sh\nulimit -n "$(ulimit -Hn)"\nexec /usr/bin/erl "$@"\n' > "$d/erl"
+    chmod 755 "$d/erl"
+    cat > "$d/ejabberdctl.cfg" <<CFG
+ERL=$d/erl
+EJABBERD_CONFIG_PATH=$d/ejabberd.yml
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0 +K true +P 1000000 +S 1:1 +sbwt none +sbwtdcpu none +sbwtdio none"
+ERL_MAX_PORTS=1000000
+CFG
+    cat > "$d/ejabberd.yml" <<YML
+hosts: ["localhost"]
+loglevel: warning
+listen:
+  - port: $((15332 + k))
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    backlog: 4096
+    max_stanza_size: 262144
+    shaper: none
+    access: all
+    starttls_required: false
+  - port: $((15339 + k))
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    request_handlers:
+      /api: mod_http_api
+auth_method: internal
+auth_password_format: scram
+shaper: {}
+shaper_rules: {}
+max_fsm_queue: 1000000
+acl:
+  loopback:
+    ip: ["127.0.0.0/8"]
+access_rules:
+  local: {allow: all}
+  c2s: {allow: all}
+api_permissions:
+  "bench register":
+    from: [mod_http_api]
+    who: loopback
+    what: ["register"]
+modules:
+  mod_http_api: {}
+  mod_admin_extra: {}
+  mod_disco: {}
+  mod_ping: {}
+  mod_roster: {}
+YML
+    cp /etc/ejabberd/inetrc "$d/"
+    chown -R ejabberd:ejabberd "$d"
+    ej_ctl+=("ejabberdctl --config-dir $d --spool $d/spool --logs $d/logs --node bench$k@localhost")
+    (cd /tmp && taskset -c $((k - 1)) ${ej_ctl[$((k - 1))]} start)
+    (cd /tmp && timeout 60 ${ej_ctl[$((k - 1))]} started)
+  done
+  # The second node joins the first's Mnesia cluster (it restarts its ejabberd application to do so).
+  (cd /tmp && ${ej_ctl[1]} join_cluster bench1@localhost) > "$work/ej-join-$round.log" 2>&1 ||
+    { cat "$work/ej-join-$round.log" >&2; exit 1; }
+  (cd /tmp && timeout 60 ${ej_ctl[1]} started)
+  python3 - 1000 15340 <<'PY'
+import http.client, json, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for i in range(n):
+    c.request("POST", "/api/register", json.dumps({"user": f"u{i}", "host": "localhost", "password": "pw"}),
+              {"Content-Type": "application/json"})
+    r = c.getresponse(); r.read()
+    if r.status not in (200, 409) and i == 0:
+        sys.exit(f"ejabberd register: {r.status}")
+PY
+  (cd /tmp && ${ej_ctl[0]} list_cluster) | sed 's/^/ejabberd cluster: /'
+  for k in 1 2; do
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$((15332 + k))) 2>/dev/null && break; sleep 0.1; done
+    extra_pids+=("$(pgrep -n -f "beam.smp.*bench$k@localhost")")
+  done
+}
+
 case $knob in
   allocator)
     cargo build --release -q -p rjabberd --features system-allocator --target-dir target/sysalloc
@@ -225,9 +315,13 @@ url = \"$url\""
       (cd "$work/pg" && "${as_pg[@]}" "$pg_bin/createdb" -h "$work/pg" -U rjabberd "$db")
     done
     for round in $(seq "${ROUNDS:-2}"); do
-      for setup in single cluster; do
+      for setup in ${SETUPS:-single cluster ejabberd}; do
         extra_pids=()
-        if [ "$setup" = single ]; then
+        ej_ctl=()
+        if [ "$setup" = ejabberd ]; then
+          ejabberd_cluster "$round"
+          servers=(--server 127.0.0.1:15333 --also-server 127.0.0.1:15334 --also-pid "${extra_pids[1]}")
+        elif [ "$setup" = single ]; then
           SHARDS=2 cluster_host "single-$round" single 15333 0,1
           servers=(--server 127.0.0.1:15333)
           config=$work/single-$round/rjabberd.toml
@@ -237,14 +331,23 @@ url = \"$url\""
           servers=(--server 127.0.0.1:15333 --also-server 127.0.0.1:15334 --also-pid "${extra_pids[1]}")
           config=$work/n1-$round/rjabberd.toml
         fi
-        [ "$round" = 1 ] && "$bench" provision --config "$config" --users 1000 > /dev/null
+        if [ "$round" = 1 ] && [ "$setup" != ejabberd ]; then
+          "$bench" provision --config "$config" --users 1000 > /dev/null
+        fi
         echo "== $setup, round $round"
         for rate in 1000 4000; do
           taskset -c 1 "$bench" run --tls none --scenario chat --users 1000 --rate $rate --duration 10 \
             --label "$setup" --server-pid "${extra_pids[0]}" "${servers[@]}" \
             | grep -E "chat at [0-9]+/s for|CPU per message|latency"
         done
-        for p in "${extra_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+        if [ "$setup" = ejabberd ]; then
+          for ctl in "${ej_ctl[@]}"; do (cd /tmp && $ctl stop > /dev/null 2>&1 || true); done
+          for p in "${extra_pids[@]}"; do
+            for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+          done
+        else
+          for p in "${extra_pids[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done
+        fi
         sleep 1
       done
     done
