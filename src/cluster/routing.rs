@@ -73,28 +73,19 @@ pub fn send_remote(
         return Err(msg);
     };
     let frame = match &msg {
-        ShardMsg::Deliver { stanza, from } => {
+        // A stanza for an account goes to its home; one for a component to the host it is on.
+        ShardMsg::Deliver { stanza, from } | ShardMsg::ToComponent { stanza, from, .. } => {
             let Some(to) = stanza.to() else {
                 return Err(msg);
+            };
+            let target = match &msg {
+                ShardMsg::Deliver { .. } => Target::Home,
+                _ => Target::Host,
             };
             Frame::Stanza(StanzaFrame {
                 to_shard: home.shard as u16,
                 epoch,
-                target: Target::Home,
-                from: from.to_string(),
-                to: to.into_owned(),
-                kind: wire_kind(stanza.kind()),
-                xml: standalone(stanza),
-            })
-        }
-        ShardMsg::ToComponent { stanza, from, .. } => {
-            let Some(to) = stanza.to() else {
-                return Err(msg);
-            };
-            Frame::Stanza(StanzaFrame {
-                to_shard: home.shard as u16,
-                epoch,
-                target: Target::Host,
+                target,
                 from: from.to_string(),
                 to: to.into_owned(),
                 kind: wire_kind(stanza.kind()),

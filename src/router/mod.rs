@@ -215,13 +215,7 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
                 }
                 return;
             }
-            let mut travelling = stanza.clone();
-            metrics::stage(&mut travelling.trace, Stage::Route);
-            let msg = ShardMsg::ToComponent {
-                domain: to.domain.into(),
-                stanza: travelling,
-                from: from.clone(),
-            };
+            let msg = for_component(&stanza, to.domain, &from);
             let home = shard.local(at);
             if shard.send_home(home, msg, origin.overflow()).is_err() {
                 let condition = StanzaErrorCondition::ResourceConstraint;
@@ -240,13 +234,7 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
                     .iter()
                     .position(|m| *m.node == *node && m.incarnation == incarnation)
             });
-            let mut travelling = stanza.clone();
-            metrics::stage(&mut travelling.trace, Stage::Route);
-            let msg = ShardMsg::ToComponent {
-                domain: to.domain.into(),
-                stanza: travelling,
-                from: from.clone(),
-            };
+            let msg = for_component(&stanza, to.domain, &from);
             let sent = host.is_some_and(|host| {
                 shard
                     .send_home(Home { host, shard: at }, msg, origin.overflow())
@@ -266,6 +254,18 @@ fn route_past_send_hooks(shard: &Rc<Shard>, origin: Origin<'_>, stanza: Stanza, 
             to.text,
             StanzaErrorCondition::RemoteServerNotFound,
         ),
+    }
+}
+
+/// A stanza for the component serving `domain`, as it travels to the shard (of this host or another)
+/// its connection is on.
+fn for_component(stanza: &Stanza, domain: &str, from: &Arc<str>) -> ShardMsg {
+    let mut travelling = stanza.clone();
+    metrics::stage(&mut travelling.trace, Stage::Route);
+    ShardMsg::ToComponent {
+        domain: domain.into(),
+        stanza: travelling,
+        from: from.clone(),
     }
 }
 
