@@ -47,6 +47,8 @@ fn args(scenario: Scenario, server: std::net::SocketAddr, users: usize) -> RunAr
         p99_bound_ms: 10.0,
         settle: 0.0,
         server_pid: Some(std::process::id()),
+        also_server: Vec::new(),
+        also_pid: Vec::new(),
         db_pid: None,
         carbons: false,
         label: "rjabberd".into(),
