@@ -588,18 +588,13 @@ fn row(c: &TestCluster, node: &str) -> common::cluster::StatusRow {
         .unwrap_or_else(|| panic!("no row for {node} in the table"))
 }
 
-/// bob homed on n2 and connected to n1, alice on n3 (homed on n3), mutual subscription. SIGKILL n2:
-/// alice gets bob's unavailable within 10 s, the table shows n2 fenced, n1 and n3 apply the view
-/// without it, bob's stream on n1 ends, a message to bob while he is offline is kept, and bob logs
-/// in again through n1: the message arrives and alice sees him again.
-fn host_killed(layout: &[(&str, usize)]) {
-    let mut c = TestCluster::start(layout, "");
-    let bob = user(&c, "n2", "bob");
-    let alice = user(&c, "n3", "alice");
-    mutual(&c, &alice, &bob);
-    let mut a = login(&c, 2, &alice, "desk");
+/// alice (on n3) and bob (homed on n2, connected to n1) with a mutual subscription, online, alice
+/// having seen bob's presence: the cast of the failure scenarios.
+fn bob_seen_by_alice(c: &TestCluster, alice: &str, bob: &str) -> (Client, Client) {
+    mutual(c, alice, bob);
+    let mut a = login(c, 2, alice, "desk");
     go_online(&mut a);
-    let mut b = login(&c, 0, &bob, "phone");
+    let mut b = login(c, 0, bob, "phone");
     b.send("<presence/>");
     wait_for(
         &mut a,
@@ -607,32 +602,59 @@ fn host_killed(layout: &[(&str, usize)]) {
         Duration::from_secs(10),
         presence_from(&b.jid, None),
     );
+    (a, b)
+}
+
+/// After n2 was lost (`how`, at `t0`): alice gets bob's unavailable within 10 s (recorded in
+/// `problems` when not), n1 and n3 apply the view without n2, and the table shows n2 fenced; whether
+/// the unavailable came.
+fn n2_goes(
+    c: &TestCluster,
+    a: &mut Client,
+    b: &Client,
+    problems: &mut Vec<String>,
+    t0: Instant,
+    how: &str,
+    layout: &[(&str, usize)],
+) -> bool {
+    let unavailable = attempt(problems, "alice gets bob's unavailable", || {
+        wait_for(
+            a,
+            &format!("bob's unavailable presence after {how} of n2"),
+            Duration::from_secs(10),
+            presence_from(&b.jid, Some("unavailable")),
+        )
+    });
+    eprintln!(
+        "{how} ({} shard(s)): alice got bob's unavailable: {} ({:?} after {how} of n2)",
+        layout[0].1,
+        unavailable.is_some(),
+        t0.elapsed()
+    );
+    c.wait_for_members(&["n1", "n3"], Duration::from_secs(10));
+    let fenced = row(c, "n2");
+    assert!(
+        !fenced.member && fenced.state == "fenced",
+        "n2 must be fenced: {fenced:?}"
+    );
+    unavailable.is_some()
+}
+
+/// bob homed on n2 and connected to n1, alice on n3 (homed on n3), mutual subscription. SIGKILL n2:
+/// alice gets bob's unavailable within 10 s, the table shows n2 fenced, n1 and n3 apply the view
+/// without it, bob's stream on n1 ends, a message to bob while he is offline is kept, and bob logs
+/// in again through n1: the message arrives and alice sees him again.
+fn host_killed(layout: &[(&str, usize)]) {
+    let mut c = TestCluster::start(layout, "");
+    let (alice, bob) = (user(&c, "n3", "alice"), user(&c, "n2", "bob"));
+    let (mut a, mut b) = bob_seen_by_alice(&c, &alice, &bob);
     let before = row(&c, "n2");
     assert!(before.member, "{before:?}");
 
     let mut problems = Vec::new();
     let t0 = Instant::now();
     c.kill9(c.index("n2"));
-    let unavailable = attempt(&mut problems, "alice gets bob's unavailable", || {
-        wait_for(
-            &mut a,
-            "bob's unavailable presence after n2 was killed",
-            Duration::from_secs(10),
-            presence_from(&b.jid, Some("unavailable")),
-        )
-    });
-    eprintln!(
-        "host_killed ({} shard(s)): alice got bob's unavailable: {} ({:?} after SIGKILL of n2)",
-        layout[0].1,
-        unavailable.is_some(),
-        t0.elapsed()
-    );
-    c.wait_for_members(&["n1", "n3"], Duration::from_secs(10));
-    let after = row(&c, "n2");
-    assert!(
-        !after.member && after.state == "fenced",
-        "n2 must be fenced: {after:?}"
-    );
+    let unavailable_seen = n2_goes(&c, &mut a, &b, &mut problems, t0, "SIGKILL", layout);
     let end = stream_end(&mut b, Duration::from_secs(10));
     eprintln!(
         "host_killed: bob's stream on n1 ended with {end:?} (read {:?} after SIGKILL of n2)",
@@ -672,7 +694,7 @@ fn host_killed(layout: &[(&str, usize)]) {
         Duration::from_secs(10),
         presence_from(&b2.jid, None),
     );
-    if unavailable.is_none() {
+    if !unavailable_seen {
         // docs/cluster-protocol.md §9.2 (at 850663f) says contacts of a session lost with its
         // home learn it when the user logs in again: say whether that happened, for the report.
         let late = before
@@ -695,48 +717,18 @@ fn host_killed(layout: &[(&str, usize)]) {
 /// for 6 s (n2 is not fenced again).
 fn host_hung_then_continued(layout: &[(&str, usize)]) {
     let mut c = TestCluster::start(layout, "");
-    let bob = user(&c, "n2", "bob");
-    let alice = user(&c, "n3", "alice");
+    let (alice, bob) = (user(&c, "n3", "alice"), user(&c, "n2", "bob"));
     let erin = user(&c, "n1", "erin");
-    mutual(&c, &alice, &bob);
     let n2 = c.index("n2");
     let mut e = login(&c, n2, &erin, "laptop");
     go_online(&mut e);
-    let mut a = login(&c, 2, &alice, "desk");
-    go_online(&mut a);
-    let mut b = login(&c, 0, &bob, "phone");
-    b.send("<presence/>");
-    wait_for(
-        &mut a,
-        "bob's presence",
-        Duration::from_secs(10),
-        presence_from(&b.jid, None),
-    );
+    let (mut a, mut b) = bob_seen_by_alice(&c, &alice, &bob);
     let before = row(&c, "n2");
 
     let mut problems = Vec::new();
     let t0 = Instant::now();
     c.sigstop(n2);
-    let unavailable = attempt(&mut problems, "alice gets bob's unavailable", || {
-        wait_for(
-            &mut a,
-            "bob's unavailable presence after n2 hung",
-            Duration::from_secs(10),
-            presence_from(&b.jid, Some("unavailable")),
-        )
-    });
-    eprintln!(
-        "host_hung ({} shard(s)): alice got bob's unavailable: {} ({:?} after SIGSTOP of n2)",
-        layout[0].1,
-        unavailable.is_some(),
-        t0.elapsed()
-    );
-    c.wait_for_members(&["n1", "n3"], Duration::from_secs(10));
-    let fenced = row(&c, "n2");
-    assert!(
-        !fenced.member && fenced.state == "fenced",
-        "n2 must be fenced: {fenced:?}"
-    );
+    let _ = n2_goes(&c, &mut a, &b, &mut problems, t0, "SIGSTOP", layout);
 
     let t1 = Instant::now();
     c.sigcont(n2);

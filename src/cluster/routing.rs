@@ -52,7 +52,7 @@ fn standalone(stanza: &Stanza) -> Bytes {
 /// The cluster branch of `Shard::send_home` ([`crate::shard::Wiring::remote`]): `msg` for a home on
 /// another host becomes a frame on this shard's link to that host. A full link applies `policy`:
 /// [`Overflow::Bounce`] hands the message back (its sender is answered with `resource-constraint`),
-/// [`Overflow::Spill`] drops it with an error logged and counted, since a link's bound (§3.8) is what
+/// [`Overflow::Spill`] drops it with an error logged, since a link's bound (§3.8) is what
 /// keeps one slow host from taking this one's memory.
 #[allow(clippy::result_large_err)]
 pub fn send_remote(
@@ -116,7 +116,6 @@ pub fn send_remote(
         Err(_full) => match policy {
             Overflow::Bounce => Err(msg),
             Overflow::Spill => {
-                cluster.dropped.set(cluster.dropped.get() + 1);
                 log::error!(
                     "cluster: the link to host {} is full ({} frames); a server stanza is dropped",
                     home.host,

@@ -38,8 +38,6 @@ pub struct ShardCluster {
     pub inbound: Rc<RefCell<InboundStreams>>,
     /// Whether this shard serves as a member now (false while the host is out of the cluster).
     pub(crate) serving: Cell<bool>,
-    /// Stanzas that could not be queued on a full link under the `Spill` policy (counted, logged).
-    pub dropped: Cell<u64>,
     /// Since when each member's link has been down, as shard 0 watches them (§9.1).
     pub(crate) down_since: RefCell<HashMap<String, Instant>>,
 }
@@ -67,7 +65,6 @@ impl ShardCluster {
             next_conn: Cell::new(1),
             inbound: Rc::new(RefCell::new(InboundStreams::default())),
             serving: Cell::new(false),
-            dropped: Cell::new(0),
             down_since: RefCell::new(HashMap::new()),
         }
     }

@@ -88,6 +88,18 @@ macro_rules! postgres_twins {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A new, empty directory for one server of this test binary.
+fn fresh_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rjabberd-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub struct TestServer {
     pub child: Option<Child>,
     pub dir: PathBuf,
@@ -122,27 +134,9 @@ impl TestServer {
     }
 
     fn start_with(shards: usize, extra: &str, capture_stderr: bool) -> TestServer {
-        let dir = std::env::temp_dir().join(format!(
-            "rjabberd-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = TestServer {
-            child: None,
-            dir,
-            starttls: "127.0.0.1:0".parse().unwrap(),
-            direct: "127.0.0.1:0".parse().unwrap(),
-            shards,
-            stdout: Arc::default(),
-            stderr: Arc::default(),
-            capture_stderr,
-            listeners: Vec::new(),
-            extra: extra.to_string(),
-            storage: postgres_storage(),
-            config: None,
-        };
+        let mut s = TestServer::unlaunched(fresh_dir(), shards, capture_stderr);
+        s.extra = extra.to_string();
+        s.storage = postgres_storage();
         s.launch();
         s
     }
@@ -155,15 +149,17 @@ impl TestServer {
         shards: usize,
         config: impl FnOnce(&std::path::Path) -> String,
     ) -> TestServer {
-        let dir = std::env::temp_dir().join(format!(
-            "rjabberd-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir();
         let config = config(&dir);
-        let mut s = TestServer {
+        let mut s = TestServer::unlaunched(dir, shards, true);
+        s.config = Some(config);
+        s.launch();
+        s
+    }
+
+    /// A server in `dir` not started yet, with the kit's configuration and no extra.
+    fn unlaunched(dir: PathBuf, shards: usize, capture_stderr: bool) -> TestServer {
+        TestServer {
             child: None,
             dir,
             starttls: "127.0.0.1:0".parse().unwrap(),
@@ -171,14 +167,12 @@ impl TestServer {
             shards,
             stdout: Arc::default(),
             stderr: Arc::default(),
-            capture_stderr: true,
+            capture_stderr,
             listeners: Vec::new(),
             extra: String::new(),
             storage: String::new(),
-            config: Some(config),
-        };
-        s.launch();
-        s
+            config: None,
+        }
     }
 
     /// The last `n` lines of the server's stdout and (when captured) stderr, for panic messages.
