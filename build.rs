@@ -11,11 +11,15 @@
 //! - The XEP-0227 tests that export from a real ejabberd are built as ignored when
 //!   `/usr/sbin/ejabberdctl` is absent, the one that migrates from a real Prosody when
 //!   `/usr/bin/prosody-migrator` is (both also with `RJABBERD_SKIP_E2E`).
+//! - The cluster partition tests (nftables in a network namespace) are built as ignored when the
+//!   build is not root's or `nft` / `ip` are missing.
 
 use std::path::Path;
 
 const EJABBERDCTL: &str = "/usr/sbin/ejabberdctl";
 const PROSODY_MIGRATOR: &str = "/usr/bin/prosody-migrator";
+const NFT: &str = "/usr/sbin/nft";
+const IP: &str = "/usr/sbin/ip";
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -44,6 +48,21 @@ fn main() {
         println!("cargo::rustc-cfg=rjabberd_no_prosody");
     }
 
+    // The partition tests cut links between hosts with nftables inside a network namespace of their
+    // own: that takes root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and Debian's `nftables` and `iproute2`.
+    println!("cargo::rustc-check-cfg=cfg(rjabberd_no_netns)");
+    for tool in [NFT, IP] {
+        if Path::new(tool).exists() {
+            println!("cargo::rerun-if-changed={tool}");
+        }
+    }
+    if !(Path::new(NFT).exists() && Path::new(IP).exists() && root()) {
+        println!("cargo::rustc-cfg=rjabberd_no_netns");
+        println!(
+            "cargo::warning=not root, or no {NFT} / {IP}: the cluster partition tests are built as ignored"
+        );
+    }
+
     println!("cargo::rerun-if-env-changed=RJABBERD_SKIP_PG");
     println!("cargo::rerun-if-env-changed=RJABBERD_PG_BINDIR");
     println!("cargo::rustc-check-cfg=cfg(rjabberd_skip_pg)");
@@ -60,6 +79,17 @@ fn main() {
             "cargo::warning=PostgreSQL not installed (no initdb): the PostgreSQL store tests are built as ignored"
         );
     }
+}
+
+/// Whether the build (and so, in CI and on a developer's machine, the test run) is root's.
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 fn set(var: &str) -> bool {

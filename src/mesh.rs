@@ -65,6 +65,22 @@ pub enum ShardMsg {
     /// A frame from another host of the cluster for this shard (a stanza, a tunnelled connection's
     /// bytes), handed on by the shard whose link received it.
     Cluster(Box<crate::proto::cluster::wire::Frame>),
+    /// An available or unavailable presence from a session homed on another host, for accounts of
+    /// the receiving shard: delivered, and noted in the shard's presence ledger so that they learn the
+    /// session is gone if its host dies (docs/cluster-protocol.md §9.2).
+    RemotePresence(Box<RemotePresence>),
+}
+
+pub struct RemotePresence {
+    pub stanza: Stanza,
+    pub from: Arc<str>,
+    /// The recipients of a multicast (each `to` stamped when written); empty for one stanza delivered
+    /// to its own `to`.
+    pub multicast: Vec<Arc<str>>,
+    /// The host the presence came from, where its sender's session lives.
+    pub node: Arc<str>,
+    pub incarnation: u64,
+    pub available: bool,
 }
 
 /// A connection in transit between shards: its socket, TLS state, stream state and unparsed bytes.

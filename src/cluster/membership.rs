@@ -4,9 +4,10 @@
 //! a new epoch), [`Registry::renew`] (the lease, and the view that follows it), [`Registry::leave`],
 //! [`Registry::suspect`] / [`Registry::unsuspect`] — each a short transaction on the database's clock
 //! (`now()`), never a host's, so clock skew between hosts changes nothing. Reading the view
-//! ([`Registry::view`]) is also where members are put out: a lapsed lease, or enough suspicion for long
-//! enough ([`arbitrate`]), turns a row `fenced` and bumps the epoch with a compare-and-swap, so that
-//! hosts reading at once change it once. A [`Registry`] owns one synchronous connection and blocks on
+//! ([`Registry::view`]) is also where members are put out: a lapsed lease turns a row `fenced`, and
+//! enough suspicion for long enough ([`arbitrate`]) turns it `evicting` (its slots kept until its
+//! lease is out, then `fenced`), each change bumping the epoch with a compare-and-swap, so that hosts
+//! reading at once change it once. A [`Registry`] owns one synchronous connection and blocks on
 //! it: it belongs on a store worker or a thread of its own, never on a shard reactor.
 
 use std::cell::RefCell;
@@ -65,9 +66,11 @@ impl View {
     }
 
     /// Whether this incarnation of `me` is a member.
+    /// Whether this incarnation of `me` is a member that may serve: an evicting one (§9.4) still
+    /// holds its slots in everyone's placement, but must stop.
     pub fn includes(&self, me: &MemberSpec) -> bool {
         self.member(&me.node)
-            .is_some_and(|m| m.incarnation == me.incarnation)
+            .is_some_and(|m| m.incarnation == me.incarnation && m.state == MemberState::Up)
     }
 }
 
@@ -85,7 +88,7 @@ pub struct StatusRow {
     pub incarnation: u64,
     pub address: String,
     pub shards: u32,
-    /// `up`, `leaving` or `fenced`, as stored.
+    /// `up`, `evicting`, `leaving` or `fenced`, as stored.
     pub state: String,
     pub sessions: u64,
     /// Until the lease runs out, on the database's clock; negative when it has.
@@ -93,9 +96,9 @@ pub struct StatusRow {
 }
 
 impl StatusRow {
-    /// A member now: `up` with a live lease.
+    /// A member now: `up` (or `evicting`, which keeps its slots) with a live lease.
     pub fn is_member(&self) -> bool {
-        self.state == "up" && self.lease_left_ms > 0
+        (self.state == "up" || self.state == "evicting") && self.lease_left_ms > 0
     }
 }
 
@@ -420,46 +423,58 @@ fn settle(
         )?
         .map_or(0, |r| r.get::<_, i64>(0) as u64);
     let rows = tx.query(
-        "SELECT node, incarnation, address, shards, sessions, lease_until > now()
-         FROM cluster_members WHERE cluster = $1 AND state = 'up' ORDER BY node",
+        "SELECT node, incarnation, address, shards, sessions, lease_until > now(), state
+         FROM cluster_members WHERE cluster = $1 AND state IN ('up', 'evicting') ORDER BY node",
         &[&cluster],
     )?;
-    let suspicions: Vec<(String, String)> = tx
-        .query(
-            "SELECT reporter, suspect FROM cluster_suspicions
-             WHERE cluster = $1 AND since <= now() - $2::float8 * interval '1 millisecond'",
-            &[&cluster, &evict_after],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let mut suspicions: Vec<(String, String)> = Vec::new();
+    let mut reported: Vec<(String, String)> = Vec::new();
+    for r in tx.query(
+        "SELECT reporter, suspect, since <= now() - $2::float8 * interval '1 millisecond'
+         FROM cluster_suspicions WHERE cluster = $1",
+        &[&cluster, &evict_after],
+    )? {
+        let pair: (String, String) = (r.get(0), r.get(1));
+        if r.get::<_, bool>(2) {
+            suspicions.push(pair.clone());
+        }
+        reported.push(pair);
+    }
     let mut live = Vec::with_capacity(rows.len());
-    let mut out = Vec::new();
+    let mut lapsed = Vec::new();
     for r in &rows {
         let member = Member {
             node: r.get(0),
             incarnation: from_db(r.get(1)),
             address: r.get(2),
             shards: r.get::<_, i32>(3) as u16,
-            state: MemberState::Up,
+            state: if r.get::<_, String>(6) == "evicting" {
+                MemberState::Evicting
+            } else {
+                MemberState::Up
+            },
             sessions: r.get::<_, i64>(4) as u64,
         };
         if r.get::<_, bool>(5) {
             live.push(member);
         } else {
-            out.push(member.node);
+            lapsed.push(member.node);
         }
     }
-    let names: Vec<String> = live.iter().map(|m| m.node.clone()).collect();
-    let evicted = arbitrate(&names, &suspicions);
-    if out.is_empty() && evicted.is_empty() {
+    // Only members that serve are weighed: an evicting one is already on its way out.
+    let names: Vec<String> = live
+        .iter()
+        .filter(|m| m.state == MemberState::Up)
+        .map(|m| m.node.clone())
+        .collect();
+    let evicted = arbitrate(&names, &suspicions, &reported);
+    if lapsed.is_empty() && evicted.is_empty() {
         tx.commit()?;
         return Ok(Some(View {
             epoch,
             members: live,
         }));
     }
-    out.extend(evicted.iter().cloned());
     let won = tx.execute(
         "UPDATE cluster_epochs SET epoch = epoch + 1 WHERE cluster = $1 AND epoch = $2",
         &[&cluster, &(epoch as i64)],
@@ -467,13 +482,26 @@ fn settle(
     if won == 0 {
         return Ok(None);
     }
+    // A lapsed lease frees the slots at once: its holder stopped serving at three quarters of it. A
+    // member fenced by suspicion may not know yet (it learns at its next renewal, or stops when its
+    // lease is three-quarters gone without one), so it keeps its slots, `evicting`, until its lease
+    // is out: only then may another host bind its accounts (§9.4).
     tx.execute(
         "UPDATE cluster_members SET state = 'fenced'
+         WHERE cluster = $1 AND node = ANY($2) AND state IN ('up', 'evicting')",
+        &[&cluster, &lapsed],
+    )?;
+    tx.execute(
+        "UPDATE cluster_members SET state = 'evicting'
          WHERE cluster = $1 AND node = ANY($2) AND state = 'up'",
-        &[&cluster, &out],
+        &[&cluster, &evicted],
     )?;
     tx.commit()?;
-    live.retain(|m| !evicted.contains(&m.node));
+    for m in &mut live {
+        if evicted.contains(&m.node) {
+            m.state = MemberState::Evicting;
+        }
+    }
     Ok(Some(View {
         epoch: epoch + 1,
         members: live,
@@ -488,30 +516,39 @@ fn settle(
 /// of a partition into sides every member suspects across, the smaller side goes (the side with the
 /// greater names, between equal sides) and the other stays whole. A pure function of the snapshot, so
 /// whichever host wins the compare-and-swap fences the same members.
-pub fn arbitrate(live: &[String], suspicions: &[(String, String)]) -> Vec<String> {
+pub fn arbitrate(
+    live: &[String],
+    suspicions: &[(String, String)],
+    reported: &[(String, String)],
+) -> Vec<String> {
     let mut alive: BTreeSet<&str> = live.iter().map(String::as_str).collect();
     let mut fenced = Vec::new();
+    let reporters = |of: &[(String, String)], suspect: &str, alive: &BTreeSet<&str>| {
+        of.iter()
+            .filter(|(r, s)| s == suspect && r != suspect && alive.contains(r.as_str()))
+            .map(|(r, _)| r.as_str())
+            .collect::<BTreeSet<&str>>()
+            .len()
+    };
     loop {
         let others = alive.len().saturating_sub(1);
-        let candidate = alive
+        // The most suspected by every standing report, so that a host cut off from the others, whose
+        // reports may stand for `evict_after` a moment before theirs about it, does not put out the
+        // first healthy host it names; then fenced only once its own reports have stood long enough.
+        let first = alive
             .iter()
-            .filter_map(|&suspect| {
-                let reporters: BTreeSet<&str> = suspicions
-                    .iter()
-                    .filter(|(r, s)| s == suspect && r != suspect && alive.contains(r.as_str()))
-                    .map(|(r, _)| r.as_str())
-                    .collect();
-                let n = reporters.len();
-                (n > 0 && 2 * n >= others).then_some((n, suspect))
-            })
+            .map(|&suspect| (reporters(reported, suspect, &alive), suspect))
+            .filter(|(n, _)| *n > 0)
             .max();
-        match candidate {
-            Some((_, suspect)) => {
-                alive.remove(suspect);
-                fenced.push(suspect.to_string());
-            }
-            None => return fenced,
+        let Some((_, suspect)) = first else {
+            return fenced;
+        };
+        let n = reporters(suspicions, suspect, &alive);
+        if n == 0 || 2 * n < others {
+            return fenced;
         }
+        alive.remove(suspect);
+        fenced.push(suspect.to_string());
     }
 }
 

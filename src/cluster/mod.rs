@@ -9,6 +9,7 @@
 
 pub mod membership;
 pub mod node;
+pub mod presence_ledger;
 pub mod routing;
 pub mod state;
 pub mod transport;

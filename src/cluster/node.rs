@@ -119,6 +119,7 @@ impl ClusterShared {
             secret: self.secret.clone(),
             tick: self.tick,
             max_frames: self.link_queue,
+            source: Some(self.listen.ip()).filter(|ip| !ip.is_unspecified()),
         }
     }
 

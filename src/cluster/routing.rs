@@ -19,7 +19,7 @@ use super::node::AppliedView;
 use super::state::ShardCluster;
 use super::transport::{OutboundLink, serve_inbound};
 use super::tunnel;
-use crate::mesh::{Overflow, ShardMsg};
+use crate::mesh::{Overflow, RemotePresence, ShardMsg};
 use crate::placement::Home;
 use crate::proto::cluster::handshake::Peer;
 use crate::proto::cluster::wire::{
@@ -130,37 +130,40 @@ pub fn send_remote(
 /// A data frame a link of this shard received: handled here when it is for this shard, otherwise
 /// handed to its shard over the mesh (in order: one link's frames go through one mesh channel).
 pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
-    let to_shard = match &frame {
-        Frame::Stanza(f) => f.to_shard,
-        Frame::ConnOpen(c) => c.to_shard,
-        Frame::ConnBound { to_shard, .. } | Frame::SessionLost { to_shard, .. } => *to_shard,
-        Frame::ConnData { to_shard, .. } | Frame::ConnClose { to_shard, .. } => *to_shard,
-        Frame::Fanout { .. } => return fanout(shard, frame),
-        Frame::Route {
-            domain,
-            shard: at,
-            up,
-        } => {
-            // Every shard's route table follows, naming the host the link comes from.
-            let route = (*up).then(|| {
-                (
-                    Arc::<str>::from(peer.node.as_str()),
-                    peer.incarnation,
-                    usize::from(*at),
-                )
-            });
-            shard
-                .routes()
-                .borrow_mut()
-                .set_remote_component(domain, route.clone());
-            shard.broadcast(|| ShardMsg::RemoteRoute {
-                domain: domain.as_str().into(),
-                route: route.clone(),
-            });
-            return;
-        }
-        // Advice (MEMBERS, LEAVING): the table decides, and the agent reads it at its next renewal.
-        _ => return,
+    let to_shard = match frame {
+        // Routed from here: the home's shard is one mesh hop away whichever shard it is.
+        Frame::Stanza(f) => return stanza(shard, peer, f),
+        Frame::Fanout { .. } => return fanout(shard, peer, frame),
+        _ => match &frame {
+            Frame::ConnOpen(c) => c.to_shard,
+            Frame::ConnBound { to_shard, .. } | Frame::SessionLost { to_shard, .. } => *to_shard,
+            Frame::ConnData { to_shard, .. } | Frame::ConnClose { to_shard, .. } => *to_shard,
+            Frame::Route {
+                domain,
+                shard: at,
+                up,
+            } => {
+                // Every shard's route table follows, naming the host the link comes from.
+                let route = (*up).then(|| {
+                    (
+                        Arc::<str>::from(peer.node.as_str()),
+                        peer.incarnation,
+                        usize::from(*at),
+                    )
+                });
+                shard
+                    .routes()
+                    .borrow_mut()
+                    .set_remote_component(domain, route.clone());
+                shard.broadcast(|| ShardMsg::RemoteRoute {
+                    domain: domain.as_str().into(),
+                    route: route.clone(),
+                });
+                return;
+            }
+            // Advice (MEMBERS, LEAVING): the table decides, and the agent reads it at its next renewal.
+            _ => return,
+        },
     };
     let to = usize::from(to_shard);
     if to >= shard.shards() {
@@ -181,8 +184,21 @@ pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     }
 }
 
+/// Whether a presence from another host is one the ledger follows (§9.2): `Some(available)` for an
+/// available or unavailable presence, `None` for anything else.
+fn ledger_presence(stanza: &Stanza) -> Option<bool> {
+    if stanza.kind() != StanzaKind::Presence {
+        return None;
+    }
+    match stanza.type_().as_deref() {
+        None => Some(true),
+        Some("unavailable") => Some(false),
+        Some(_) => None,
+    }
+}
+
 /// One presence to many: each group goes to its shard as one multicast.
-fn fanout(shard: &Rc<Shard>, frame: Frame) {
+fn fanout(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     let Frame::Fanout {
         from, xml, groups, ..
     } = frame
@@ -198,10 +214,21 @@ fn fanout(shard: &Rc<Shard>, frame: Frame) {
         if to >= shard.shards() {
             continue;
         }
-        let msg = ShardMsg::Multicast {
-            stanza: stanza.clone(),
-            from: from.clone(),
-            to: g.recipients.into_iter().map(Arc::from).collect(),
+        let recipients = g.recipients.into_iter().map(Arc::from).collect();
+        let msg = match ledger_presence(&stanza) {
+            Some(available) => ShardMsg::RemotePresence(Box::new(RemotePresence {
+                stanza: stanza.clone(),
+                from: from.clone(),
+                multicast: recipients,
+                node: peer.node.as_str().into(),
+                incarnation: peer.incarnation,
+                available,
+            })),
+            None => ShardMsg::Multicast {
+                stanza: stanza.clone(),
+                from: from.clone(),
+                to: recipients,
+            },
         };
         let _ = shard.send_home(shard.local(to), msg, Overflow::Spill);
     }
@@ -224,7 +251,6 @@ pub fn handle_frame(shard: &Rc<Shard>, frame: Frame) {
             // Installed by the shard whose link received it (it knows the sending host).
             log::debug!("cluster: a ROUTE frame handed between shards is ignored");
         }
-        Frame::Stanza(f) => stanza(shard, f),
         Frame::ConnOpen(c) => {
             if let Some(edge) = tunnel::open_at_home(shard, c) {
                 crate::c2s::adopt_from_edge(shard.clone(), edge);
@@ -248,10 +274,11 @@ pub fn handle_frame(shard: &Rc<Shard>, frame: Frame) {
     }
 }
 
-/// A `STANZA` for this shard (§7.1). One for a home this host does not hold under its own view is
-/// re-routed once when the sender routed it under an older epoch; otherwise (this host lags, and will
-/// hold the account once it applies the sender's epoch) it is delivered here.
-fn stanza(shard: &Rc<Shard>, f: StanzaFrame) {
+/// A `STANZA` a link of this shard received (§7.1), routed from here to its home's shard. One for a
+/// home this host does not hold under its own view is re-routed once when the sender routed it under
+/// an older epoch; otherwise (this host lags, and will hold the account once it applies the sender's
+/// epoch) it is delivered on the shard the sender named.
+fn stanza(shard: &Rc<Shard>, peer: &Peer, f: StanzaFrame) {
     let Some(stanza) = parse(shard, &f.xml) else {
         return;
     };
@@ -260,17 +287,32 @@ fn stanza(shard: &Rc<Shard>, f: StanzaFrame) {
         Target::Home => {
             let home = shard.home(bare_of(&f.to));
             let epoch = shard.cluster().map_or(0, |c| c.view().epoch);
-            let msg = ShardMsg::Deliver { stanza, from };
             if home.host == shard.host_index() || epoch <= f.epoch {
                 let here = if home.host == shard.host_index() {
                     home
+                } else if usize::from(f.to_shard) < shard.shards() {
+                    shard.local(usize::from(f.to_shard))
                 } else {
                     shard.local(shard.id())
                 };
+                let msg = match ledger_presence(&stanza) {
+                    Some(available) => ShardMsg::RemotePresence(Box::new(RemotePresence {
+                        stanza,
+                        from,
+                        multicast: Vec::new(),
+                        node: peer.node.as_str().into(),
+                        incarnation: peer.incarnation,
+                        available,
+                    })),
+                    None => ShardMsg::Deliver { stanza, from },
+                };
                 let _ = shard.send_home(here, msg, Overflow::Spill);
-            } else if let Err(ShardMsg::Deliver { stanza, from }) =
-                send_remote(shard, home, msg, Overflow::Spill)
-            {
+            } else if let Err(ShardMsg::Deliver { stanza, from }) = send_remote(
+                shard,
+                home,
+                ShardMsg::Deliver { stanza, from },
+                Overflow::Spill,
+            ) {
                 crate::sm::session::deliver_local(shard, stanza, from);
             }
         }
@@ -278,6 +320,58 @@ fn stanza(shard: &Rc<Shard>, f: StanzaFrame) {
         Target::Session(_) => {
             log::debug!("cluster: a STANZA for a session location is not used by this version")
         }
+    }
+}
+
+/// A presence from a session homed on another host, for accounts of this shard: noted in the ledger
+/// (§9.2), then delivered as any stanza for them is.
+pub fn remote_presence(shard: &Rc<Shard>, p: RemotePresence) {
+    if let Some(cluster) = shard.cluster() {
+        let addressed;
+        let recipients = if p.multicast.is_empty() {
+            addressed = p.stanza.to().map(|to| Arc::<str>::from(&*to));
+            addressed.as_slice()
+        } else {
+            &p.multicast[..]
+        };
+        cluster.presence.borrow_mut().note(
+            &p.from,
+            &p.node,
+            p.incarnation,
+            recipients,
+            p.available,
+        );
+    }
+    if p.multicast.is_empty() {
+        crate::sm::session::deliver_local(shard, p.stanza, p.from);
+    } else {
+        crate::sm::session::deliver_multicast(shard, &p.stanza, &p.from, &p.multicast);
+    }
+}
+
+/// Tells the accounts of this shard that the sessions of hosts that left the view are gone: every
+/// session lives at its home, so each one that sent them an available presence from a departed host
+/// ended with it, also those nobody else is left to speak for (socket and home on the dead host).
+fn owed_unavailable(shard: &Rc<Shard>, cluster: &ShardCluster, view: &AppliedView) {
+    let owed = cluster
+        .presence
+        .borrow_mut()
+        .departed(|node, incarnation| view.has(node, incarnation));
+    if owed.is_empty() {
+        return;
+    }
+    let Ok(unavailable) = parse_element(
+        b"<presence xmlns='jabber:client' type='unavailable'/>",
+        &shard.server().limits,
+    ) else {
+        return;
+    };
+    log::info!(
+        "cluster: {} session(s) of departed hosts are announced unavailable to this shard's accounts",
+        owed.len()
+    );
+    for (from, to) in owed {
+        crate::sm::session::deliver_multicast(shard, &unavailable, &from, &to);
     }
 }
 
@@ -457,7 +551,19 @@ fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) 
     for (_, (_, link)) in cluster.links.borrow().iter() {
         rerouted.extend(link.take_abandoned());
     }
+    // A host that was out and came back as a new incarnation ended every session it held: the
+    // presences they sent meanwhile are stale (their contacts have been told they are gone, and some
+    // of them are back through another home), so only messages and IQs are routed again.
+    let sessions_ended = old.identity != view.identity;
     for frame in rerouted {
+        let presence = match &frame {
+            Frame::Stanza(f) => f.kind == WireKind::Presence,
+            Frame::Fanout { .. } => true,
+            _ => false,
+        };
+        if sessions_ended && presence {
+            continue;
+        }
         reroute(shard, frame);
     }
     // Sessions whose home is now elsewhere end: their clients reconnect and bind at the new home.
@@ -474,6 +580,7 @@ fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) 
         }
     }
     tunnel::view_changed(shard, cluster, &view);
+    owed_unavailable(shard, cluster, &view);
     // Routes to components of hosts that left go; hosts that arrived learn this shard's components.
     shard
         .routes()

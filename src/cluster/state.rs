@@ -14,6 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::node::{AppliedView, ClusterShared};
+use super::presence_ledger::PresenceLedger;
 use super::transport::{InboundStreams, LinkSettings, OutboundLink};
 use crate::proto::cluster::wire::{ConnEnd, Location, Member};
 
@@ -40,6 +41,8 @@ pub struct ShardCluster {
     pub(crate) serving: Cell<bool>,
     /// Since when each member's link has been down, as shard 0 watches them (§9.1).
     pub(crate) down_since: RefCell<HashMap<String, Instant>>,
+    /// The presences this shard's accounts received from sessions homed on other hosts (§9.2).
+    pub(crate) presence: RefCell<PresenceLedger>,
 }
 
 impl ShardCluster {
@@ -66,6 +69,7 @@ impl ShardCluster {
             inbound: Rc::new(RefCell::new(InboundStreams::default())),
             serving: Cell::new(false),
             down_since: RefCell::new(HashMap::new()),
+            presence: RefCell::default(),
         }
     }
 

@@ -31,6 +31,9 @@ pub struct LinkSettings {
     pub tick: Duration,
     /// Frames a link may hold (§3.8).
     pub max_frames: usize,
+    /// The address outbound links connect from: the listener's, when it names one, so that a peer
+    /// (and a firewall between hosts) sees each host at the one address the membership table gives.
+    pub source: Option<std::net::IpAddr>,
 }
 
 fn nonce() -> [u8; 32] {
@@ -259,6 +262,53 @@ async fn run_outbound(
     }
 }
 
+/// Connects to `addr`, from `source` when it is given and of the same family. glommio 0.9 cannot bind
+/// before its own connect, so a bound socket connects without blocking and is polled until the
+/// handshake with the kernel ends: links connect rarely (at start and after a failure), so a few
+/// timer wake-ups there cost nothing on the path of a stanza.
+async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect(addr).await.map_err(std::io::Error::from);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut wait = Duration::from_millis(1);
+            loop {
+                if let Some(e) = socket.take_error()? {
+                    return Err(e);
+                }
+                if socket.peer_addr().is_ok() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                glommio::timer::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(100));
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    // Back to blocking, as glommio makes its own sockets (io_uring does the waiting).
+    socket.set_nonblocking(false)?;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: the descriptor is a connected TCP socket that `into_raw_fd` gave up, owned by no one
+    // else from here on (glommio's socket2 is another version of the crate, hence the raw fd).
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// One connection of an outbound link, from connect to its end; `Ok` when the link was closed by
 /// its owner.
 async fn connection(
@@ -269,7 +319,7 @@ async fn connection(
     state: &Rc<RefCell<OutboundState>>,
     kicked: &Rc<LocalReceiver<()>>,
 ) -> Result<(), LinkEnd> {
-    let mut stream = TcpStream::connect(addr)
+    let mut stream = connect_from(settings.source, addr)
         .await
         .map_err(|e| LinkEnd::Closed(format!("connect {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);

@@ -27,6 +27,7 @@ fn settings(node: &str, incarnation: u64, secret: &[u8]) -> Rc<LinkSettings> {
         secret: Secret::from_file_contents(secret).unwrap(),
         tick: Duration::from_millis(200),
         max_frames: 100_000,
+        source: None,
     })
 }
 
@@ -187,4 +188,28 @@ fn a_sender_with_another_secret_gets_no_link() {
             .all(|e| matches!(e, LinkEnd::Refused(CloseReason::Auth, _))),
         "{ends:?}"
     );
+}
+
+#[test]
+fn a_link_connects_from_the_source_address_it_is_given() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let source: std::net::IpAddr = "127.0.0.5".parse().unwrap();
+    let (connected, refused) = LocalExecutorBuilder::default()
+        .make()
+        .unwrap()
+        .run(async move {
+            let connected = connect_from(Some(source), addr).await.map(|_| ());
+            let refused = connect_from(Some(source), closed).await.map(|_| ());
+            (connected, refused)
+        });
+    connected.expect("connected from 127.0.0.5");
+    let (_, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip(), source, "the listener saw the source address");
+    let e = refused.expect_err("nothing listens there");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 }

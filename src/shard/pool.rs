@@ -71,6 +71,7 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             .borrow_mut()
             .set_remote_component(&domain, route),
         ShardMsg::Cluster(frame) => crate::cluster::routing::handle_frame(shard, *frame),
+        ShardMsg::RemotePresence(p) => crate::cluster::routing::remote_presence(shard, *p),
     }
 }
 

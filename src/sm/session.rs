@@ -111,9 +111,11 @@ fn ended(shard: &Rc<Shard>, session: &SessionRef, was_available: bool) {
 }
 
 /// A session of an account homed here ended elsewhere without this shard holding it: its home's host
-/// died, and the host that held its client's socket says so (docs/cluster-protocol.md §9.2). Its
-/// contacts are told it is unavailable, as for a session that ended here, unless the same full JID is
-/// bound here again already.
+/// died, and the host that held its client's socket says so (docs/cluster-protocol.md §9.2). The
+/// modules hear of it as of a session that ended here (last activity, presence bookkeeping), unless
+/// the same full JID is bound here again already. Its contacts are not sent its unavailable from here:
+/// each contact's home shard learns from its presence ledger, which also covers the recipients of
+/// directed presence, and a broadcast here would reach them twice.
 pub fn lost_elsewhere(shard: &Rc<Shard>, full: &str) {
     let bare = crate::proto::jid::bare_of(full);
     if shard
@@ -132,22 +134,6 @@ pub fn lost_elsewhere(shard: &Rc<Shard>, full: &str) {
         host: host.to_string(),
         status: String::new(),
     };
-    if shard.has_hook(&USER_PRESENCE)
-        && let Ok(unavailable) = parse_element(
-            b"<presence xmlns='jabber:client' type='unavailable'/>",
-            &Limits::default(),
-        )
-    {
-        let mut update = PresenceUpdate {
-            full: full.into(),
-            user: user.to_string(),
-            host: host.to_string(),
-            available: false,
-            initial: false,
-            stanza: unavailable,
-        };
-        hooks::run(&shard.ctx(), &USER_PRESENCE, host, &mut update);
-    }
     for hook in [&UNSET_PRESENCE, &SM_REMOVE_CONNECTION] {
         if shard.has_hook(hook) {
             hooks::run(&shard.ctx(), hook, host, &mut event());

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod cluster_steps;
 pub mod pg;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -37,6 +37,15 @@ fn names(view: &View) -> Vec<&str> {
     view.members.iter().map(|m| m.node.as_str()).collect()
 }
 
+/// The members that may serve (not those evicted for suspicion whose lease still runs).
+fn serving(view: &View) -> Vec<&str> {
+    view.members
+        .iter()
+        .filter(|m| m.state == MemberState::Up)
+        .map(|m| m.node.as_str())
+        .collect()
+}
+
 fn live(renewal: Renewal) -> View {
     match renewal {
         Renewal::Live(view) => view,
@@ -196,24 +205,40 @@ fn a_host_suspected_by_the_others_is_fenced_after_evict_after() {
         return;
     };
     let evict = Duration::from_secs(2);
+    // c's lease outlives the suspicion's wait, so that it is fenced for suspicion, not for a lapse.
+    let c_lease = Duration::from_secs(5);
     let (a, b, c) = (host("a", 1), host("b", 1), host("c", 1));
     let (ra, rb, rc) = (
         registry(&db, LONG, evict),
         registry(&db, LONG, evict),
-        registry(&db, LONG, evict),
+        registry(&db, c_lease, evict),
     );
     ra.join(&a).unwrap();
     rb.join(&b).unwrap();
     rc.join(&c).unwrap();
+    let c_joined = std::time::Instant::now();
     ra.suspect(&a, "c").unwrap();
     rb.suspect(&b, "c").unwrap();
     // A report does not fence by itself; it has to stand for evict_after.
     assert_eq!(names(&ra.view().unwrap()), ["a", "b", "c"]);
     sleep(evict + Duration::from_secs(1));
+    // Evicting: c may no longer serve, but keeps its slots in everyone's placement while its lease
+    // runs, since it may not have noticed yet.
     let v = ra.view().unwrap();
-    assert_eq!((v.epoch, names(&v)), (4, vec!["a", "b"]));
+    assert_eq!((v.epoch, names(&v)), (4, vec!["a", "b", "c"]));
+    assert_eq!(v.member("c").unwrap().state, MemberState::Evicting);
+    assert!(!v.includes(&c), "an evicting member is not one that serves");
     assert_eq!(rc.renew(&c, 0).unwrap(), Renewal::Fenced);
     assert!(live(rb.renew(&b, 0).unwrap()).includes(&b));
+    let status = ra.status().unwrap();
+    let row = status.rows.iter().find(|r| r.node == "c").unwrap();
+    assert_eq!(row.state, "evicting");
+    assert!(row.is_member());
+    // Once its lease is out, its slots go to the others: one more epoch.
+    sleep((c_lease + Duration::from_millis(300)).saturating_sub(c_joined.elapsed()));
+    let v = ra.view().unwrap();
+    assert_eq!((v.epoch, names(&v)), (5, vec!["a", "b"]));
+    assert_eq!(rb.view().unwrap().epoch, 5, "put out once");
 
     // A new incarnation starts with a clean slate: the reports against the old one are gone, so
     // their old `since` cannot fence it at once.
@@ -221,7 +246,7 @@ fn a_host_suspected_by_the_others_is_fenced_after_evict_after() {
     rc.join(&c2).unwrap();
     sleep(Duration::from_millis(200));
     let v = rb.view().unwrap();
-    assert_eq!((v.epoch, names(&v)), (5, vec!["a", "b", "c"]));
+    assert_eq!((v.epoch, names(&v)), (6, vec!["a", "b", "c"]));
 }
 
 #[test]
@@ -240,12 +265,12 @@ fn fewer_than_half_of_the_others_fence_nobody() {
     regs[0].suspect(&hosts[0], "d").unwrap();
     sleep(evict * 3);
     let v = regs[1].view().unwrap();
-    assert_eq!((v.epoch, names(&v)), (4, vec!["a", "b", "c", "d"]));
+    assert_eq!((v.epoch, serving(&v)), (4, vec!["a", "b", "c", "d"]));
     // Two are.
     regs[1].suspect(&hosts[1], "d").unwrap();
     sleep(evict * 3);
     let v = regs[2].view().unwrap();
-    assert_eq!((v.epoch, names(&v)), (5, vec!["a", "b", "c"]));
+    assert_eq!((v.epoch, serving(&v)), (5, vec!["a", "b", "c"]));
 }
 
 #[test]
@@ -271,7 +296,7 @@ fn of_two_hosts_that_suspect_each_other_the_greater_name_is_fenced() {
     sleep(evict * 4 / 5);
     assert_eq!(r9.renew(&n9, 0).unwrap(), Renewal::Fenced);
     let v = live(r10.renew(&n10, 0).unwrap());
-    assert_eq!((v.epoch, names(&v)), (3, vec!["n10"]));
+    assert_eq!((v.epoch, serving(&v)), (3, vec!["n10"]));
 }
 
 #[test]
@@ -358,7 +383,10 @@ fn arbitration_keeps_the_larger_side_of_a_partition() {
         }
     }
     // Every member is suspected by at least half of its peers, yet only the smaller side goes.
-    assert_eq!(arbitrate(&five, &reports(&across)), ["e", "d"]);
+    assert_eq!(
+        arbitrate(&five, &reports(&across), &reports(&across)),
+        ["e", "d"]
+    );
     // Equal sides: the side with the greater names goes.
     let four = strings(&["a", "b", "c", "d"]);
     let split = reports(&[
@@ -371,29 +399,56 @@ fn arbitration_keeps_the_larger_side_of_a_partition() {
         ("d", "a"),
         ("d", "b"),
     ]);
-    assert_eq!(arbitrate(&four, &split), ["d", "c"]);
+    assert_eq!(arbitrate(&four, &split, &split), ["d", "c"]);
 }
 
 #[test]
 fn arbitration_counts_only_live_reporters_and_at_least_half() {
     let three = strings(&["a", "b", "c"]);
-    assert!(arbitrate(&three, &[]).is_empty());
+    assert!(arbitrate(&three, &[], &[]).is_empty());
     // One of two peers is half.
-    assert_eq!(arbitrate(&three, &reports(&[("a", "c")])), ["c"]);
+    assert_eq!(
+        arbitrate(&three, &reports(&[("a", "c")]), &reports(&[("a", "c")])),
+        ["c"]
+    );
     // A reporter that is not live counts for nothing.
-    assert!(arbitrate(&three, &reports(&[("x", "c"), ("x", "b")])).is_empty());
+    assert!(
+        arbitrate(
+            &three,
+            &reports(&[("x", "c"), ("x", "b")]),
+            &reports(&[("x", "c"), ("x", "b")])
+        )
+        .is_empty()
+    );
     // Mutual suspicion inside a larger group: the greater goes, the other's report dies with it.
     assert_eq!(
-        arbitrate(&three, &reports(&[("a", "c"), ("c", "a")])),
+        arbitrate(
+            &three,
+            &reports(&[("a", "c"), ("c", "a")]),
+            &reports(&[("a", "c"), ("c", "a")])
+        ),
         ["c"]
     );
     // Of two, the greater bytewise.
     let two = strings(&["n10", "n9"]);
     assert_eq!(
-        arbitrate(&two, &reports(&[("n10", "n9"), ("n9", "n10")])),
+        arbitrate(
+            &two,
+            &reports(&[("n10", "n9"), ("n9", "n10")]),
+            &reports(&[("n10", "n9"), ("n9", "n10")])
+        ),
         ["n9"]
+    );
+    // A host cut off from the other two reports both; its report about a stands for evict_after
+    // before theirs about it do: a is not fenced for it, nobody is until the reports about the most
+    // suspected stand too, and then only that one goes.
+    let cut_off = reports(&[("b", "a"), ("b", "c"), ("a", "b"), ("c", "b")]);
+    assert!(arbitrate(&three, &reports(&[("b", "a")]), &cut_off).is_empty());
+    assert_eq!(
+        arbitrate(&three, &reports(&[("b", "a"), ("a", "b")]), &cut_off),
+        ["b"]
     );
     // One of three peers is not half.
     let four = strings(&["a", "b", "c", "d"]);
-    assert!(arbitrate(&four, &reports(&[("a", "d")])).is_empty());
+    assert!(arbitrate(&four, &reports(&[("a", "d")]), &reports(&[("a", "d")])).is_empty());
 }

@@ -302,6 +302,9 @@ pub enum MemberState {
     Up = 0,
     Leaving = 1,
     Fenced = 2,
+    /// Fenced by suspicion while its lease still runs: it keeps its slots until the lease is out, so
+    /// that nobody binds its accounts before it has stopped serving them (§9.4).
+    Evicting = 3,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -761,6 +764,7 @@ impl Frame {
                             0 => MemberState::Up,
                             1 => MemberState::Leaving,
                             2 => MemberState::Fenced,
+                            3 => MemberState::Evicting,
                             _ => return Err(r.bad("member state")),
                         },
                         sessions: r.u64()?,
