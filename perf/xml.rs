@@ -3,7 +3,9 @@
 //! 1460-byte pieces (one TCP segment), side by side in the same run with quick-xml's borrowed `NsReader`
 //! and with xml-rs over the same bytes, and the cost of feeding one 1 MiB element a byte at a time against
 //! feeding it whole. It ends by printing the ratios from this run's own estimates:
-//! `ratio vs quick-xml: R1`, `ratio vs xml-rs: R2` and `1-byte drip vs whole, 1 MiB element: R3`.
+//! `ratio vs quick-xml: R1`, `ratio vs xml-rs: R2` and `1-byte drip vs whole, 1 MiB element: R3`; and
+//! what a cluster host saves by reading only the root tag of a stanza another host sent
+//! (`cluster receive, full parse vs root tag only: R4`).
 //!
 //! Run with `cargo bench --bench xml`; `cargo bench --bench xml -- --quick` gives rougher figures faster.
 
@@ -15,7 +17,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use rjabberd::proto::xml::{Event, Limits, StreamParser};
+use rjabberd::proto::xml::{
+    Event, Limits, StreamParser, TargetStream, parse_element, parse_trusted,
+};
 
 const HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
                       to='example.org' version='1.0' xml:lang='en'>";
@@ -243,6 +247,40 @@ fn main() {
     g.bench_function("1-byte", |b| b.iter(|| drip(black_box(&quarter), 1)));
     g.finish();
 
+    // What a host does with each stanza another host sends it (docs/cluster-protocol.md §7.1): the
+    // corpus's stanzas written standalone, read with the full parser and with the root tag only.
+    let standalone = standalone_stanzas(&stream);
+    let bytes: usize = standalone.iter().map(|s| s.len()).sum();
+    let mut g = c.benchmark_group("cluster_receive");
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("parse_element", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for s in &standalone {
+                n += touch(
+                    parse_element(black_box(s), &Limits::default())
+                        .unwrap()
+                        .to(),
+                );
+            }
+            n
+        })
+    });
+    g.bench_function("parse_trusted", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for s in &standalone {
+                n += touch(
+                    parse_trusted(black_box(s.clone()), &Limits::default())
+                        .unwrap()
+                        .to(),
+                );
+            }
+            n
+        })
+    });
+    g.finish();
+
     c.final_summary();
 
     let est = |group: &str, id: &str| {
@@ -280,4 +318,30 @@ fn main() {
         "1-byte drip, 1 MiB vs 256 KiB element (4 means linear): {:.2}",
         drip_1 / est("drip_256KiB", "1-byte")
     );
+    println!(
+        "cluster receive, full parse vs root tag only ({} stanzas): {:.2}",
+        standalone.len(),
+        est("cluster_receive", "parse_element") / est("cluster_receive", "parse_trusted")
+    );
+}
+
+/// Every stanza of `stream`, written standalone as a host sends it to another.
+fn standalone_stanzas(stream: &[u8]) -> Vec<bytes::Bytes> {
+    let mut p = StreamParser::new(Limits::default());
+    let mut out = Vec::new();
+    let mut rest = stream;
+    loop {
+        let n = p.feed(rest);
+        rest = &rest[n..];
+        while let Some(ev) = p.next_event().expect("the corpus parses") {
+            if let Event::Stanza(s) = ev {
+                let mut b = bytes::BytesMut::new();
+                s.write_to(&mut b, &TargetStream::STANDALONE, None, None);
+                out.push(b.freeze());
+            }
+        }
+        if rest.is_empty() {
+            return out;
+        }
+    }
 }

@@ -53,6 +53,7 @@ both_layouts!(
     host_restarted,
     component_on_another_host,
     host_left,
+    operator_commands_across_hosts,
 );
 
 // ---- the tests ----
@@ -790,5 +791,45 @@ fn host_left(layout: &[(&str, usize)]) {
         (Some(b.jid.as_str()), "while you moved".to_string()),
         "{}",
         got[0]
+    );
+}
+
+/// `rjabberd ctl` on a host that is not the account's home (docs/cluster-protocol.md §10): bob is
+/// homed on n2 and connected through n3; on n1, `user-sessions` lists his session at n2, and `kick`
+/// ends it with `policy-violation` and the reason given; a second kick finds nothing (exit 1).
+fn operator_commands_across_hosts(layout: &[(&str, usize)]) {
+    let c = TestCluster::start(layout, "");
+    let bob = user(&c, "n2", "bob");
+    let mut b = login(&c, 2, &bob, "phone");
+    go_online(&mut b);
+    let out = c.command(0, &["ctl", "user-sessions", &bob]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.starts_with(&format!("{bob}/phone\tpriority 0\tavailable\tn2 shard ")),
+        "{text}"
+    );
+    let out = c.command(
+        0,
+        &[
+            "ctl",
+            "--json",
+            "kick",
+            &format!("{bob}/phone"),
+            "spam & such",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["kicked"], serde_json::json!([format!("{bob}/phone")]));
+    assert_eq!(
+        stream_end(&mut b, Duration::from_secs(10)).as_deref(),
+        Some("policy-violation")
+    );
+    let out = c.command(0, &["ctl", "kick", &bob]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing kicked"),
+        "{out:?}"
     );
 }

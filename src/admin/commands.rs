@@ -655,16 +655,28 @@ async fn user_sessions(ctx: &ModuleCtx, bare: String) -> Result<Answer, Answer> 
         return Err(a);
     }
     let key = bare.clone();
-    let (shard, sessions) = on_home_shard(ctx, &key, move |home| {
-        let sessions: Vec<(String, i8, bool)> = home
-            .sessions(&bare)
-            .iter()
-            .map(|s| (s.full.to_string(), s.priority, s.available))
-            .collect();
-        (home.shard_id(), sessions)
-    })
-    .await
-    .map_err(failed)?;
+    let (node, shard, sessions) = match ctx.home_host(&key) {
+        Some(node) => {
+            let body = serde_json::to_vec(&json!({ "jid": key })).unwrap_or_default();
+            let answer = ctx
+                .ask_host(&node, "user-sessions", body.into())
+                .await
+                .map_err(failed)?;
+            let (shard, sessions): (usize, Vec<(String, i8, bool)>) =
+                serde_json::from_slice(&answer)
+                    .map_err(|e| failed(format!("{node} answered nonsense: {e}")))?;
+            (Some(node), shard, sessions)
+        }
+        None => {
+            let (shard, sessions) = sessions_here(ctx, bare).await.map_err(failed)?;
+            (None, shard, sessions)
+        }
+    };
+    // On another host of the cluster, the host is named before its shard.
+    let at = match &node {
+        Some(node) => format!("{node} shard {shard}"),
+        None => format!("shard {shard}"),
+    };
     if sessions.is_empty() {
         return Err(Answer::fail(Exit::Failed, format!("{key} has no session")));
     }
@@ -672,7 +684,7 @@ async fn user_sessions(ctx: &ModuleCtx, bare: String) -> Result<Answer, Answer> 
     for (full, priority, available) in &sessions {
         let _ = writeln!(
             text,
-            "{full}\tpriority {priority}\t{}\tshard {shard}",
+            "{full}\tpriority {priority}\t{}\t{at}",
             if *available {
                 "available"
             } else {
@@ -683,7 +695,7 @@ async fn user_sessions(ctx: &ModuleCtx, bare: String) -> Result<Answer, Answer> 
     let list: Vec<serde_json::Value> = sessions
         .iter()
         .map(|(full, priority, available)| {
-            json!({ "jid": full, "priority": priority, "available": available, "shard": shard })
+            json!({ "jid": full, "priority": priority, "available": available, "node": node, "shard": shard })
         })
         .collect();
     Ok(Answer::ok(text, json!({ "user": key, "sessions": list })))
@@ -694,23 +706,20 @@ async fn kick(ctx: &ModuleCtx, jid: String, reason: Option<String>) -> Result<An
     if let Some(a) = not_served(ctx, crate::proto::jid::domain_of(&bare)) {
         return Err(a);
     }
-    let full = (bare != jid).then(|| jid.clone());
-    let text = reason.unwrap_or_else(|| KICK_TEXT.to_string());
-    let reason = text.clone();
-    let key = bare.clone();
-    let ended: Vec<String> = on_home_shard(ctx, &key, move |home| {
-        home.end_sessions(
-            &bare,
-            full.as_deref(),
-            StreamErrorCondition::PolicyViolation,
-            Some(&text),
-        )
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    })
-    .await
-    .map_err(failed)?;
+    let reason = reason.unwrap_or_else(|| KICK_TEXT.to_string());
+    let ended: Vec<String> = match ctx.home_host(&bare) {
+        Some(node) => {
+            let body =
+                serde_json::to_vec(&json!({ "jid": jid, "reason": reason })).unwrap_or_default();
+            let answer = ctx
+                .ask_host(&node, "kick", body.into())
+                .await
+                .map_err(failed)?;
+            serde_json::from_slice(&answer)
+                .map_err(|e| failed(format!("{node} answered nonsense: {e}")))?
+        }
+        None => kick_here(ctx, &jid, &reason).await.map_err(failed)?,
+    };
     if ended.is_empty() {
         return Err(Answer::fail(
             Exit::Failed,
@@ -725,6 +734,77 @@ async fn kick(ctx: &ModuleCtx, jid: String, reason: Option<String>) -> Result<An
         out,
         json!({ "kicked": ended, "reason": reason }),
     ))
+}
+
+/// The sessions of `bare` on its home shard, which is on this host: the shard, and each session's
+/// full JID, priority and availability.
+async fn sessions_here(
+    ctx: &ModuleCtx,
+    bare: String,
+) -> Result<(usize, Vec<(String, i8, bool)>), String> {
+    let key = bare.clone();
+    on_home_shard(ctx, &key, move |home| {
+        let sessions: Vec<(String, i8, bool)> = home
+            .sessions(&bare)
+            .iter()
+            .map(|s| (s.full.to_string(), s.priority, s.available))
+            .collect();
+        (home.shard_id(), sessions)
+    })
+    .await
+}
+
+/// Ends the sessions of `jid` (all of a bare JID's) on its home shard, which is on this host, with
+/// `policy-violation` and `reason`; the full JIDs it ended.
+async fn kick_here(ctx: &ModuleCtx, jid: &str, reason: &str) -> Result<Vec<String>, String> {
+    let bare = crate::proto::jid::bare_of(jid).to_string();
+    let full = (bare != jid).then(|| jid.to_string());
+    let text = reason.to_string();
+    let key = bare.clone();
+    on_home_shard(ctx, &key, move |home| {
+        home.end_sessions(
+            &bare,
+            full.as_deref(),
+            StreamErrorCondition::PolicyViolation,
+            Some(&text),
+        )
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    })
+    .await
+}
+
+/// Runs a request another host of the cluster sent this one (docs/cluster-protocol.md §10): the
+/// part of `ctl kick` and `ctl user-sessions` that needs the account's home, which is here. The JID
+/// is parsed again, since nothing sent is trusted to be canonical.
+pub fn cluster_request(
+    ctx: ModuleCtx,
+    verb: String,
+    body: bytes::Bytes,
+) -> Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>>>> {
+    Box::pin(async move {
+        #[derive(Deserialize)]
+        struct Args {
+            jid: String,
+            reason: Option<String>,
+        }
+        let args: Args =
+            serde_json::from_slice(&body).map_err(|e| format!("a bad `{verb}` request: {e}"))?;
+        let jid = jid(&args.jid)?.to_string();
+        let answer = match verb.as_str() {
+            "user-sessions" => {
+                let bare = crate::proto::jid::bare_of(&jid).to_string();
+                serde_json::to_vec(&sessions_here(&ctx, bare).await?)
+            }
+            "kick" => {
+                let reason = args.reason.unwrap_or_else(|| KICK_TEXT.to_string());
+                serde_json::to_vec(&kick_here(&ctx, &jid, &reason).await?)
+            }
+            other => return Err(format!("unknown request `{other}`")),
+        };
+        answer.map(Into::into).map_err(|e| e.to_string())
+    })
 }
 
 /// A `normal` message: an operator's notice is not a conversation (`chat`), and a `normal` message

@@ -10,6 +10,7 @@
 pub mod membership;
 pub mod node;
 pub mod presence_ledger;
+pub mod requests;
 pub mod routing;
 pub mod state;
 pub mod transport;

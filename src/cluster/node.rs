@@ -62,6 +62,15 @@ impl AppliedView {
     }
 }
 
+/// Runs `verb` with `body` on the receiving host and answers its result (`Err` with the words an
+/// operator reads). The future runs on the shard whose link received the request.
+pub type RequestHandler =
+    fn(
+        crate::modules::ctx::ModuleCtx,
+        String,
+        bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>>>>;
+
 /// What every shard shares about the cluster.
 pub struct ClusterShared {
     pub name: String,
@@ -94,6 +103,8 @@ pub struct ClusterShared {
     suspects: Mutex<std::collections::BTreeSet<String>>,
     /// Members shard 0 has a link up to now (a host that is out rejoins only when it reaches them all).
     reachable: Mutex<std::collections::BTreeSet<String>>,
+    /// What runs the requests other hosts send this one (§10), installed once at start.
+    pub requests: std::sync::OnceLock<RequestHandler>,
 }
 
 impl ClusterShared {
@@ -317,6 +328,7 @@ pub fn start(
         leaving: AtomicBool::new(false),
         suspects: Mutex::new(Default::default()),
         reachable: Mutex::new(Default::default()),
+        requests: std::sync::OnceLock::new(),
     });
     log::info!(
         event = "cluster-joined", cluster = name.as_str(), node = me.node.as_str(),

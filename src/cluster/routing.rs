@@ -27,7 +27,7 @@ use crate::proto::cluster::wire::{
 };
 use crate::proto::errors::StreamErrorCondition;
 use crate::proto::jid::bare_of;
-use crate::proto::xml::{Stanza, StanzaKind, TargetStream, parse_element};
+use crate::proto::xml::{Stanza, StanzaKind, TargetStream, parse_element, parse_trusted};
 use crate::shard::Shard;
 
 /// The wire's name for a stanza's element (§7.1).
@@ -133,6 +133,10 @@ pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     let to_shard = match frame {
         // Routed from here: the home's shard is one mesh hop away whichever shard it is.
         Frame::Stanza(f) => return stanza(shard, peer, f),
+        Frame::Request { id, verb, body } => {
+            return super::requests::serve(shard, peer, id, verb, body);
+        }
+        frame @ Frame::Response { .. } => return super::requests::answered(shard, frame),
         Frame::Fanout { .. } => return fanout(shard, peer, frame),
         _ => match &frame {
             Frame::ConnOpen(c) => c.to_shard,
@@ -234,8 +238,10 @@ fn fanout(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     }
 }
 
-fn parse(shard: &Shard, xml: &[u8]) -> Option<Stanza> {
-    match parse_element(xml, &shard.server().limits) {
+/// A stanza another host sent: only its root tag is read, and its bytes are shared, not copied
+/// (§7.1); the sending host's parser checked the rest.
+fn parse(shard: &Shard, xml: &Bytes) -> Option<Stanza> {
+    match parse_trusted(xml.clone(), &shard.server().limits) {
         Ok(s) => Some(s),
         Err(e) => {
             log::warn!("cluster: a stanza from another host does not parse ({e}); dropped");
@@ -270,6 +276,7 @@ pub fn handle_frame(shard: &Rc<Shard>, frame: Frame) {
         } => tunnel::closed(shard, direction, &location, end),
         Frame::ConnBound { location, full, .. } => tunnel::bound_at_edge(shard, &location, full),
         Frame::SessionLost { full, .. } => crate::sm::session::lost_elsewhere(shard, &full),
+        frame @ Frame::Response { .. } => super::requests::answered(shard, frame),
         other => log::debug!("cluster: frame 0x{:02x} ignored", other.kind()),
     }
 }

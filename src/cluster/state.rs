@@ -16,7 +16,7 @@ use bytes::Bytes;
 use super::node::{AppliedView, ClusterShared};
 use super::presence_ledger::PresenceLedger;
 use super::transport::{InboundStreams, LinkSettings, OutboundLink};
-use crate::proto::cluster::wire::{ConnEnd, Location, Member};
+use crate::proto::cluster::wire::{ConnEnd, Location, Member, ResponseStatus};
 
 /// What the stream error an edge writes itself says when the home vanished.
 const HOME_GONE: &[u8] =
@@ -43,6 +43,8 @@ pub struct ShardCluster {
     pub(crate) down_since: RefCell<HashMap<String, Instant>>,
     /// The presences this shard's accounts received from sessions homed on other hosts (§9.2).
     pub(crate) presence: RefCell<PresenceLedger>,
+    /// This shard's requests to other hosts that wait for an answer (§10).
+    pub(crate) waiting: RefCell<Waiting>,
 }
 
 impl ShardCluster {
@@ -70,6 +72,7 @@ impl ShardCluster {
             serving: Cell::new(false),
             down_since: RefCell::new(HashMap::new()),
             presence: RefCell::default(),
+            waiting: RefCell::default(),
         }
     }
 
@@ -217,4 +220,13 @@ impl TunnelState {
             w.wake();
         }
     }
+}
+
+/// The requests of one shard that wait for an answer, by id; the id's top 16 bits name the shard,
+/// so that an answer arriving on another shard's link finds its way.
+#[derive(Default)]
+pub struct Waiting {
+    pub(crate) next: u64,
+    pub(crate) by_id:
+        std::collections::HashMap<u64, futures_channel::oneshot::Sender<(ResponseStatus, Bytes)>>,
 }

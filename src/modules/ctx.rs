@@ -112,6 +112,20 @@ pub trait ShardServices {
     fn state_map(&self) -> &RefCell<StateMap>;
     /// When the server started.
     fn started(&self) -> Instant;
+    /// The host of the cluster that is the home of `key`, when it is another one than this.
+    fn home_host(&self, _key: &str) -> Option<String> {
+        None
+    }
+    /// Asks host `node` of the cluster to run `verb` with `body` (docs/cluster-protocol.md §10).
+    fn ask_host(
+        self: Rc<Self>,
+        node: &str,
+        _verb: &str,
+        _body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>>>> {
+        let why = format!("{node}: this host is not in a cluster");
+        Box::pin(async move { Err(why) })
+    }
 }
 
 /// A module's handle on its shard. Cheap to clone.
@@ -177,6 +191,22 @@ impl ModuleCtx {
 
     /// Runs `job` on shard `shard` of this host, at once when that is this shard (operators' requests
     /// that visit every shard).
+    /// The host of the cluster that is the home of `key`, when it is another one than this.
+    pub fn home_host(&self, key: &str) -> Option<String> {
+        self.shard.home_host(key)
+    }
+
+    /// Asks host `node` of the cluster to run `verb` with `body` (an operator's request about an
+    /// account homed there); its answer, or why there is none.
+    pub async fn ask_host(
+        &self,
+        node: &str,
+        verb: &str,
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, String> {
+        self.shard.clone().ask_host(node, verb, body).await
+    }
+
     pub fn send_to(&self, shard: usize, job: impl FnOnce(&ModuleCtx) + Send + 'static) {
         self.shard.clone().send_to(shard, Box::new(job))
     }

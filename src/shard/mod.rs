@@ -101,7 +101,18 @@ pub struct Wiring {
     /// Hands a message to a home on another host of the cluster (`cluster::routing::send_remote`), under
     /// the same policy as the mesh: it comes back only when the policy bounces it.
     pub remote: RemoteFn,
+    /// Asks another host of the cluster to run an operator's request (`cluster::requests::ask`).
+    pub ask: AskFn,
 }
+
+/// The cluster's entry for a request to another host: the shard, the host's node, the verb, the body.
+pub type AskFn =
+    fn(
+        Rc<Shard>,
+        String,
+        String,
+        bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>>>>;
 
 /// The cluster's entry for a message whose home is on another host.
 #[allow(clippy::result_large_err)]
@@ -422,6 +433,28 @@ impl Shard {
 impl ShardServices for Shard {
     fn shard_id(&self) -> usize {
         self.id
+    }
+
+    fn home_host(&self, key: &str) -> Option<String> {
+        let home = self.home(key);
+        if home.host == self.host_index() {
+            return None;
+        }
+        let cluster = self.cluster()?;
+        cluster
+            .view()
+            .members
+            .get(home.host)
+            .map(|m| m.node.clone())
+    }
+
+    fn ask_host(
+        self: Rc<Self>,
+        node: &str,
+        verb: &str,
+        body: bytes::Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>>>> {
+        (self.wiring.ask)(self.clone(), node.to_string(), verb.to_string(), body)
     }
 
     fn is_home(&self, key: &str) -> bool {

@@ -45,6 +45,9 @@ pub(crate) const WIRING: Wiring = Wiring {
     multicast: crate::router::route_multicast,
     resume: crate::router::resume_from_session,
     remote: crate::cluster::routing::send_remote,
+    ask: |shard, node, verb, body| {
+        Box::pin(async move { crate::cluster::requests::ask(&shard, &node, &verb, body).await })
+    },
 };
 
 /// Handles a message from the mesh (or from this shard's own fast path).
@@ -130,6 +133,9 @@ impl Server {
                     shards,
                     shutdown.clone(),
                 )?;
+                let _ = cluster
+                    .requests
+                    .set(crate::admin::commands::cluster_request);
                 (Some(cluster), Some(agent), Some(reserved))
             }
             None => (None, None, None),

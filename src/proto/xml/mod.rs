@@ -37,7 +37,7 @@ pub use error::{
     BadFormat, LimitKind, Malformed, Restricted, StreamCondition, XmlError, XmlErrorKind,
 };
 pub use escape::{escape, unescape_attr, unescape_text};
-pub use parser::{Event, Limits, StreamParser, parse_element};
+pub use parser::{Event, Limits, StreamParser, parse_element, parse_trusted};
 pub use stanza::{
     CONTENT_NAMESPACES, NS_STREAMS, NS_XML, Stanza, StanzaKind, StreamHeader, StreamScope,
     TargetStream, Trace, XmlDecl,

@@ -78,6 +78,8 @@ enum Mode {
     Stream,
     /// The root element itself is yielded as one `Stanza`.
     Document,
+    /// Only the root's start tag is read ([`parse_trusted`]).
+    Head,
 }
 
 /// Where in the document the parser is, outside any element it is assembling.
@@ -1037,6 +1039,9 @@ impl Machine {
 
         if is_top {
             self.record_head(buf, element_ns, inherited);
+            if self.mode == Mode::Head {
+                return Ok(self.top_done());
+            }
         } else {
             self.head.inherited |= inherited;
         }
@@ -1139,7 +1144,7 @@ impl Machine {
 
     fn top_done(&mut self) -> Step {
         self.in_top = false;
-        if self.mode == Mode::Document {
+        if self.mode != Mode::Stream {
             self.level = Level::Epilog;
         }
         Step::Stanza
@@ -1574,4 +1579,56 @@ pub fn parse_element(input: &[u8], limits: &Limits) -> Result<Stanza, XmlError> 
     }
     p.finish()?;
     Ok(root.expect("a finished document has a root"))
+}
+
+/// A stanza another host of the cluster sent (docs/cluster-protocol.md §7.1): bytes a parser of that
+/// host already checked and its writer wrote standalone, from a peer that proved the cluster's secret.
+/// Only the root's start tag is read (name, namespace, the attributes routing needs), and the rest is
+/// taken as it is, sharing `xml` without a copy; what is checked of it is that the element ends where
+/// the bytes do (its own end tag, or a self-closed start tag), so that a truncated or spliced frame
+/// is refused rather than written into a client's stream.
+pub fn parse_trusted(xml: bytes::Bytes, limits: &Limits) -> Result<Stanza, XmlError> {
+    let mut m = Machine::new(Mode::Head, *limits);
+    let end = match m.run(&xml) {
+        Ok(Step::Stanza) => m.pos,
+        Ok(_) => {
+            return Err(XmlError::new(
+                XmlErrorKind::NotWellFormed(Malformed::UnexpectedEof),
+                xml.len() as u64,
+            ));
+        }
+        Err(kind) => return Err(XmlError::new(kind, m.pos as u64)),
+    };
+    let base = m.base;
+    let tail_at = xml.len()
+        - xml
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    let self_closed = xml[..end].ends_with(b"/>");
+    let closed = if self_closed {
+        tail_at == end
+    } else {
+        let name = &xml[m.head.name.range()];
+        let tail = &xml[end..tail_at];
+        tail.len() >= name.len() + 3
+            && tail.ends_with(b">")
+            && tail[..tail.len() - 1].ends_with(name)
+            && tail[..tail.len() - 1 - name.len()].ends_with(b"</")
+    };
+    if !closed {
+        return Err(XmlError::new(
+            XmlErrorKind::NotWellFormed(Malformed::MismatchedEndTag),
+            tail_at as u64,
+        ));
+    }
+    let mut head = m.head;
+    head.rebase(base as u32);
+    Ok(Stanza {
+        bytes: xml.slice(base..tail_at),
+        head,
+        scope: None,
+        trace: Trace::default(),
+    })
 }

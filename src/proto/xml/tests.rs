@@ -2,6 +2,7 @@
 //! into 1, 2, 5 and 10 byte pieces, and all five runs must give the same events or the same error.
 
 use super::*;
+use bytes::{Bytes, BytesMut};
 
 const HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>";
 
@@ -708,4 +709,62 @@ fn the_guide_example_round_trips() {
     assert_eq!(remove_text(&el.children).len(), 1);
     assert_eq!(attr_of_s(&el.attrs, "to"), "test@conference.example.org");
     assert_eq!(escape("<'&'>"), "&lt;&apos;&amp;&apos;&gt;");
+}
+
+/// What routing reads of a stanza, to compare two parses of the same bytes.
+fn routing_view(s: &Stanza) -> Vec<Option<String>> {
+    vec![
+        Some(s.name().to_string()),
+        s.namespace().map(|v| v.into_owned()),
+        s.to().map(|v| v.into_owned()),
+        s.from().map(|v| v.into_owned()),
+        s.type_().map(|v| v.into_owned()),
+        s.id().map(|v| v.into_owned()),
+        s.lang().map(|v| v.into_owned()),
+        Some(format!("{:?}", s.kind())),
+        Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+    ]
+}
+
+#[test]
+fn a_trusted_stanza_reads_as_a_full_parse_of_the_same_bytes() {
+    let limits = Limits::default();
+    for xml in [
+        "<message xmlns='jabber:client' to='a@x/r' from='b@x/s' type='chat' id='m1' \
+         xml:lang='en'><body>hi &amp; bye</body><x xmlns='urn:y'><z/></x></message>",
+        "<presence xmlns='jabber:server' from='b@x/s'/>",
+        "<presence xmlns='jabber:client' from='b@x/s' type='unavailable'></presence>",
+        "<cl:iq xmlns:cl='jabber:client' to='x' type='get' id='1'><q xmlns='jabber:iq:version'/></cl:iq>",
+        "<message xmlns='jabber:client' to='a&apos;b@x'><body>\u{e9}t\u{e9}</body></message>",
+    ] {
+        let full = parse_element(xml.as_bytes(), &limits).unwrap();
+        let head = parse_trusted(Bytes::from(xml), &limits).unwrap();
+        assert_eq!(routing_view(&head), routing_view(&full), "{xml}");
+        // Written into a stream the same way, byte for byte.
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        full.write_to(&mut a, &TargetStream::CLIENT, Some("z@x/w"), None);
+        head.write_to(&mut b, &TargetStream::CLIENT, Some("z@x/w"), None);
+        assert_eq!(a, b, "{xml}");
+    }
+}
+
+#[test]
+fn a_trusted_stanza_that_does_not_end_where_its_bytes_do_is_refused() {
+    let limits = Limits::default();
+    for xml in [
+        "<message xmlns='jabber:client' to='a@x'><body>hi</body>",
+        "<message xmlns='jabber:client' to='a@x'><body>hi</body></messag>",
+        "<message xmlns='jabber:client' to='a@x'><body>hi</body></message><message>",
+        "<message xmlns='jabber:client' to='a@x'/><message/>",
+        "<message xmlns='jabber:client' to='a@x'",
+        "<message xmlns='jabber:client' to='a@x' to='b@x'></message>",
+        "<p:message to='a@x'></p:message>",
+        "",
+        "not xml",
+    ] {
+        assert!(
+            parse_trusted(Bytes::from(xml), &limits).is_err(),
+            "accepted: {xml}"
+        );
+    }
 }
