@@ -749,6 +749,14 @@ fn component_on_another_host(layout: &[(&str, usize)]) {
         "{}",
         back[0]
     );
+    // n3 has the route (it carried the message): the same domain connecting there is refused, as on
+    // one host, and the first connection keeps working.
+    let (_, second) = common::component(c.host(n3), "gw.localhost", "s3cret");
+    assert_eq!(second.name, "stream:error", "{second}");
+    assert!(second.child("conflict").is_some(), "{second}");
+    a.send("<message to='echo@gw.localhost' type='chat' id='c3'><body>again</body></message>");
+    let again = messages(&mut gw, 1, Duration::from_secs(10));
+    assert_eq!(body(&again[0]), "again");
 }
 
 /// `rjabberd cluster leave` drains a host: the others apply the view without it, a client whose

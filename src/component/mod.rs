@@ -210,8 +210,16 @@ impl StreamGlue for ComponentGlue {
     }
 }
 
-/// Claims `domain` server-wide and installs the route on every shard; false when it is taken.
+/// Claims `domain` server-wide and installs the route on every shard; false when it is taken, here
+/// or on another host of the cluster (as far as this one has heard: two hosts claiming a domain in
+/// the same instant both win, each routing to its own).
 fn register(shard: &Rc<Shard>, domain: &str, sink: SinkId) -> bool {
+    if matches!(
+        shard.routes().borrow().lookup(domain),
+        Some(crate::router::table::Route::Remote { .. })
+    ) {
+        return false;
+    }
     {
         let mut owners = shard
             .server()
