@@ -105,6 +105,8 @@ pub struct ClusterShared {
     reachable: Mutex<std::collections::BTreeSet<String>>,
     /// What runs the requests other hosts send this one (§10), installed once at start.
     pub requests: std::sync::OnceLock<RequestHandler>,
+    /// Set by [`ClusterShared::poke`], taken by the agent.
+    poked: AtomicBool,
 }
 
 impl ClusterShared {
@@ -180,6 +182,12 @@ impl ClusterShared {
 
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::SeqCst)
+    }
+
+    /// Another host said the membership changed (`MEMBERS` of a newer epoch, or `LEAVING`, §6.4): the
+    /// agent reads the table now instead of at its next renewal.
+    pub fn poke(&self) {
+        self.poked.store(true, Ordering::SeqCst);
     }
 
     /// The members this host suspects now, and those its links reach (shard 0 keeps both).
@@ -329,6 +337,7 @@ pub fn start(
         suspects: Mutex::new(Default::default()),
         reachable: Mutex::new(Default::default()),
         requests: std::sync::OnceLock::new(),
+        poked: AtomicBool::new(false),
     });
     log::info!(
         event = "cluster-joined", cluster = name.as_str(), node = me.node.as_str(),
@@ -345,11 +354,13 @@ pub fn start(
             let mut reported = std::collections::BTreeSet::new();
             let step = renewal_interval(lease);
             loop {
-                // Sleep in small steps so that a shutdown or a leave is seen at once.
+                // Sleep in small steps so that a shutdown, a leave or another host's word that the
+                // membership changed is seen at once.
                 let wake = Instant::now() + step;
                 while Instant::now() < wake
                     && !shutdown.load(Ordering::SeqCst)
                     && !agent_shared.is_leaving()
+                    && !agent_shared.poked.swap(false, Ordering::SeqCst)
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }

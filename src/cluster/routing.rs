@@ -165,7 +165,22 @@ pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
                 });
                 return;
             }
-            // Advice (MEMBERS, LEAVING): the table decides, and the agent reads it at its next renewal.
+            // Advice (§6.4, §6.5): the table decides; the agent reads it now rather than at its
+            // next renewal.
+            Frame::Members { epoch, .. } => {
+                if let Some(cluster) = shard.cluster()
+                    && *epoch > cluster.view().epoch
+                {
+                    cluster.shared.poke();
+                }
+                return;
+            }
+            Frame::Leaving { .. } => {
+                if let Some(cluster) = shard.cluster() {
+                    cluster.shared.poke();
+                }
+                return;
+            }
             _ => return,
         },
     };
@@ -588,6 +603,9 @@ fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) 
     }
     tunnel::view_changed(shard, cluster, &view);
     owed_unavailable(shard, cluster, &view);
+    if shard.id() == 0 && view.epoch != old.epoch {
+        advise(shard, cluster, &old, &view);
+    }
     // Routes to components of hosts that left go; hosts that arrived learn this shard's components.
     shard
         .routes()
@@ -623,6 +641,31 @@ fn apply(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>, view: Arc<AppliedView>) 
             member = view.me.is_some();
             "cluster view applied"
         );
+    }
+}
+
+/// Tells the other members, on shard 0's links, that the membership changed (§6.4, §6.5), so that
+/// they read the table at once: `MEMBERS` while this host is a member, `LEAVING` when it has just
+/// gone out (it left, or it was fenced).
+fn advise(shard: &Rc<Shard>, cluster: &ShardCluster, old: &AppliedView, view: &AppliedView) {
+    let frame = match (old.me, view.me) {
+        (_, Some(_)) => Frame::Members {
+            epoch: view.epoch,
+            members: view.members.clone(),
+        },
+        (Some(_), None) => Frame::Leaving {
+            node: cluster.shared.node.clone(),
+            incarnation: old.identity.incarnation,
+        },
+        (None, None) => return,
+    };
+    for (i, member) in view.members.iter().enumerate() {
+        if Some(i) == view.me {
+            continue;
+        }
+        if let Some(link) = cluster.link_to(shard.id(), member) {
+            let _ = link.send(&frame);
+        }
     }
 }
 
