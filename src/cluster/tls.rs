@@ -298,3 +298,7 @@ impl TlsConn {
             .is_some_and(|leaf| names_node(leaf, node))
     }
 }
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
