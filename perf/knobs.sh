@@ -20,7 +20,9 @@
 #                             it out), alternating, ROUNDS=2 rounds each: chat among 1,000 users at 1,000
 #                             and 4,000 msg/s, every user connecting to the hosts in turn (as behind a
 #                             load balancer); server CPU per message summed over the hosts, and the
-#                             latency percentiles
+#                             latency percentiles. SETUPS may add `cluster-tls`: the cluster of 2
+#                             hosts with TLS on its links (a CA and a certificate per host made with
+#                             the openssl commands of docs/cluster.md), on a database of its own
 #   perf/knobs.sh sessions    a cluster of 5 hosts (1 shard each, unpinned) holding PER_HOST (19,950) idle
 #                             sessions each, one harness process per host (the 20,000-descriptor limit
 #                             per process): sessions per host, RSS per host and per session
@@ -116,6 +118,13 @@ name = \"bench\"
 node = \"$node\"
 listen = \"127.0.0.$(( ${node#n} + 1 )):0\"
 secret_file = \"$work/cluster.secret\""
+    if [ -n "${CLUSTER_TLS:-}" ]; then
+      section="$section
+tls = true
+ca_file = \"$work/pki/ca.pem\"
+cert_file = \"$work/pki/$node.pem\"
+key_file = \"$work/pki/$node.key\""
+    fi
   fi
   cat > "$dir/rjabberd.toml" <<CONF
 shards = ${SHARDS:-1}
@@ -139,6 +148,26 @@ CONF
   extra_pids+=($!)
   for _ in $(seq 200); do grep -q "serving" "$dir/server.log" 2>/dev/null && return; sleep 0.1; done
   echo "host $name did not start" >&2; cat "$dir/server.log" >&2; exit 1
+}
+
+# cluster_pki NODE...: the cluster's CA and one certificate per node in $work/pki, made as
+# docs/cluster.md tells an operator to.
+cluster_pki() {
+  local pki=$work/pki
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -subj "/CN=bench cluster CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout ca.key -out ca.pem
+    for node in "$@"; do
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$node" \
+        -keyout "$node.key" -out "$node.csr"
+      printf 'subjectAltName = DNS:%s\nextendedKeyUsage = serverAuth, clientAuth\n' "$node" > "$node.ext"
+      openssl x509 -req -in "$node.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+        -extfile "$node.ext" -out "$node.pem"
+    done
+  ) > "$pki/openssl.log" 2>&1 || { cat "$pki/openssl.log" >&2; exit 1; }
 }
 
 # ejabberd_cluster ROUND: two ejabberd nodes (Debian's), bench1@localhost on CPU 0 serving clients on
@@ -311,9 +340,10 @@ url = \"$url\""
     db_pid=$(head -1 "$pg_data/postmaster.pid")
     head -c 48 /dev/urandom | base64 > "$work/cluster.secret"
     chmod 600 "$work/cluster.secret"
-    for db in single cluster; do
+    for db in single cluster clustertls; do
       (cd "$work/pg" && "${as_pg[@]}" "$pg_bin/createdb" -h "$work/pg" -U rjabberd "$db")
     done
+    cluster_pki n1 n2
     for round in $(seq "${ROUNDS:-2}"); do
       for setup in ${SETUPS:-single cluster ejabberd}; do
         extra_pids=()
@@ -325,6 +355,11 @@ url = \"$url\""
           SHARDS=2 cluster_host "single-$round" single 15333 0,1
           servers=(--server 127.0.0.1:15333)
           config=$work/single-$round/rjabberd.toml
+        elif [ "$setup" = cluster-tls ]; then
+          CLUSTER_TLS=1 cluster_host "tls-n1-$round" clustertls 15333 0 n1
+          CLUSTER_TLS=1 cluster_host "tls-n2-$round" clustertls 15334 1 n2
+          servers=(--server 127.0.0.1:15333 --also-server 127.0.0.1:15334 --also-pid "${extra_pids[1]}")
+          config=$work/tls-n1-$round/rjabberd.toml
         else
           cluster_host "n1-$round" cluster 15333 0 n1
           cluster_host "n2-$round" cluster 15334 1 n2

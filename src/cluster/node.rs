@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cluster::membership::{MemberSpec, Registry, Renewal, Timing, View};
+use crate::cluster::tls::ClusterTls;
 use crate::cluster::transport::LinkSettings;
 use crate::config::Config;
 use crate::placement::Placement;
@@ -83,6 +84,8 @@ pub struct ClusterShared {
     pub tick: Duration,
     pub lease: Duration,
     pub link_queue: usize,
+    /// TLS on the links, when `cluster.tls` is on.
+    pub tls: Option<Arc<ClusterTls>>,
     view: Mutex<Arc<AppliedView>>,
     generation: AtomicU64,
     /// The generation each shard applied last.
@@ -133,6 +136,7 @@ impl ClusterShared {
             tick: self.tick,
             max_frames: self.link_queue,
             source: Some(self.listen.ip()).filter(|ip| !ip.is_unspecified()),
+            tls: self.tls.clone(),
         }
     }
 
@@ -275,14 +279,22 @@ pub fn start(
     shutdown: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Arc<ClusterShared>, Agent), String> {
     let cluster = config.cluster.as_ref().ok_or("no [cluster]")?;
-    if cluster.tls {
-        // Refused rather than ignored: an operator who asked for TLS must not get plaintext links.
-        return Err(
-            "cluster.tls = true: TLS on cluster links is specified (docs/cluster-protocol.md §4) \
-             but not built yet; run the links on a private network with tls = false"
-                .into(),
-        );
-    }
+    let tls = if cluster.tls {
+        // The configuration check made sure all three are given.
+        let file = |f: &Option<toml::Spanned<std::path::PathBuf>>| {
+            f.as_ref()
+                .map(|f| cluster.resolve(f.get_ref(), &config.file))
+                .ok_or("cluster.tls = true needs ca_file, cert_file and key_file")
+        };
+        Some(Arc::new(ClusterTls::load(
+            &file(&cluster.ca_file)?,
+            &file(&cluster.cert_file)?,
+            &file(&cluster.key_file)?,
+            cluster.node.get_ref(),
+        )?))
+    } else {
+        None
+    };
     let name = cluster.name.get_ref().clone();
     let secret = Secret::from_file_contents(&cluster.read_secret(&config.file)?)?;
     let address = match &cluster.advertise {
@@ -323,6 +335,7 @@ pub fn start(
         tick: Duration::from_millis(cluster.tick_ms()),
         lease,
         link_queue: cluster.link_queue(),
+        tls,
         view: Mutex::new(Arc::new(AppliedView {
             generation: 1,
             ..first

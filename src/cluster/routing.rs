@@ -531,6 +531,19 @@ fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
         // rejoin.
         suspects.clear();
     }
+    let others = view
+        .members
+        .iter()
+        .filter(|m| m.node != view.identity.node)
+        .count();
+    if others >= 2 && reachable.is_empty() {
+        // Reaching none of two or more others, this host is most likely the one at fault (its
+        // certificate, its secret, its network): it accuses nobody, and the others, who reach each
+        // other, fence it. Its reports would otherwise race theirs, and the older reports win the
+        // arbitration (§6.6): a host that joined with a certificate of another CA fenced the two
+        // healthy ones it accused first.
+        suspects.clear();
+    }
     cluster.shared.set_links(suspects, reachable);
 }
 

@@ -4,12 +4,15 @@
 //! task connects, authenticates, writes, reads acknowledgements, ticks, and reconnects with the stream
 //! resumed, for as long as the link lives. [`serve_inbound`] drives one accepted connection: the
 //! handshake as acceptor, then data frames handed to the caller in order, acknowledged as §3.4 says.
-//! What the frames mean (routing, sessions, membership) is above this file.
+//! With `cluster.tls` every connection first runs TLS (the rustls state of `super::tls`), and the
+//! frames flow through it; without, bytes go between the socket and the frame reader directly. What
+//! the frames mean (routing, sessions, membership) is above this file.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -17,11 +20,14 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::channels::local_channel::{LocalReceiver, LocalSender, new_bounded};
 use glommio::net::TcpStream;
 
+use super::tls::{ClusterTls, TlsConn};
 use crate::proto::cluster::handshake::{
-    Acceptor, Identity, Initiator, Peer, Refusal, Secret, Step,
+    Acceptor, HANDSHAKE_TIMEOUT, Identity, Initiator, Peer, Refusal, Secret, Step,
 };
 use crate::proto::cluster::link::{Full, Inbound, MAX_QUEUED_BYTES, Outbound, Ticks};
-use crate::proto::cluster::wire::{CloseReason, Frame, FrameReader, RawFrame, WireError, kind};
+use crate::proto::cluster::wire::{
+    CloseReason, FEATURE_TLS_EXPORTER, Frame, FrameReader, RawFrame, WireError, kind,
+};
 
 /// What every link of this host shares.
 #[derive(Debug, Clone)]
@@ -34,6 +40,8 @@ pub struct LinkSettings {
     /// The address outbound links connect from: the listener's, when it names one, so that a peer
     /// (and a firewall between hosts) sees each host at the one address the membership table gives.
     pub source: Option<std::net::IpAddr>,
+    /// TLS on every link (§4), when `cluster.tls` is on: one set of configurations for the host.
+    pub tls: Option<Arc<ClusterTls>>,
 }
 
 fn nonce() -> [u8; 32] {
@@ -53,6 +61,9 @@ pub enum LinkEnd {
     Protocol(String),
     /// Silence for four ticks.
     Silent,
+    /// TLS failed or was not spoken (§4): a certificate from another CA or naming another node, or
+    /// a peer without TLS when this host runs it (or the reverse).
+    Tls(String),
 }
 
 impl std::fmt::Display for LinkEnd {
@@ -62,6 +73,7 @@ impl std::fmt::Display for LinkEnd {
             LinkEnd::Closed(why) => write!(f, "closed: {why}"),
             LinkEnd::Protocol(why) => write!(f, "protocol error: {why}"),
             LinkEnd::Silent => f.write_str("silent for four ticks"),
+            LinkEnd::Tls(why) => write!(f, "TLS: {why}"),
         }
     }
 }
@@ -81,10 +93,22 @@ impl From<WireError> for LinkEnd {
 /// How much one socket read takes at most; one buffer of it per connection.
 const READ_BUFFER: usize = 16 * 1024;
 
+/// A link's socket, with its TLS state when the cluster runs TLS.
+struct Conn {
+    stream: TcpStream,
+    tls: Option<Box<TlsConn>>,
+}
+
+/// Whether bytes a peer sent open a TLS record (handshake or alert, version 3.x): what a host without
+/// TLS reads from one with it. No frame starts so: its length would be over the 16 MiB bound.
+fn speaks_tls(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && matches!(bytes[0], 0x15 | 0x16) && bytes[1] == 0x03
+}
+
 /// Reads (through `buf`, the connection's read buffer) until a whole frame is there, or the deadline
 /// passes (`Ok(None)`).
 async fn read_frame(
-    stream: &mut TcpStream,
+    conn: &mut Conn,
     reader: &mut FrameReader,
     buf: &mut [u8],
     deadline: Instant,
@@ -93,10 +117,14 @@ async fn read_frame(
         if let Some(f) = reader.next_frame()? {
             return Ok(Some(f));
         }
+        if conn.tls.as_ref().is_some_and(|t| t.peer_closed()) {
+            return Err(LinkEnd::Closed("the peer ended TLS".into()));
+        }
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
             return Ok(None);
         }
+        let stream = &mut conn.stream;
         let read = async { Some(stream.read(buf).await) }
             .or(async {
                 glommio::timer::sleep(wait).await;
@@ -106,17 +134,132 @@ async fn read_frame(
         match read {
             None => return Ok(None),
             Some(Ok(0)) => return Err(LinkEnd::Closed("the connection ended".into())),
-            Some(Ok(n)) => reader.feed(&buf[..n]),
+            Some(Ok(n)) => match &mut conn.tls {
+                None => reader.feed(&buf[..n]),
+                Some(tls) => {
+                    // Everything decrypted goes to the reader now: nothing waits inside rustls
+                    // while this future may be dropped for a kick or a tick.
+                    tls.feed(&buf[..n], |plain| reader.feed(plain))
+                        .map_err(LinkEnd::Tls)?;
+                }
+            },
             Some(Err(e)) => return Err(LinkEnd::Closed(e.to_string())),
         }
     }
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LinkEnd> {
-    stream
-        .write_all(bytes)
-        .await
-        .map_err(|e| LinkEnd::Closed(e.to_string()))
+/// How much plaintext one TLS write seals before writing it, so that a large resend does not hold
+/// all of its ciphertext at once.
+const SEAL_CHUNK: usize = 256 * 1024;
+
+async fn write(conn: &mut Conn, bytes: &[u8]) -> Result<(), LinkEnd> {
+    match &mut conn.tls {
+        None => conn
+            .stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| LinkEnd::Closed(e.to_string())),
+        Some(tls) => {
+            for chunk in bytes.chunks(SEAL_CHUNK) {
+                tls.seal(chunk);
+                flush_tls(&mut conn.stream, tls).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn flush_tls(stream: &mut TcpStream, tls: &mut TlsConn) -> Result<(), LinkEnd> {
+    let out = tls.output();
+    if out.is_empty() {
+        return Ok(());
+    }
+    let written = stream.write_all(out).await;
+    tls.written();
+    written.map_err(|e| LinkEnd::Closed(e.to_string()))
+}
+
+/// Runs the TLS handshake of `conn` until `deadline`; returns the §4.3 exporter. Application bytes
+/// that arrive with the peer's last handshake flight go to `reader`.
+async fn tls_handshake(
+    conn: &mut Conn,
+    reader: &mut FrameReader,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<[u8; 32], LinkEnd> {
+    let Conn { stream, tls } = conn;
+    let tls = tls.as_mut().expect("a TLS connection");
+    let mut first = true;
+    loop {
+        flush_tls(stream, tls).await?;
+        if !tls.is_handshaking() {
+            return tls
+                .exporter()
+                .ok_or_else(|| LinkEnd::Tls("no exporter after the handshake".into()));
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let read = async { Some(stream.read(buf).await) }
+            .or(async {
+                glommio::timer::sleep(wait).await;
+                None
+            })
+            .await;
+        let n = match read {
+            None => return Err(LinkEnd::Tls("no TLS handshake within 5 s".into())),
+            Some(Ok(0)) => {
+                return Err(LinkEnd::Tls(
+                    "the connection ended in the TLS handshake (is cluster.tls off at the peer, or \
+                     did it refuse this certificate?)"
+                        .into(),
+                ));
+            }
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(LinkEnd::Closed(e.to_string())),
+        };
+        if first && !speaks_tls(&buf[..n]) {
+            if tls.is_server() {
+                // A sender without TLS reads frames: one `CLOSE` in the clear tells it why.
+                let mut close = BytesMut::new();
+                Frame::Close {
+                    reason: CloseReason::Protocol,
+                    text: "this host runs its cluster links over TLS (cluster.tls = true)".into(),
+                }
+                .encode(&mut close);
+                let _ = stream.write_all(&close).await;
+            }
+            return Err(LinkEnd::Tls(
+                "the peer does not speak TLS (cluster.tls is off there, on here)".into(),
+            ));
+        }
+        first = false;
+        if let Err(e) = tls.feed(&buf[..n], |plain| reader.feed(plain)) {
+            // The alert saying why goes to the peer, so that its log says it too.
+            let _ = flush_tls(stream, tls).await;
+            return Err(LinkEnd::Tls(e));
+        }
+    }
+}
+
+/// Logs a link refused or failed at warn, at most once per 10 s per shard with the count of those
+/// left out: a misconfigured peer retries every 2 s from each of its shards.
+fn warn_limited(what: std::fmt::Arguments<'_>) {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+        static LEFT_OUT: Cell<u64> = const { Cell::new(0) };
+    }
+    let now = Instant::now();
+    let due = LAST
+        .get()
+        .is_none_or(|t| now >= t + Duration::from_secs(10));
+    if !due {
+        LEFT_OUT.set(LEFT_OUT.get() + 1);
+        return;
+    }
+    LAST.set(Some(now));
+    match LEFT_OUT.replace(0) {
+        0 => log::warn!("cluster: {what}"),
+        n => log::warn!("cluster: {what} ({n} more refused links not logged)"),
+    }
 }
 
 /// The shared state of one outbound link.
@@ -249,7 +392,11 @@ async fn run_outbound(
             match ended {
                 Ok(()) => return,
                 Err(e) => {
-                    log::debug!("cluster link to {addr} shard {to_shard}: {e}");
+                    if matches!(e, LinkEnd::Tls(_)) {
+                        warn_limited(format_args!("link to {addr} shard {to_shard}: {e}"));
+                    } else {
+                        log::debug!("cluster link to {addr} shard {to_shard}: {e}");
+                    }
                     s.last_end = Some(e);
                 }
             }
@@ -319,11 +466,29 @@ async fn connection(
     state: &Rc<RefCell<OutboundState>>,
     kicked: &Rc<LocalReceiver<()>>,
 ) -> Result<(), LinkEnd> {
-    let mut stream = connect_from(settings.source, addr)
+    let stream = connect_from(settings.source, addr)
         .await
         .map_err(|e| LinkEnd::Closed(format!("connect {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
+    let mut stream = Conn { stream, tls: None };
     let expected = state.borrow().peer.clone();
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let exporter = match &settings.tls {
+        None => None,
+        Some(tls) => {
+            // The receiver's certificate must name the node this link is for (§4): a link made
+            // only from an address has nothing to check it against.
+            let Some((node, _)) = &expected else {
+                return Err(LinkEnd::Tls(format!(
+                    "{addr}: the receiver's node is unknown, so its certificate cannot be checked"
+                )));
+            };
+            stream.tls = Some(Box::new(tls.connect(node).map_err(LinkEnd::Tls)?));
+            Some(tls_handshake(&mut stream, &mut reader, &mut buf, deadline).await?)
+        }
+    };
     let (mut hs, hello) = Initiator::start(
         &settings.me,
         settings.secret.clone(),
@@ -331,19 +496,27 @@ async fn connection(
         to_shard,
         expected.clone(),
         nonce(),
-        None,
+        exporter,
     );
     write(&mut stream, &hello).await?;
-    let mut reader = FrameReader::new();
-    let mut buf = vec![0u8; READ_BUFFER];
-    let deadline = Instant::now() + crate::proto::cluster::handshake::HANDSHAKE_TIMEOUT;
     let peer: Peer = loop {
-        let raw = read_frame(&mut stream, &mut reader, &mut buf, deadline)
-            .await?
-            .ok_or_else(|| LinkEnd::Closed("no handshake within 5 s".into()))?;
+        let raw = match read_frame(&mut stream, &mut reader, &mut buf, deadline).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Err(LinkEnd::Closed("no handshake within 5 s".into())),
+            Err(LinkEnd::Protocol(_)) if stream.tls.is_none() && speaks_tls(&buf) => {
+                return Err(LinkEnd::Tls(
+                    "the receiver speaks TLS (cluster.tls is on there, off here)".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         match hs.on_frame(&raw) {
             Ok(Step::Send(out)) => write(&mut stream, &out).await?,
             Ok(Step::Up(out, peer)) => {
+                if let Some(why) = tls_mismatch(&stream, &peer, expected.as_ref()) {
+                    let _ = write(&mut stream, &refusal_close(&why)).await;
+                    return Err(LinkEnd::Refused(CloseReason::Auth, why));
+                }
                 write(&mut stream, &out).await?;
                 break peer;
             }
@@ -402,7 +575,11 @@ async fn connection(
             ticks.wrote(Instant::now());
         }
         if closing {
-            let _ = stream.close().await;
+            if let Some(tls) = &mut stream.tls {
+                tls.close();
+                let _ = flush_tls(&mut stream.stream, tls).await;
+            }
+            let _ = stream.stream.close().await;
             return Ok(());
         }
         if ticks.silent(Instant::now()) {
@@ -447,6 +624,33 @@ async fn connection(
     }
 }
 
+/// Why a link over TLS may not go up although its MACs verified: the exporter is not in the
+/// transcript (a peer that did not offer it), or the receiver is not the node the sender's TLS
+/// checked the certificate of.
+fn tls_mismatch(conn: &Conn, peer: &Peer, expected: Option<&(String, u64)>) -> Option<String> {
+    conn.tls.as_ref()?;
+    if peer.features & FEATURE_TLS_EXPORTER == 0 {
+        return Some("the peer did not bind the handshake to TLS (feature tls-exporter)".into());
+    }
+    match expected {
+        Some((node, _)) if *node != peer.node => Some(format!(
+            "node {} answered for {node}, whose certificate it has",
+            peer.node
+        )),
+        _ => None,
+    }
+}
+
+fn refusal_close(why: &str) -> BytesMut {
+    let mut close = BytesMut::new();
+    Frame::Close {
+        reason: CloseReason::Auth,
+        text: why.chars().take(256).collect(),
+    }
+    .encode(&mut close);
+    close
+}
+
 /// The receiving ends this host holds, by (sender node, sender incarnation, sending shard): what a
 /// reconnecting sender need not send again (§3.4). Each count is a cell the connection serving the
 /// stream updates per frame without looking the stream up again.
@@ -479,21 +683,48 @@ impl InboundStreams {
 /// Drives one accepted connection: the handshake, then every data frame to `deliver` with the peer
 /// it came from, in order, acknowledged as it is handed on. Returns why the connection ended.
 pub async fn serve_inbound(
-    mut stream: TcpStream,
+    stream: TcpStream,
     settings: Rc<LinkSettings>,
     streams: Rc<RefCell<InboundStreams>>,
     mut deliver: impl FnMut(&Peer, Frame),
 ) -> LinkEnd {
+    let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
+    let from = stream
+        .peer_addr()
+        .map_or_else(|_| "an unknown address".to_string(), |a| a.to_string());
+    let mut stream = Conn {
+        stream,
+        tls: settings.tls.as_ref().map(|t| Box::new(t.accept())),
+    };
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let exporter = match stream.tls {
+        None => None,
+        Some(_) => {
+            match tls_handshake(
+                &mut stream,
+                &mut reader,
+                &mut buf,
+                accepted + HANDSHAKE_TIMEOUT,
+            )
+            .await
+            {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    warn_limited(format_args!("a link from {from} refused: {e}"));
+                    return e;
+                }
+            }
+        }
+    };
     let mut hs = Acceptor::new(
         settings.me.clone(),
         settings.secret.clone(),
         nonce(),
-        None,
-        Instant::now(),
+        exporter,
+        accepted,
     );
-    let mut reader = FrameReader::new();
-    let mut buf = vec![0u8; READ_BUFFER];
     let peer = loop {
         let raw = match read_frame(&mut stream, &mut reader, &mut buf, hs.deadline()).await {
             Ok(Some(raw)) => raw,
@@ -504,27 +735,52 @@ pub async fn serve_inbound(
                 }
                 continue;
             }
+            Err(LinkEnd::Protocol(_)) if stream.tls.is_none() && speaks_tls(&buf) => {
+                let e = LinkEnd::Tls(
+                    "the sender speaks TLS (cluster.tls is on there, off here)".into(),
+                );
+                warn_limited(format_args!("a link from {from} refused: {e}"));
+                return e;
+            }
             Err(e) => return e,
         };
+        // The node the HELLO claims, for the certificate check below.
+        let mut claimed = None;
         let step = hs.on_frame(&raw, |h| {
+            claimed = Some(h.node.clone());
             streams
                 .borrow()
                 .received(&h.node, h.incarnation, h.from_shard)
         });
         match step {
             Ok(Step::Send(out)) => {
+                // Before the WELCOME: a host with the cluster's certificate may still not speak for
+                // another node (§4).
+                if let (Some(tls), Some(node)) = (&stream.tls, &claimed)
+                    && !tls.peer_names(node)
+                {
+                    let why = format!("the certificate does not name node {node}");
+                    warn_limited(format_args!("a link from {from} refused: {why}"));
+                    let _ = write(&mut stream, &refusal_close(&why)).await;
+                    return LinkEnd::Refused(CloseReason::Auth, why);
+                }
                 if let Err(e) = write(&mut stream, &out).await {
                     return e;
                 }
             }
             Ok(Step::Up(out, peer)) => {
+                if let Some(why) = tls_mismatch(&stream, &peer, None) {
+                    warn_limited(format_args!("a link from {from} refused: {why}"));
+                    let _ = write(&mut stream, &refusal_close(&why)).await;
+                    return LinkEnd::Refused(CloseReason::Auth, why);
+                }
                 if let Err(e) = write(&mut stream, &out).await {
                     return e;
                 }
                 break peer;
             }
             Err(r) => {
-                log::warn!("cluster: a link refused: {r}");
+                warn_limited(format_args!("a link from {from} refused: {r}"));
                 if !r.close.is_empty() {
                     let _ = write(&mut stream, &r.close).await;
                 }

@@ -444,3 +444,99 @@ pub fn host_config(
         addr = 2 + i,
     )
 }
+
+/// A cluster CA for [`TestCluster::start_tls`]: its certificate in PEM and what signs with it.
+pub struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes `ca.pem` (this CA), `node.pem` and `node.key` (a certificate naming `node`) into
+    /// `dir`, and returns the `[cluster]` lines that use them.
+    pub fn host_files(&self, dir: &std::path::Path, node: &str) -> String {
+        let params = rcgen::CertificateParams::new(vec![node.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), &self.pem).unwrap();
+        std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+        "tls = true\nca_file = \"ca.pem\"\ncert_file = \"node.pem\"\nkey_file = \"node.key\"\n"
+            .to_string()
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> TestCa {
+        TestCa::new()
+    }
+}
+
+impl TestCluster {
+    /// [`TestCluster::start`] with TLS on the links: one CA for the cluster and a certificate per
+    /// host naming its node, except the hosts listed in `other_ca`, which get a CA and certificate
+    /// of their own (their links to the others fail). Returns once the others have settled on a view
+    /// without those.
+    pub fn start_tls(hosts: &[(&str, usize)], extra: &str, other_ca: &[usize]) -> TestCluster {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let pg =
+            PgInstance::shared().expect("PostgreSQL installed (the test is ignored otherwise)");
+        let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let url = pg.create_db(&format!("cluster{n}"));
+        let mut cluster = TestCluster {
+            hosts: Vec::new(),
+            nodes: hosts.iter().map(|(node, _)| node.to_string()).collect(),
+            shards: hosts.iter().map(|(_, s)| *s).collect(),
+            stopped: vec![false; hosts.len()],
+            url,
+            _turn: turn,
+        };
+        let ca = TestCa::new();
+        let migrated = std::sync::atomic::AtomicBool::new(false);
+        for (i, (node, shards)) in hosts.iter().enumerate() {
+            let config = |dir: &std::path::Path| {
+                // `[cluster]` is the last table of `host_config`: the TLS lines land in it.
+                let own_ca;
+                let ca = if other_ca.contains(&i) {
+                    own_ca = TestCa::new();
+                    &own_ca
+                } else {
+                    &ca
+                };
+                let text = host_config(dir, i, node, *shards, &cluster.url, extra)
+                    + &ca.host_files(dir, node);
+                if !migrated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::fs::write(dir.join("rjabberd.toml"), &text).unwrap();
+                    let out = rjabberd(&dir.join("rjabberd.toml"), &["storage", "migrate"]);
+                    assert!(
+                        out.status.success(),
+                        "storage migrate on {}: {out:?}",
+                        cluster.url
+                    );
+                }
+                text
+            };
+            cluster
+                .hosts
+                .push(TestServer::start_config(*shards, config));
+        }
+        let trusted: Vec<&str> = (0..hosts.len())
+            .filter(|i| !other_ca.contains(i))
+            .map(|i| cluster.nodes[i].as_str())
+            .collect();
+        // A host of another CA is a member until the others' suspicions fence it (twice the lease).
+        cluster.wait_for_members(&trusted, FORM_TIMEOUT + Duration::from_millis(3 * LEASE_MS));
+        cluster
+    }
+}
