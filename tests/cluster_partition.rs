@@ -17,35 +17,13 @@ use common::Client;
 use common::cluster::{PASSWORD, TestCluster};
 use common::cluster_steps::*;
 
-const ONE_SHARD: &[(&str, usize)] = &[("n1", 1), ("n2", 1), ("n3", 1)];
-const TWO_SHARDS: &[(&str, usize)] = &[("n1", 2), ("n2", 2), ("n3", 2)];
-
-macro_rules! both_layouts {
-    ($($test:ident),+ $(,)?) => {
-        mod one_shard {
-            $(
-                #[test]
-                #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
-                #[cfg_attr(rjabberd_no_netns, ignore = "needs root, nft and ip (see build.rs)")]
-                fn $test() {
-                    super::$test(super::ONE_SHARD)
-                }
-            )+
-        }
-        mod two_shards {
-            $(
-                #[test]
-                #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
-                #[cfg_attr(rjabberd_no_netns, ignore = "needs root, nft and ip (see build.rs)")]
-                fn $test() {
-                    super::$test(super::TWO_SHARDS)
-                }
-            )+
-        }
-    };
-}
-
-both_layouts!(host_cut_off_then_healed);
+crate::both_layouts!(
+    [
+        #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
+        #[cfg_attr(rjabberd_no_netns, ignore = "needs root, nft and ip (see build.rs)")]
+    ];
+    host_cut_off_then_healed,
+);
 
 /// The cluster address of host `i` (the kit's `127.0.0.{2+i}`).
 fn addr(i: usize) -> String {

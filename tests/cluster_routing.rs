@@ -15,34 +15,8 @@ use common::cluster_steps::*;
 use common::{Client, Got};
 use rjabberd::proto::xml::Element;
 
-const ONE_SHARD: &[(&str, usize)] = &[("n1", 1), ("n2", 1), ("n3", 1)];
-const TWO_SHARDS: &[(&str, usize)] = &[("n1", 2), ("n2", 2), ("n3", 2)];
-
-/// Each named test, run for both layouts, as `one_shard::name` and `two_shards::name`.
-macro_rules! both_layouts {
-    ($($test:ident),+ $(,)?) => {
-        mod one_shard {
-            $(
-                #[test]
-                #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
-                fn $test() {
-                    super::$test(super::ONE_SHARD)
-                }
-            )+
-        }
-        mod two_shards {
-            $(
-                #[test]
-                #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
-                fn $test() {
-                    super::$test(super::TWO_SHARDS)
-                }
-            )+
-        }
-    };
-}
-
-both_layouts!(
+crate::both_layouts!(
+    [#[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]];
     messages_between_hosts,
     presence_between_hosts,
     iq_between_hosts,

@@ -9,26 +9,16 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{PASSWORD, TestCluster};
+use common::cluster_steps::*;
 use common::{Client, Got};
-use rjabberd::proto::xml::Element;
 
-const ONE_SHARD: &[(&str, usize)] = &[("n1", 1), ("n2", 1), ("n3", 1)];
-const TWO_SHARDS: &[(&str, usize)] = &[("n1", 2), ("n2", 2), ("n3", 2)];
-
-#[test]
-#[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
-fn messages_over_tls_one_shard() {
-    messages_over_tls(ONE_SHARD);
-}
-
-#[test]
-#[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
-fn messages_over_tls_two_shards() {
-    messages_over_tls(TWO_SHARDS);
-}
+crate::both_layouts!(
+    [#[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]];
+    messages_over_tls,
+);
 
 #[test]
 #[cfg_attr(rjabberd_skip_pg, ignore = "PostgreSQL not installed (see README)")]
@@ -118,49 +108,5 @@ fn plaintext_probe(address: &str) -> Vec<u8> {
     s.write_all(&[0, 0, 0, 1, 0x10]).unwrap();
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
-    got
-}
-
-// ---- helpers ----
-
-fn user(c: &TestCluster, home: &str, prefix: &str) -> String {
-    let jid = c.user_homed_on(home, prefix);
-    c.add_user(&jid, PASSWORD);
-    jid
-}
-
-/// Sends initial presence and waits for its echo.
-fn go_online(client: &mut Client) {
-    client.send("<presence/>");
-    let me = client.jid.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_within(left) {
-            Some(Got::El(e)) if e.name == "presence" && e.attr("from") == Some(me.as_str()) => {
-                return;
-            }
-            Some(Got::El(_) | Got::Header(_)) => {}
-            other => panic!("{me}: no echo of its presence ({other:?})"),
-        }
-    }
-}
-
-/// The next `n` messages (other stanzas skipped), within `timeout` in all.
-fn messages(client: &mut Client, n: usize, timeout: Duration) -> Vec<Element> {
-    let deadline = Instant::now() + timeout;
-    let mut got = Vec::new();
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.next_within(left) {
-            Some(Got::El(e)) if e.name == "message" => got.push(e),
-            Some(Got::El(_) | Got::Header(_)) => {}
-            other => panic!(
-                "{}: {} of {n} messages, then {other:?}",
-                client.jid,
-                got.len()
-            ),
-        }
-    }
     got
 }

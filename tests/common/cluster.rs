@@ -91,6 +91,21 @@ impl TestCluster {
     /// PostgreSQL; `extra` is appended to every host's configuration (e.g. `[limits]` overrides).
     /// Returns once every host has applied the view with all of them.
     pub fn start(hosts: &[(&str, usize)], extra: &str) -> TestCluster {
+        let cluster = TestCluster::launch(hosts, |dir, i, node, shards, url| {
+            host_config(dir, i, node, shards, url, extra)
+        });
+        let all: Vec<&str> = cluster.nodes.iter().map(String::as_str).collect();
+        cluster.wait_for_members(&all, FORM_TIMEOUT);
+        cluster
+    }
+
+    /// Starts one host per `(node, shards)` on a fresh database of the test binary's shared
+    /// PostgreSQL, each with the configuration `config(dir, index, node, shards, url)` writes, the
+    /// schema migrated once before the first; returns without waiting for the view.
+    fn launch(
+        hosts: &[(&str, usize)],
+        config: impl Fn(&std::path::Path, usize, &str, usize, &str) -> String,
+    ) -> TestCluster {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let pg =
             PgInstance::shared().expect("PostgreSQL installed (the test is ignored otherwise)");
@@ -107,8 +122,8 @@ impl TestCluster {
         // The schema once, with the first host's configuration, before any host starts.
         let migrated = std::sync::atomic::AtomicBool::new(false);
         for (i, (node, shards)) in hosts.iter().enumerate() {
-            let config = |dir: &std::path::Path| {
-                let text = host_config(dir, i, node, *shards, &cluster.url, extra);
+            let text_for = |dir: &std::path::Path| {
+                let text = config(dir, i, node, *shards, &cluster.url);
                 if !migrated.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     std::fs::write(dir.join("rjabberd.toml"), &text).unwrap();
                     let out = rjabberd(&dir.join("rjabberd.toml"), &["storage", "migrate"]);
@@ -122,10 +137,8 @@ impl TestCluster {
             };
             cluster
                 .hosts
-                .push(TestServer::start_config(*shards, config));
+                .push(TestServer::start_config(*shards, text_for));
         }
-        let all: Vec<&str> = cluster.nodes.iter().map(String::as_str).collect();
-        cluster.wait_for_members(&all, FORM_TIMEOUT);
         cluster
     }
 
@@ -489,48 +502,18 @@ impl TestCluster {
     /// of their own (their links to the others fail). Returns once the others have settled on a view
     /// without those.
     pub fn start_tls(hosts: &[(&str, usize)], extra: &str, other_ca: &[usize]) -> TestCluster {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let pg =
-            PgInstance::shared().expect("PostgreSQL installed (the test is ignored otherwise)");
-        let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let url = pg.create_db(&format!("cluster{n}"));
-        let mut cluster = TestCluster {
-            hosts: Vec::new(),
-            nodes: hosts.iter().map(|(node, _)| node.to_string()).collect(),
-            shards: hosts.iter().map(|(_, s)| *s).collect(),
-            stopped: vec![false; hosts.len()],
-            url,
-            _turn: turn,
-        };
         let ca = TestCa::new();
-        let migrated = std::sync::atomic::AtomicBool::new(false);
-        for (i, (node, shards)) in hosts.iter().enumerate() {
-            let config = |dir: &std::path::Path| {
-                // `[cluster]` is the last table of `host_config`: the TLS lines land in it.
-                let own_ca;
-                let ca = if other_ca.contains(&i) {
-                    own_ca = TestCa::new();
-                    &own_ca
-                } else {
-                    &ca
-                };
-                let text = host_config(dir, i, node, *shards, &cluster.url, extra)
-                    + &ca.host_files(dir, node);
-                if !migrated.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    std::fs::write(dir.join("rjabberd.toml"), &text).unwrap();
-                    let out = rjabberd(&dir.join("rjabberd.toml"), &["storage", "migrate"]);
-                    assert!(
-                        out.status.success(),
-                        "storage migrate on {}: {out:?}",
-                        cluster.url
-                    );
-                }
-                text
+        let cluster = TestCluster::launch(hosts, |dir, i, node, shards, url| {
+            // `[cluster]` is the last table of `host_config`: the TLS lines land in it.
+            let own_ca;
+            let ca = if other_ca.contains(&i) {
+                own_ca = TestCa::new();
+                &own_ca
+            } else {
+                &ca
             };
-            cluster
-                .hosts
-                .push(TestServer::start_config(*shards, config));
-        }
+            host_config(dir, i, node, shards, url, extra) + &ca.host_files(dir, node)
+        });
         let trusted: Vec<&str> = (0..hosts.len())
             .filter(|i| !other_ca.contains(i))
             .map(|i| cluster.nodes[i].as_str())

@@ -9,6 +9,32 @@ use super::cluster::{PASSWORD, TestCluster};
 use super::{Client, Got};
 use rjabberd::proto::xml::Element;
 
+/// Three hosts of one shard, and three of two: the two layouts every cluster scenario runs on.
+pub const ONE_SHARD: &[(&str, usize)] = &[("n1", 1), ("n2", 1), ("n3", 1)];
+pub const TWO_SHARDS: &[(&str, usize)] = &[("n1", 2), ("n2", 2), ("n3", 2)];
+
+/// Each scenario `fn name(layout)` named, as the tests `one_shard::name` and `two_shards::name`, each
+/// with the attributes in the brackets (the conditions that build it as ignored):
+/// `both_layouts!([#[cfg_attr(rjabberd_skip_pg, ignore = "…")]]; name, other);`.
+#[macro_export]
+macro_rules! both_layouts {
+    ($attrs:tt ; $($test:ident),+ $(,)?) => {
+        mod one_shard {
+            $( $crate::both_layouts!(@one $attrs $test ONE_SHARD); )+
+        }
+        mod two_shards {
+            $( $crate::both_layouts!(@one $attrs $test TWO_SHARDS); )+
+        }
+    };
+    (@one [$(#[$attr:meta])*] $test:ident $layout:ident) => {
+        #[test]
+        $(#[$attr])*
+        fn $test() {
+            super::$test($crate::common::cluster_steps::$layout)
+        }
+    };
+}
+
 /// Logs `jid` in through host `i` with `resource`.
 pub fn login(c: &TestCluster, i: usize, jid: &str, resource: &str) -> Client {
     Client::login(c.host(i), jid, PASSWORD, resource)
