@@ -364,6 +364,13 @@ pub fn start(
             let mut last_epoch = view.epoch;
             let mut out = false;
             let mut failures = 0u32;
+            // A host fenced again soon after it rejoined is cut off in a way its own links do not
+            // show (the others cannot reach it, but it reaches them): each rejoin would move its
+            // share of the accounts there and back, so the next attempt waits, twice as long each
+            // time, up to a minute.
+            let mut rejoined_at: Option<Instant> = None;
+            let mut out_since = Instant::now();
+            let mut backoff = Duration::ZERO;
             let mut reported = std::collections::BTreeSet::new();
             let step = renewal_interval(lease);
             loop {
@@ -439,6 +446,15 @@ pub fn start(
                                 );
                                 continue;
                             }
+                            if out_since.elapsed() < backoff {
+                                continue;
+                            }
+                            // This node's previous incarnation still holds its slots (evicting
+                            // until its lease runs out, or another process of the same node runs):
+                            // joining now would take them back before the others ever served them.
+                            if others.members.iter().any(|m| m.node == me.node) {
+                                continue;
+                            }
                             // The incarnation drawn when this host went out: its links already
                             // speak for it.
                             registry.join(&me).map(Renewal::Live)
@@ -468,6 +484,9 @@ pub fn start(
                             } else {
                                 agent_shared.view().accept_after
                             };
+                            if out {
+                                rejoined_at = Some(Instant::now());
+                            }
                             out = false;
                             last_epoch = view.epoch;
                             agent_shared.publish(applied(
@@ -479,6 +498,20 @@ pub fn start(
                         }
                     }
                     Ok(Renewal::Fenced) | Ok(Renewal::Replaced { .. }) => {
+                        backoff = if rejoined_at.is_some_and(|t| t.elapsed() < 4 * lease) {
+                            (backoff * 2).clamp(lease, Duration::from_secs(60))
+                        } else {
+                            Duration::ZERO
+                        };
+                        out_since = Instant::now();
+                        if !backoff.is_zero() {
+                            log::warn!(
+                                event = "cluster-rejoin-backoff", backoff_ms = backoff.as_millis() as u64;
+                                "cluster: fenced again soon after rejoining (the others may not reach \
+                                 this host): the next attempt waits {:.1} s",
+                                backoff.as_secs_f64()
+                            );
+                        }
                         log::warn!(
                             event = "cluster-fenced", node = me.node.as_str(),
                             incarnation = me.incarnation;
