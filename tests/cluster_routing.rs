@@ -777,13 +777,26 @@ fn host_left(layout: &[(&str, usize)]) {
 }
 
 /// `rjabberd ctl` on a host that is not the account's home (docs/cluster-protocol.md §10): bob is
-/// homed on n2 and connected through n3; on n1, `user-sessions` lists his session at n2, and `kick`
-/// ends it with `policy-violation` and the reason given; a second kick finds nothing (exit 1).
+/// homed on n2 and connected through n3, alice homed on n1 and connected to it; on n3,
+/// `connected-users` lists both; on n1, `user-sessions` lists bob's session at n2, and `kick` ends it
+/// with `policy-violation` and the reason given; a second kick finds nothing (exit 1).
 fn operator_commands_across_hosts(layout: &[(&str, usize)]) {
     let c = TestCluster::start(layout, "");
     let bob = user(&c, "n2", "bob");
+    let alice = user(&c, "n1", "alice");
     let mut b = login(&c, 2, &bob, "phone");
     go_online(&mut b);
+    let _a = login(&c, 0, &alice, "desk");
+    // Every host's sessions, asked on a host that holds none of them.
+    let out = c.command(2, &["ctl", "connected-users"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut want = [format!("{alice}/desk"), format!("{bob}/phone")];
+    want.sort();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        want.join("\n") + "\n",
+        "{out:?}"
+    );
     let out = c.command(0, &["ctl", "user-sessions", &bob]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");

@@ -632,16 +632,20 @@ async fn stats(ctx: &ModuleCtx) -> Result<Answer, Answer> {
     ))
 }
 
+/// Every session of the server: this host's, and in a cluster every other serving host's (asked
+/// with a request each, §10); a host that does not answer fails the command, naming it, rather than
+/// leave a list that looks whole.
 async fn connected_users(ctx: &ModuleCtx) -> Result<Answer, Answer> {
-    let per_shard = on_every_shard(ctx, |c| {
-        c.bound_sessions()
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<String>>()
-    })
-    .await
-    .map_err(failed)?;
-    let mut all: Vec<String> = per_shard.into_iter().flatten().collect();
+    let mut all = connected_here(ctx).await.map_err(failed)?;
+    for node in ctx.other_hosts() {
+        let answer = ctx
+            .ask_host(&node, "connected-users", bytes::Bytes::from_static(b"{}"))
+            .await
+            .map_err(|e| failed(format!("{node}: {e}")))?;
+        let theirs: Vec<String> = serde_json::from_slice(&answer)
+            .map_err(|e| failed(format!("{node} answered nonsense: {e}")))?;
+        all.extend(theirs);
+    }
     all.sort_unstable();
     let mut text = all.join("\n");
     if !text.is_empty() {
@@ -736,6 +740,18 @@ async fn kick(ctx: &ModuleCtx, jid: String, reason: Option<String>) -> Result<An
     ))
 }
 
+/// The full JID of every session homed on this host.
+async fn connected_here(ctx: &ModuleCtx) -> Result<Vec<String>, String> {
+    let per_shard = on_every_shard(ctx, |c| {
+        c.bound_sessions()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<String>>()
+    })
+    .await?;
+    Ok(per_shard.into_iter().flatten().collect())
+}
+
 /// The sessions of `bare` on its home shard, which is on this host: the shard, and each session's
 /// full JID, priority and availability.
 async fn sessions_here(
@@ -784,6 +800,12 @@ pub fn cluster_request(
     body: bytes::Bytes,
 ) -> Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>>>> {
     Box::pin(async move {
+        if verb == "connected-users" {
+            let here = connected_here(&ctx).await?;
+            return serde_json::to_vec(&here)
+                .map(Into::into)
+                .map_err(|e| e.to_string());
+        }
         #[derive(Deserialize)]
         struct Args {
             jid: String,

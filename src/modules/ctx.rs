@@ -116,6 +116,10 @@ pub trait ShardServices {
     fn home_host(&self, _key: &str) -> Option<String> {
         None
     }
+    /// The other hosts of the cluster that serve now (none without a cluster).
+    fn other_hosts(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Asks host `node` of the cluster to run `verb` with `body` (docs/cluster-protocol.md §10).
     fn ask_host(
         self: Rc<Self>,
@@ -194,6 +198,11 @@ impl ModuleCtx {
     /// The host of the cluster that is the home of `key`, when it is another one than this.
     pub fn home_host(&self, key: &str) -> Option<String> {
         self.shard.home_host(key)
+    }
+
+    /// The other hosts of the cluster that serve now (none without a cluster).
+    pub fn other_hosts(&self) -> Vec<String> {
+        self.shard.other_hosts()
     }
 
     /// Asks host `node` of the cluster to run `verb` with `body` (an operator's request about an

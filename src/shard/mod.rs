@@ -448,6 +448,21 @@ impl ShardServices for Shard {
             .map(|m| m.node.clone())
     }
 
+    fn other_hosts(&self) -> Vec<String> {
+        let Some(cluster) = self.cluster() else {
+            return Vec::new();
+        };
+        let view = cluster.view();
+        view.members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                Some(*i) != view.me && m.state == crate::proto::cluster::wire::MemberState::Up
+            })
+            .map(|(_, m)| m.node.clone())
+            .collect()
+    }
+
     fn ask_host(
         self: Rc<Self>,
         node: &str,
