@@ -781,7 +781,28 @@ fn host_left(layout: &[(&str, usize)]) {
 /// `connected-users` lists both; on n1, `user-sessions` lists bob's session at n2, and `kick` ends it
 /// with `policy-violation` and the reason given; a second kick finds nothing (exit 1).
 fn operator_commands_across_hosts(layout: &[(&str, usize)]) {
-    let c = TestCluster::start(layout, "");
+    let c = TestCluster::start(layout, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    // The metrics show the view each host serves under and shard 0's links to every member.
+    let epoch = c.latest_view(0).unwrap().epoch;
+    let (status, metrics) = common::http(c.host(0).metrics_addr(), "GET", "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        format!("rjabberd_cluster_epoch{{shard=\"0\"}} {epoch}"),
+        "rjabberd_cluster_members{shard=\"0\"} 3".to_string(),
+        "rjabberd_cluster_serving{shard=\"0\"} 1".to_string(),
+        "rjabberd_cluster_link_up{shard=\"0\",peer=\"n2\"} 1".to_string(),
+        "rjabberd_cluster_link_up{shard=\"0\",peer=\"n3\"} 1".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("rjabberd_cluster"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     let bob = user(&c, "n2", "bob");
     let alice = user(&c, "n1", "alice");
     let mut b = login(&c, 2, &bob, "phone");

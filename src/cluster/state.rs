@@ -103,6 +103,28 @@ impl ShardCluster {
     }
 
     /// This shard's link to `member`, made when there is none for its incarnation.
+    /// What the metrics show of this shard's part of the cluster.
+    pub fn figures(&self) -> crate::metrics::ClusterFigures {
+        let view = self.view();
+        let mut links: Vec<(String, bool, u64, u64)> = self
+            .links
+            .borrow()
+            .iter()
+            .map(|(node, (_, link))| {
+                let (sent, acked) = link.counts();
+                (node.clone(), link.is_up(), sent, acked)
+            })
+            .collect();
+        links.sort();
+        crate::metrics::ClusterFigures {
+            epoch: view.epoch,
+            members: view.members.len() as u64,
+            serving: self.serving(),
+            ledger_entries: self.presence.borrow().len() as u64,
+            links,
+        }
+    }
+
     pub fn link_to(&self, from_shard: usize, member: &Member) -> Option<Rc<OutboundLink>> {
         if let Some((inc, link)) = self.links.borrow().get(&member.node)
             && *inc == member.incarnation

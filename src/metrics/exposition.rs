@@ -131,6 +131,9 @@ pub fn render(shards: &[Snapshot], process: &ProcessFigures) -> String {
         "Accounts with at least one session on the shard.",
     );
     o.per_shard("accounts_online", shards, &[], |s| s.accounts);
+    if shards.iter().any(|s| s.cluster.is_some()) {
+        cluster(&mut o, shards);
+    }
 
     o.header(
         "logins_total",
@@ -371,6 +374,82 @@ pub fn render(shards: &[Snapshot], process: &ProcessFigures) -> String {
     o.text
 }
 
+/// The cluster's series (docs/cluster-protocol.md), on a host that is in one.
+fn cluster(o: &mut Out, shards: &[Snapshot]) {
+    let of = |s: &Snapshot| s.cluster.clone().unwrap_or_default();
+    o.header(
+        "cluster_epoch",
+        "gauge",
+        "The membership epoch the shard serves under (every host's shards agree once a change settled).",
+    );
+    o.per_shard("cluster_epoch", shards, &[], |s| of(s).epoch);
+    o.header(
+        "cluster_members",
+        "gauge",
+        "Members of the cluster in the view the shard serves under.",
+    );
+    o.per_shard("cluster_members", shards, &[], |s| of(s).members);
+    o.header(
+        "cluster_serving",
+        "gauge",
+        "1 while the host serves as a member, 0 while it is out (fenced, cut off, leaving).",
+    );
+    o.per_shard("cluster_serving", shards, &[], |s| u8::from(of(s).serving));
+    o.header(
+        "cluster_presence_ledger_entries",
+        "gauge",
+        "Sessions of other hosts that sent this shard's accounts an available presence.",
+    );
+    o.per_shard("cluster_presence_ledger_entries", shards, &[], |s| {
+        of(s).ledger_entries
+    });
+    o.header(
+        "cluster_link_up",
+        "gauge",
+        "1 while the shard's link to the peer host is authenticated and connected.",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        for (peer, up, _, _) in of(s).links {
+            o.sample(
+                "cluster_link_up",
+                &[("shard", &shard), ("peer", &peer)],
+                u8::from(up),
+            );
+        }
+    }
+    o.header(
+        "cluster_link_frames_sent_total",
+        "counter",
+        "Data frames the shard handed to its link to the peer host (counted per link: a new link after a view change starts again).",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        for (peer, _, sent, _) in of(s).links {
+            o.sample(
+                "cluster_link_frames_sent_total",
+                &[("shard", &shard), ("peer", &peer)],
+                sent,
+            );
+        }
+    }
+    o.header(
+        "cluster_link_frames_unacknowledged",
+        "gauge",
+        "Data frames the shard's link holds for the peer host, sent or not, until it acknowledges them.",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        for (peer, _, sent, acked) in of(s).links {
+            o.sample(
+                "cluster_link_frames_unacknowledged",
+                &[("shard", &shard), ("peer", &peer)],
+                sent.saturating_sub(acked),
+            );
+        }
+    }
+}
+
 fn histogram(o: &mut Out, name: &str, s: &Snapshot, stage: Stage, label: Option<&str>) {
     let h = s.latency.get(stage);
     let shard = s.shard.to_string();
@@ -494,5 +573,42 @@ mod tests {
         let mut out = String::new();
         escape_label(&mut out, "a\"b\\c\nd");
         assert_eq!(out, "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn a_cluster_host_shows_its_view_links_and_ledger() {
+        let mut a = Snapshot {
+            shard: 0,
+            ..Snapshot::default()
+        };
+        a.cluster = Some(crate::metrics::ClusterFigures {
+            epoch: 7,
+            members: 3,
+            serving: true,
+            ledger_entries: 4,
+            links: vec![("n2".into(), true, 10, 8), ("n3".into(), false, 5, 5)],
+        });
+        let text = render(&[a], &ProcessFigures::default());
+        for (series, want) in [
+            ("rjabberd_cluster_epoch{shard=\"0\"}", "7"),
+            ("rjabberd_cluster_members{shard=\"0\"}", "3"),
+            ("rjabberd_cluster_serving{shard=\"0\"}", "1"),
+            ("rjabberd_cluster_presence_ledger_entries{shard=\"0\"}", "4"),
+            ("rjabberd_cluster_link_up{shard=\"0\",peer=\"n2\"}", "1"),
+            ("rjabberd_cluster_link_up{shard=\"0\",peer=\"n3\"}", "0"),
+            (
+                "rjabberd_cluster_link_frames_sent_total{shard=\"0\",peer=\"n2\"}",
+                "10",
+            ),
+            (
+                "rjabberd_cluster_link_frames_unacknowledged{shard=\"0\",peer=\"n2\"}",
+                "2",
+            ),
+        ] {
+            assert_eq!(value(&text, series).as_deref(), Some(want), "{series}");
+        }
+        // A host that is not in a cluster has none of these series.
+        let alone = render(&[Snapshot::default()], &ProcessFigures::default());
+        assert!(!alone.contains("rjabberd_cluster"), "{alone}");
     }
 }

@@ -301,6 +301,23 @@ pub struct Snapshot {
     pub accounts: u64,
     /// External components whose connection is on this shard.
     pub components: u64,
+    /// The cluster as this shard sees it; `None` on a host that is not in one.
+    pub cluster: Option<ClusterFigures>,
+}
+
+/// A shard's view of the cluster (docs/cluster-protocol.md): what an operator watches to see that the
+/// hosts agree and that the links keep up.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub epoch: u64,
+    pub members: u64,
+    /// Whether the host serves as a member now (false while it is out: fenced, cut off, leaving).
+    pub serving: bool,
+    /// Presences from other hosts' sessions this shard's accounts are owed news of (§9.2).
+    pub ledger_entries: u64,
+    /// Per peer host this shard links to: node, whether the link is up, data frames sent and
+    /// acknowledged.
+    pub links: Vec<(String, bool, u64, u64)>,
 }
 
 /// What the whole process reports besides its shards.

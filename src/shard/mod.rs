@@ -326,6 +326,7 @@ impl Shard {
             .values()
             .filter(|(shard, _)| *shard == self.id)
             .count() as u64;
+        s.cluster = self.cluster().map(|c| c.figures());
         s
     }
 
