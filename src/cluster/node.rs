@@ -393,10 +393,7 @@ pub fn start(
                         Err(e) => log::warn!("cluster: leaving: {e}"),
                     }
                     // The others, so that what this host still holds is routed to their new homes.
-                    let v = registry.view().unwrap_or(View {
-                        epoch: last_epoch + 1,
-                        members: Vec::new(),
-                    });
+                    let v = others_view(&registry, last_epoch + 1);
                     agent_shared.publish(applied(&v, &me, &agent_shared.name, Instant::now()));
                     if shutdown.load(Ordering::SeqCst) {
                         return;
@@ -603,9 +600,15 @@ fn go_out(
     me.incarnation = incarnation();
     // The others (this incarnation is not among them), so that what this host still holds is routed
     // to their new homes and shard 0 watches its links to them; none when the database is out of reach.
-    let v = registry.view().unwrap_or(View {
-        epoch: *last_epoch,
-        members: Vec::new(),
-    });
+    let v = others_view(registry, *last_epoch);
     shared.publish(applied(&v, me, &shared.name, Instant::now()));
+}
+
+/// The view as the registry has it now, or, when the database is out of reach, one of no members at
+/// `epoch` (this host then routes nowhere and waits).
+fn others_view(registry: &Registry, epoch: u64) -> View {
+    registry.view().unwrap_or(View {
+        epoch,
+        members: Vec::new(),
+    })
 }

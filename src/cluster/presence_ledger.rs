@@ -7,7 +7,7 @@
 //! old presence and, after the account moved, its new one from its new home: a newer origin replaces
 //! the older, so a user who is back already is not announced gone. Pure bookkeeping, no I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -19,7 +19,8 @@ pub struct PresenceLedger {
 struct Entry {
     node: Arc<str>,
     incarnation: u64,
-    recipients: Vec<Arc<str>>,
+    /// A set: one presence broadcast notes hundreds of recipients at once.
+    recipients: HashSet<Arc<str>>,
 }
 
 impl PresenceLedger {
@@ -35,7 +36,9 @@ impl PresenceLedger {
     ) {
         if !available {
             if let Some(entry) = self.by_sender.get_mut(from) {
-                entry.recipients.retain(|r| !recipients.contains(r));
+                for r in recipients {
+                    entry.recipients.remove(r);
+                }
                 if entry.recipients.is_empty() {
                     self.by_sender.remove(from);
                 }
@@ -45,7 +48,7 @@ impl PresenceLedger {
         let entry = self.by_sender.entry(from.clone()).or_insert_with(|| Entry {
             node: node.into(),
             incarnation,
-            recipients: Vec::new(),
+            recipients: HashSet::new(),
         });
         if *entry.node != *node || entry.incarnation != incarnation {
             // The session is back from another home: what the old one was owed is moot.
@@ -53,15 +56,11 @@ impl PresenceLedger {
             entry.incarnation = incarnation;
             entry.recipients.clear();
         }
-        for r in recipients {
-            if !entry.recipients.contains(r) {
-                entry.recipients.push(r.clone());
-            }
-        }
+        entry.recipients.extend(recipients.iter().cloned());
     }
 
     /// Takes out the senders whose host incarnation `alive` no longer admits, each with the recipients
-    /// that are owed its unavailable presence.
+    /// that are owed its unavailable presence (sorted).
     pub fn departed(
         &mut self,
         alive: impl Fn(&str, u64) -> bool,
@@ -73,7 +72,16 @@ impl PresenceLedger {
             .map(|(from, _)| from.clone())
             .collect();
         gone.into_iter()
-            .filter_map(|from| self.by_sender.remove(&from).map(|e| (from, e.recipients)))
+            .filter_map(|from| {
+                let mut recipients: Vec<Arc<str>> = self
+                    .by_sender
+                    .remove(&from)?
+                    .recipients
+                    .into_iter()
+                    .collect();
+                recipients.sort();
+                Some((from, recipients))
+            })
             .collect()
     }
 

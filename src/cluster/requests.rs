@@ -73,7 +73,7 @@ pub fn serve(shard: &Rc<Shard>, peer: &Peer, id: u64, verb: String, body: Bytes)
         return;
     };
     let handler = cluster.shared.requests.get().copied();
-    let (shard, node) = (shard.clone(), peer.node.clone());
+    let (shard, node, incarnation) = (shard.clone(), peer.node.clone(), peer.incarnation);
     glommio::spawn_local(async move {
         let (status, body) = match handler {
             None => (ResponseStatus::UnknownVerb, Bytes::new()),
@@ -82,13 +82,8 @@ pub fn serve(shard: &Rc<Shard>, peer: &Peer, id: u64, verb: String, body: Bytes)
                 Err(why) => (ResponseStatus::Error, Bytes::from(why)),
             },
         };
-        let view = cluster.view();
-        let link = view
-            .members
-            .iter()
-            .find(|m| m.node == node)
-            .and_then(|m| cluster.link_to(shard.id(), m));
-        match link {
+        // To the incarnation that asked: a restarted host never asked this.
+        match cluster.link_to_node(shard.id(), &node, incarnation) {
             Some(link) => {
                 if link.send(&Frame::Response { id, status, body }).is_err() {
                     log::warn!("cluster: the link to {node} is full; an answer to it is dropped");

@@ -203,16 +203,34 @@ pub fn on_frame(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
     }
 }
 
-/// Whether a presence from another host is one the ledger follows (§9.2): `Some(available)` for an
-/// available or unavailable presence, `None` for anything else.
-fn ledger_presence(stanza: &Stanza) -> Option<bool> {
-    if stanza.kind() != StanzaKind::Presence {
-        return None;
-    }
-    match stanza.type_().as_deref() {
-        None => Some(true),
-        Some("unavailable") => Some(false),
-        Some(_) => None,
+/// How a stanza from `peer` goes to the accounts of one shard: to its own `to`, or to `multicast`'s
+/// recipients when given. An available or unavailable presence goes as a `RemotePresence`, which
+/// the receiving shard notes in its ledger (§9.2); anything else as any mesh delivery.
+fn for_accounts(
+    stanza: Stanza,
+    from: Arc<str>,
+    multicast: Option<Vec<Arc<str>>>,
+    peer: &Peer,
+) -> ShardMsg {
+    let available = match stanza.kind() {
+        StanzaKind::Presence => match stanza.type_().as_deref() {
+            None => Some(true),
+            Some("unavailable") => Some(false),
+            Some(_) => None,
+        },
+        _ => None,
+    };
+    match (available, multicast) {
+        (Some(available), multicast) => ShardMsg::RemotePresence(Box::new(RemotePresence {
+            stanza,
+            from,
+            multicast: multicast.unwrap_or_default(),
+            node: peer.node.as_str().into(),
+            incarnation: peer.incarnation,
+            available,
+        })),
+        (None, Some(to)) => ShardMsg::Multicast { stanza, from, to },
+        (None, None) => ShardMsg::Deliver { stanza, from },
     }
 }
 
@@ -234,21 +252,7 @@ fn fanout(shard: &Rc<Shard>, peer: &Peer, frame: Frame) {
             continue;
         }
         let recipients = g.recipients.into_iter().map(Arc::from).collect();
-        let msg = match ledger_presence(&stanza) {
-            Some(available) => ShardMsg::RemotePresence(Box::new(RemotePresence {
-                stanza: stanza.clone(),
-                from: from.clone(),
-                multicast: recipients,
-                node: peer.node.as_str().into(),
-                incarnation: peer.incarnation,
-                available,
-            })),
-            None => ShardMsg::Multicast {
-                stanza: stanza.clone(),
-                from: from.clone(),
-                to: recipients,
-            },
-        };
+        let msg = for_accounts(stanza.clone(), from.clone(), Some(recipients), peer);
         let _ = shard.send_home(shard.local(to), msg, Overflow::Spill);
     }
 }
@@ -317,18 +321,11 @@ fn stanza(shard: &Rc<Shard>, peer: &Peer, f: StanzaFrame) {
                 } else {
                     shard.local(shard.id())
                 };
-                let msg = match ledger_presence(&stanza) {
-                    Some(available) => ShardMsg::RemotePresence(Box::new(RemotePresence {
-                        stanza,
-                        from,
-                        multicast: Vec::new(),
-                        node: peer.node.as_str().into(),
-                        incarnation: peer.incarnation,
-                        available,
-                    })),
-                    None => ShardMsg::Deliver { stanza, from },
-                };
-                let _ = shard.send_home(here, msg, Overflow::Spill);
+                let _ = shard.send_home(
+                    here,
+                    for_accounts(stanza, from, None, peer),
+                    Overflow::Spill,
+                );
             } else if let Err(ShardMsg::Deliver { stanza, from }) = send_remote(
                 shard,
                 home,
@@ -529,19 +526,6 @@ fn watch_members(shard: &Rc<Shard>, cluster: &Rc<ShardCluster>) {
     if view.me.is_none() {
         // Out of the cluster: its reports would not count (§6.6); the links only say whether it may
         // rejoin.
-        suspects.clear();
-    }
-    let others = view
-        .members
-        .iter()
-        .filter(|m| m.node != view.identity.node)
-        .count();
-    if others >= 2 && reachable.is_empty() {
-        // Reaching none of two or more others, this host is most likely the one at fault (its
-        // certificate, its secret, its network): it accuses nobody, and the others, who reach each
-        // other, fence it. Its reports would otherwise race theirs, and the older reports win the
-        // arbitration (§6.6): a host that joined with a certificate of another CA fenced the two
-        // healthy ones it accused first.
         suspects.clear();
     }
     cluster.shared.set_links(suspects, reachable);

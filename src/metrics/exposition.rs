@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use super::latency::Stage;
-use super::{ConnKind, ProcessFigures, STANZA_KINDS, Snapshot};
+use super::{ClusterFigures, ConnKind, ProcessFigures, STANZA_KINDS, Snapshot};
 
 /// Histogram buckets in seconds: from a microsecond (a parse) to ten seconds (a stalled store).
 const BUCKETS_SECONDS: [f64; 22] = [
@@ -376,78 +376,80 @@ pub fn render(shards: &[Snapshot], process: &ProcessFigures) -> String {
 
 /// The cluster's series (docs/cluster-protocol.md), on a host that is in one.
 fn cluster(o: &mut Out, shards: &[Snapshot]) {
-    let of = |s: &Snapshot| s.cluster.clone().unwrap_or_default();
+    fn of<V: Default>(s: &Snapshot, f: impl Fn(&ClusterFigures) -> V) -> V {
+        s.cluster.as_ref().map(f).unwrap_or_default()
+    }
+    /// One sample per shard and peer host the shard links to.
+    fn per_link<V: std::fmt::Display>(
+        o: &mut Out,
+        name: &str,
+        shards: &[Snapshot],
+        value: impl Fn(bool, u64, u64) -> V,
+    ) {
+        for s in shards {
+            let shard = s.shard.to_string();
+            for (peer, up, sent, acked) in s.cluster.iter().flat_map(|c| &c.links) {
+                o.sample(
+                    name,
+                    &[("shard", &shard), ("peer", peer)],
+                    value(*up, *sent, *acked),
+                );
+            }
+        }
+    }
     o.header(
         "cluster_epoch",
         "gauge",
         "The membership epoch the shard serves under (every host's shards agree once a change settled).",
     );
-    o.per_shard("cluster_epoch", shards, &[], |s| of(s).epoch);
+    o.per_shard("cluster_epoch", shards, &[], |s| of(s, |c| c.epoch));
     o.header(
         "cluster_members",
         "gauge",
         "Members of the cluster in the view the shard serves under.",
     );
-    o.per_shard("cluster_members", shards, &[], |s| of(s).members);
+    o.per_shard("cluster_members", shards, &[], |s| of(s, |c| c.members));
     o.header(
         "cluster_serving",
         "gauge",
         "1 while the host serves as a member, 0 while it is out (fenced, cut off, leaving).",
     );
-    o.per_shard("cluster_serving", shards, &[], |s| u8::from(of(s).serving));
+    o.per_shard("cluster_serving", shards, &[], |s| {
+        of(s, |c| u8::from(c.serving))
+    });
     o.header(
         "cluster_presence_ledger_entries",
         "gauge",
         "Sessions of other hosts that sent this shard's accounts an available presence.",
     );
     o.per_shard("cluster_presence_ledger_entries", shards, &[], |s| {
-        of(s).ledger_entries
+        of(s, |c| c.ledger_entries)
     });
     o.header(
         "cluster_link_up",
         "gauge",
         "1 while the shard's link to the peer host is authenticated and connected.",
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        for (peer, up, _, _) in of(s).links {
-            o.sample(
-                "cluster_link_up",
-                &[("shard", &shard), ("peer", &peer)],
-                u8::from(up),
-            );
-        }
-    }
+    per_link(o, "cluster_link_up", shards, |up, _, _| u8::from(up));
     o.header(
         "cluster_link_frames_sent_total",
         "counter",
         "Data frames the shard handed to its link to the peer host (counted per link: a new link after a view change starts again).",
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        for (peer, _, sent, _) in of(s).links {
-            o.sample(
-                "cluster_link_frames_sent_total",
-                &[("shard", &shard), ("peer", &peer)],
-                sent,
-            );
-        }
-    }
+    per_link(o, "cluster_link_frames_sent_total", shards, |_, sent, _| {
+        sent
+    });
     o.header(
         "cluster_link_frames_unacknowledged",
         "gauge",
         "Data frames the shard's link holds for the peer host, sent or not, until it acknowledges them.",
     );
-    for s in shards {
-        let shard = s.shard.to_string();
-        for (peer, _, sent, acked) in of(s).links {
-            o.sample(
-                "cluster_link_frames_unacknowledged",
-                &[("shard", &shard), ("peer", &peer)],
-                sent.saturating_sub(acked),
-            );
-        }
-    }
+    per_link(
+        o,
+        "cluster_link_frames_unacknowledged",
+        shards,
+        |_, sent, acked| sent.saturating_sub(acked),
+    );
 }
 
 fn histogram(o: &mut Out, name: &str, s: &Snapshot, stage: Stage, label: Option<&str>) {
